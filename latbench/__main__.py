@@ -1,0 +1,5 @@
+import sys
+
+from latbench.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `latbench` command line: one module per subcommand, imported only when it runs."""

@@ -1,0 +1,100 @@
+"""`latbench collect`: measure what the store lacks for a device and a search space."""
+
+from __future__ import annotations
+
+import argparse
+
+from latbench.cli import output
+
+EXAMPLES = """\
+examples:
+  latbench collect --device local --space fbnet-cifar
+  latbench collect --device local --space fbnet-cifar --networks 20 --rounds 5
+  latbench collect --device local --limit 10 --json     # a quick partial run, machine-readable summary
+
+Re-running measures only what is missing; Ctrl-C keeps every finished batch."""
+
+
+def add_parser(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text.capitalize() + ".",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", required=True, help="device profile name (see `latbench devices`)")
+    p.add_argument("--space", default="fbnet-cifar", help="search space (default: fbnet-cifar)")
+    p.add_argument("--networks", type=_nonneg, default=0, metavar="N",
+                   help="also measure N whole networks sampled from the space (seeded)")
+    p.add_argument("--rounds", type=_positive, default=None, metavar="R",
+                   help="rounds per op, each in a new shuffled order (default: the profile's)")
+    p.add_argument("--limit", type=_positive, default=None, metavar="K",
+                   help="measure only the first K ops of the space")
+    p.add_argument("--seed", type=_nonneg, default=0, help="seed for sampling networks (default 0)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonneg(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def run(args) -> int:
+    from latbench import home
+    from latbench.collect import Collector, space_items
+    from latbench.profiles import load_profile
+    from latbench.spaces import get_space
+    from latbench.store import Store
+
+    profile = load_profile(args.device)
+    space = get_space(args.space)
+    home.writable_home()
+    items = space_items(space, networks=args.networks, limit=args.limit, seed=args.seed)
+    with Store(home.db_path()) as store, Collector(profile, store, rounds=args.rounds) as collector:
+        plan = collector.plan(items)
+        p = profile.protocol
+        output.note(
+            f"device [bold]{profile.name}[/] ({profile.transport}, {profile.source})\n"
+            f"runtime {plan.runtime_label}, {profile.threads} thread(s), format {profile.format}, "
+            f"runner {profile.runner}\n"
+            f"protocol: warm-up >= {p.warmup_runs} runs and {p.warmup_s:g} s; timed >= {p.runs} runs and "
+            f"{p.min_time_s:g} s (max {p.max_runs}); {collector.rounds} round(s), shuffled; "
+            f"settings {plan.context.settings_hash}\n"
+            f"{space.name}: {len(items)} items x {collector.rounds} rounds = "
+            f"{len(plan.todo) + plan.already}; already stored {plan.already}; "
+            f"to measure {len(plan.todo)} in {len(plan.batches)} batch(es)")
+        if not plan.todo:
+            report = collector.run(plan)
+        else:
+            with output.progress() as bar:
+                tasks: dict[str, int] = {}
+
+                def on_event(stage: str, done: int, total: int, info: dict) -> None:
+                    if stage not in tasks:
+                        label = "exporting" if stage == "export" else "measuring"
+                        tasks[stage] = bar.add_task(label, total=total)
+                    bar.update(tasks[stage], completed=done, total=total)
+
+                collector.on_event = on_event
+                report = collector.run(plan)
+    summary = report.to_dict() | {"device": profile.name, "runtime": plan.runtime_label,
+                                  "settings_hash": plan.context.settings_hash, "space": space.name}
+    if args.json:
+        output.print_json(summary)
+    else:
+        iqr = summary["median_relative_iqr"]
+        output.note(
+            f"measured {report.measured}, failed {len(report.failed)}, batches ok {report.batches_ok}, "
+            f"failed {report.batches_failed}, {report.wall_s:.1f} s"
+            + (f"; median IQR/median {iqr:.1%}, noisy (>10%) {report.noisy}" if iqr is not None else "")
+            + (f"; max temperature {report.max_temperature_c:.0f} C" if report.max_temperature_c else ""))
+        for key, error in list(report.failed.items())[:10]:
+            output.note(f"  failed {key}: {error}")
+        if len(report.failed) > 10:
+            output.note(f"  ... and {len(report.failed) - 10} more (see --json)")
+    return 1 if report.failed and not report.measured and report.planned else 0

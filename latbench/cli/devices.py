@@ -1,0 +1,51 @@
+"""`latbench devices`: the device profiles latbench can find, and where each comes from."""
+
+from __future__ import annotations
+
+import argparse
+
+from latbench.cli import output
+
+EXAMPLES = """\
+examples:
+  latbench devices
+  latbench devices --json
+  latbench devices --show local      # print a profile, e.g. to start your own from it
+
+Profiles are looked up in ./device_profiles, then $LATBENCH_HOME/devices, then the
+bundled ones; the first file named DEVICE.yaml wins."""
+
+
+def add_parser(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text.capitalize() + ".",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--show", metavar="DEVICE", help="print one profile's YAML file")
+
+
+def run(args) -> int:
+    from latbench.errors import ProfileError
+    from latbench.profiles import find_profile, list_profiles, parse_profile
+
+    if args.show:
+        print(find_profile(args.show).read_text(), end="")
+        return 0
+    rows = []
+    for name, path in sorted(list_profiles().items()):
+        try:
+            prof = parse_profile(path)
+            rows.append({"name": name, "transport": prof.transport, "runtime": prof.runtime,
+                         "format": prof.format, "runner": prof.runner, "threads": prof.threads,
+                         "description": prof.description, "path": str(path), "error": None})
+        except ProfileError as exc:
+            rows.append({"name": name, "transport": None, "runtime": None, "format": None, "runner": None,
+                         "threads": None, "description": "", "path": str(path), "error": str(exc)})
+    if args.json:
+        output.print_json(rows)
+        return 0
+    cols = ["name", "transport", "runtime", "format", "threads", "description", "path"]
+    output.table("device profiles", cols, [[r[c] for c in cols] for r in rows])
+    for r in rows:
+        if r["error"]:
+            output.note(f"[red]invalid[/] {r['error']}")
+    return 0

@@ -1,0 +1,79 @@
+"""`latbench lut`: the measured latency table of a device (median over rounds per key)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+from latbench.cli import output
+
+COLUMNS = ["key", "kind", "median_ms", "p10_ms", "p90_ms", "round_spread", "rounds", "count"]
+EXAMPLES = """\
+examples:
+  latbench lut --device local                  # a table on the terminal
+  latbench lut --device local --csv > local.csv
+  latbench lut --device local --json --out local.json
+
+Rows come from the most recently measured runtime version and settings of the device;
+median_ms is the median over rounds of each round's median, round_spread is
+(max - min) / median of those round medians."""
+
+
+def add_parser(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text.capitalize() + ".",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", required=True, help="device profile name")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="write CSV")
+    fmt.add_argument("--json", action="store_true", help="write JSON (rows plus their context)")
+    p.add_argument("--kind", choices=["op", "network"], help="only ops or only whole networks")
+    p.add_argument("--out", type=Path, help="write to this file instead of stdout")
+
+
+def run(args) -> int:
+    from latbench import home
+    from latbench.errors import LatbenchError
+    from latbench.store import Store
+
+    if not home.db_path().exists():
+        raise LatbenchError(f"no measurements yet ({home.db_path()} does not exist)",
+                            f"run `latbench collect --device {args.device}` first")
+    with Store(home.db_path()) as store:
+        info = store.latest_context(args.device)
+        if info is None:
+            known = sorted({c.context.device for c in store.contexts()})
+            raise LatbenchError(f"no measurements for device {args.device!r}",
+                                f"run `latbench collect --device {args.device}`"
+                                + (f"; measured devices: {', '.join(known)}" if known else ""))
+        rows = store.table(info.context)
+    if args.kind:
+        rows = [r for r in rows if r["kind"] == args.kind]
+    ctx = info.context
+    if args.json:
+        text = _json(ctx, info.settings, rows)
+    elif args.csv:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    else:
+        output.table(f"{ctx.device}: {ctx.runtime_version}, settings {ctx.settings_hash}, {len(rows)} keys",
+                     COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
+        return 0
+    if args.out:
+        args.out.write_text(text)
+        output.note(f"wrote {len(rows)} rows to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _json(ctx, settings: dict, rows: list[dict]) -> str:
+    import json
+
+    return json.dumps({"device": ctx.device, "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
+                       "settings_hash": ctx.settings_hash, "settings": settings, "rows": rows}, indent=2) + "\n"

@@ -1,0 +1,78 @@
+"""Entry point of `latbench`. Turns the project's errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from latbench import __version__
+from latbench.cli import exit_codes
+from latbench.errors import LatbenchError
+
+#: subcommand -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS = {
+    "collect": ("latbench.cli.collect", "measure the ops (and networks) of a search space on a device"),
+    "lut": ("latbench.cli.lut", "print or write a device's measured latency table"),
+    "devices": ("latbench.cli.devices", "list the known device profiles"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every usage error here
+        self.exit(exit_codes.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="latbench",
+        description="Measure operator and network latency on real devices, for hardware-aware NAS.",
+        epilog="Example: latbench collect --device local --space fbnet-cifar",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"latbench {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    argv = sys.argv[1:]
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        if chosen == name:
+            importlib.import_module(module).add_parser(sub, name, help_text)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args()
+    if not args.command:
+        parser.print_help()
+        return exit_codes.USAGE
+    module = importlib.import_module(COMMANDS[args.command][0])
+    debug = args.debug or bool(os.environ.get("LATBENCH_DEBUG"))
+    try:
+        return module.run(args) or exit_codes.SUCCESS
+    except LatbenchError as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"latbench: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("latbench: cancelled; everything finished before Ctrl-C is kept\n")
+        return exit_codes.CANCELLED
+    except BrokenPipeError:
+        return exit_codes.SUCCESS
+    except Exception as exc:  # a bug: one line unless --debug
+        if debug:
+            raise
+        sys.stderr.write(f"latbench: internal error: {type(exc).__name__}: {exc} "
+                         f"(re-run with --debug for the traceback and please report it)\n")
+        return exit_codes.ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Console output shared by the subcommands: tables, JSON and messages on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def note(message: str) -> None:
+    """A line for the human (stderr), so stdout stays clean for --json and --csv."""
+    console(stderr=True).print(message)
+
+
+def table(title: str | None, columns: list[str], rows: list[list[Any]], *, stderr: bool = False) -> None:
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for col in columns:
+        t.add_column(col, justify="right" if col.endswith(("_ms", "ms", "%", "count", "rounds")) else "left")
+    for row in rows:
+        t.add_row(*(_fmt(v) for v in row))
+    console(stderr=stderr).print(t)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def progress():
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console(stderr=True),
+                    transient=False)

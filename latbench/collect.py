@@ -1,0 +1,217 @@
+"""Collection: plan what is missing, export it, measure it batch by batch, store each batch.
+
+Re-running measures only the (key, round) pairs the store lacks under the same
+device, runtime version and settings; every finished batch is committed before
+the next starts, so an interrupted collection resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence, Union
+
+import numpy as np
+
+from latbench.errors import DeviceError, ExportError
+from latbench.measurement import Measurement
+from latbench.ops import Network, OpSpec
+from latbench.profiles import DeviceProfile
+from latbench.store import Context, Store
+from latbench.transports import Transport, open_transport
+
+Item = Union[OpSpec, Network]
+#: on_event(stage, done, total, info): stage is "export" or "measure".
+EventCallback = Callable[[str, int, int, dict], None]
+
+
+def kind_of(item: Item) -> str:
+    return "network" if isinstance(item, Network) else "op"
+
+
+@dataclass
+class Plan:
+    context: Context
+    runtime_label: str
+    items: dict[str, Item]
+    todo: list[tuple[str, int]]
+    batches: list[list[tuple[str, int]]]
+    already: int
+    runner_info: dict
+
+
+@dataclass
+class Report:
+    planned: int = 0
+    already: int = 0
+    measured: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    batches_ok: int = 0
+    batches_failed: int = 0
+    wall_s: float = 0.0
+    relative_iqrs: list[float] = field(default_factory=list)
+    max_temperature_c: float | None = None
+
+    @property
+    def noisy(self) -> int:
+        return sum(1 for r in self.relative_iqrs if r > 0.10)
+
+    def to_dict(self) -> dict:
+        return {
+            "planned": self.planned, "already_measured": self.already, "measured": self.measured,
+            "failed": self.failed, "batches_ok": self.batches_ok, "batches_failed": self.batches_failed,
+            "wall_s": round(self.wall_s, 3), "noisy": self.noisy,
+            "median_relative_iqr": float(np.median(self.relative_iqrs)) if self.relative_iqrs else None,
+            "max_temperature_c": self.max_temperature_c,
+        }
+
+
+def make_runner(transport: Transport, profile: DeviceProfile):
+    if profile.runner == "python":
+        from latbench.runners.python import PythonRunner
+
+        return PythonRunner(transport, profile)
+    raise DeviceError(f"runner {profile.runner!r} of {profile.name} cannot collect yet",
+                      "use runner: python in the profile")
+
+
+def plan_batches(missing: Sequence[tuple[str, int]], batch_size: int, seed: int) -> list[list[tuple[str, int]]]:
+    """Round by round, each round in its own shuffled order, cut into batches.
+
+    Shuffling spreads drift and heat over all ops instead of biasing those measured last;
+    a fresh order per round keeps any one op from always following the same neighbour.
+    """
+    by_round: dict[int, list[str]] = {}
+    for key, rnd in missing:
+        by_round.setdefault(rnd, []).append(key)
+    batches = []
+    for rnd in sorted(by_round):
+        keys = sorted(by_round[rnd])
+        random.Random(f"{seed}:{rnd}").shuffle(keys)
+        for i in range(0, len(keys), batch_size):
+            batches.append([(k, rnd) for k in keys[i:i + batch_size]])
+    return batches
+
+
+class Collector:
+    """Measures items on one device into one store. Use as a context manager."""
+
+    def __init__(self, profile: DeviceProfile, store: Store, *, rounds: int | None = None,
+                 cache_dir: Path | None = None, on_event: EventCallback | None = None):
+        self.profile = profile
+        self.store = store
+        self.rounds = rounds or profile.protocol.rounds
+        self.cache_dir = cache_dir
+        self.on_event = on_event or (lambda *a: None)
+        self.transport = open_transport(profile)
+        self.runner = None
+
+    def __enter__(self) -> "Collector":
+        self.transport.connect()
+        self.runner = make_runner(self.transport, self.profile)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.transport.close()
+
+    def plan(self, items: Sequence[Item]) -> Plan:
+        from latbench.export import exporter_tag
+
+        info = self.runner.info()
+        runtime_label = self.runner.runtime_version(info)
+        settings = self.profile.settings(exporter_tag(self.profile.format))
+        ctx = self.store.context(self.profile.name, self.profile.runtime, runtime_label, settings)
+        by_key = {item.key: item for item in items}
+        done = self.store.measured(ctx)
+        wanted = [(k, r) for r in range(self.rounds) for k in by_key]
+        todo = [pair for pair in wanted if pair not in done]
+        batches = plan_batches(todo, self.profile.protocol.batch_size, self.profile.protocol.seed)
+        return Plan(ctx, runtime_label, by_key, todo, batches, len(wanted) - len(todo), info)
+
+    def export_all(self, plan: Plan) -> dict[str, Path]:
+        """Model files for every key still to measure; export failures are stored and skipped."""
+        from latbench.export import export
+
+        keys = sorted({k for k, _ in plan.todo})
+        paths: dict[str, Path] = {}
+        for i, key in enumerate(keys):
+            try:
+                paths[key] = export(plan.items[key], self.profile.format, cache_dir=self.cache_dir)
+            except ExportError as exc:
+                self.store.record_failure(plan.context, key, "export", exc.message)
+            self.on_event("export", i + 1, len(keys), {"key": key})
+        return paths
+
+    def run(self, plan: Plan) -> Report:
+        start = time.perf_counter()
+        report = Report(planned=len(plan.todo), already=plan.already)
+        paths = self.export_all(plan)
+        for key, (stage, error) in self.store.failures(plan.context).items():
+            if stage == "export" and key in plan.items and key not in paths:
+                report.failed[key] = f"export: {error}"
+        done_items = 0
+        total = sum(1 for b in plan.batches for k, _ in b if k in paths)
+        for batch in plan.batches:
+            batch = [(k, r) for k, r in batch if k in paths]
+            if not batch:
+                continue
+            self._run_batch(plan, batch, paths, report)
+            done_items += len(batch)
+            self.on_event("measure", done_items, total, {"report": report})
+        report.wall_s = time.perf_counter() - start
+        return report
+
+    def _run_batch(self, plan: Plan, batch: list[tuple[str, int]], paths: dict[str, Path],
+                   report: Report) -> None:
+        from latbench.runners.python import BatchItem
+
+        started = time.time()
+        ids = {f"{i}": pair for i, pair in enumerate(batch)}
+        try:
+            output = self.runner.run_batch([BatchItem(i, paths[k]) for i, (k, _) in ids.items()])
+        except DeviceError as exc:
+            self.store.save_batch(plan.context, results=[], status="failed", items=len(batch),
+                                  started_at=started, error=str(exc))
+            report.batches_failed += 1
+            for key, _ in batch:
+                report.failed[key] = f"run: {exc}"
+            return
+        state = (output.start or {}).get("state") or {}
+        temp = state.get("max_temperature_c")
+        if temp is not None:
+            report.max_temperature_c = max(temp, report.max_temperature_c or temp)
+        results = []
+        for position, (bid, (key, rnd)) in enumerate(ids.items()):
+            rec = output.results.get(bid)
+            if rec is None:
+                continue
+            if not rec.get("ok"):
+                self.store.record_failure(plan.context, key, "run", rec.get("error", "unknown"))
+                report.failed[key] = f"run: {rec.get('error')}"
+                continue
+            m = Measurement(key, rec["samples_ms"])
+            report.relative_iqrs.append(m.relative_iqr)
+            results.append((key, rnd, kind_of(plan.items[key]), m,
+                            {"position": position, "temperature_c": temp}))
+        status = "ok" if output.error is None else ("partial" if results else "failed")
+        runner_meta = {k: v for k, v in (output.start or {}).items() if k != "state"}
+        self.store.save_batch(plan.context, results=results, status=status, items=len(batch),
+                              started_at=started, error=output.error, state_before=state,
+                              state_after=(output.end or {}).get("state"), runner=runner_meta)
+        report.measured += len(results)
+        if status == "ok":
+            report.batches_ok += 1
+        else:
+            report.batches_failed += 1
+            for key, _ in batch:
+                report.failed.setdefault(key, f"run: {output.error}")
+
+
+def space_items(space, networks: int = 0, limit: int | None = None, seed: int = 0) -> list[Item]:
+    """The ops of `space` (the first `limit` of them) plus `networks` seeded whole networks."""
+    ops: list[Item] = list(space.ops())
+    if limit is not None:
+        ops = ops[:limit]
+    return ops + list(space.sample_networks(networks, seed=seed)) if networks else ops

@@ -1,0 +1,39 @@
+"""Errors a user can cause. The CLI prints them as one line, never a traceback."""
+
+from __future__ import annotations
+
+
+class LatbenchError(Exception):
+    """A problem the user can fix: `message` says what, `hint` says how."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(LatbenchError):
+    """A bad name or argument on the command line (exit code 2)."""
+
+    exit_code = 2
+
+
+class StoreError(LatbenchError):
+    """The measurement database cannot be opened or written."""
+
+
+class ProfileError(LatbenchError):
+    """A device profile is missing or invalid."""
+
+
+class DeviceError(LatbenchError):
+    """The device could not be reached or the runner failed on it."""
+
+
+class ExportError(LatbenchError):
+    """A model could not be exported to the requested format."""

@@ -1,0 +1,189 @@
+"""Device profiles: one YAML file per device, validated on load.
+
+Looked up in ``./device_profiles``, then ``LATBENCH_HOME/devices``, then the
+profiles bundled with latbench (the first file found wins).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from latbench import home
+from latbench.errors import ProfileError, UsageError
+from latbench.protocol import Protocol
+
+TRANSPORTS = ("local", "ssh", "adb")
+RUNNERS = ("python", "benchmark_model", "onnxruntime_perf_test", "trtexec")
+RUNTIMES = ("onnxruntime", "litert", "tensorrt")
+FORMATS = ("onnx", "tflite")
+
+#: field -> (type, default, description). The single source of truth for validation and docs.
+_FIELDS: dict[str, tuple[Any, Any, str]] = {
+    "name": (str, None, "device name, the same as the file name"),
+    "description": (str, "", "one line for `latbench devices`"),
+    "transport": (str, None, f"one of {', '.join(TRANSPORTS)}"),
+    "runner": (str, "python", f"one of {', '.join(RUNNERS)}"),
+    "runtime": (str, "onnxruntime", f"one of {', '.join(RUNTIMES)}"),
+    "format": (str, "onnx", f"model file format, one of {', '.join(FORMATS)}"),
+    "threads": (int, 1, "inference threads"),
+    "runtime_options": (dict, {}, "runtime settings, e.g. {xnnpack: false}"),
+    "python": (str, None, "python interpreter on the device (python runner); default: this one for local, python3 elsewhere"),
+    "connection": (dict, {}, "transport settings: host, port, user, serial, workdir, ..."),
+    "protocol": (dict, {}, "timing protocol: warmup_runs, warmup_s, runs, min_time_s, max_runs, rounds, batch_size, seed"),
+    "thermal": (dict, {}, "max_temp_c (wait to cool above it) and cool_timeout_s"),
+    "timeout_s": ((int, float), 600, "longest a runner invocation (one batch) may take"),
+}
+_CHOICES = {"transport": TRANSPORTS, "runner": RUNNERS, "runtime": RUNTIMES, "format": FORMATS}
+_THERMAL_FIELDS = {"max_temp_c": (int, float, type(None)), "cool_timeout_s": (int, float)}
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    transport: str
+    description: str = ""
+    runner: str = "python"
+    runtime: str = "onnxruntime"
+    format: str = "onnx"
+    threads: int = 1
+    runtime_options: dict = field(default_factory=dict)
+    python: str | None = None
+    connection: dict = field(default_factory=dict)
+    protocol: Protocol = field(default_factory=Protocol)
+    thermal: dict = field(default_factory=dict)
+    timeout_s: float = 600
+    source: str = ""
+
+    def settings(self, exporter: str) -> dict:
+        """What defines the meaning of a number measured with this profile (stored with it)."""
+        return {
+            "runner": self.runner, "runtime": self.runtime, "format": self.format,
+            "threads": self.threads, "runtime_options": dict(sorted(self.runtime_options.items())),
+            "protocol": self.protocol.timing(), "exporter": exporter,
+        }
+
+    @staticmethod
+    def settings_hash(settings: dict) -> str:
+        blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _search_dirs() -> list[tuple[str, Path]]:
+    import device_profiles
+
+    bundled = Path(device_profiles.__file__).parent
+    dirs = [("project", Path.cwd() / "device_profiles"), ("user", home.user_devices_dir()),
+            ("bundled", bundled)]
+    seen, unique = set(), []
+    for label, d in dirs:
+        key = d.resolve() if d.exists() else d
+        if key not in seen:
+            seen.add(key)
+            unique.append((label, d))
+    return unique
+
+
+def list_profiles() -> dict[str, Path]:
+    """Every known device name -> the file that defines it (first in search order wins)."""
+    found: dict[str, Path] = {}
+    for _, d in _search_dirs():
+        if d.is_dir():
+            for path in sorted(d.glob("*.yaml")):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def find_profile(name: str) -> Path:
+    known = list_profiles()
+    if name in known:
+        return known[name]
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UsageError(
+        f"unknown device {name!r}",
+        f"{hint}known devices: {', '.join(sorted(known)) or 'none'}; "
+        f"add your own as ./device_profiles/{name}.yaml (see `latbench devices --help`)",
+    )
+
+
+def load_profile(name: str) -> DeviceProfile:
+    return parse_profile(find_profile(name))
+
+
+def parse_profile(path: Path) -> DeviceProfile:
+    """Read and validate one profile file; every problem names the file, the field and the fix."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ProfileError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})",
+                           "fix the syntax; profiles are plain YAML mappings") from None
+    except OSError as exc:
+        raise ProfileError(f"cannot read device profile {path}: {exc.strerror}") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: a device profile must be a YAML mapping of fields",
+                           "start from a bundled one: `latbench devices --show local`")
+
+    def bad(fieldname: str, problem: str, fix: str) -> ProfileError:
+        return ProfileError(f"{path}: field {fieldname!r} {problem}", fix)
+
+    for key in data:
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(str(key), list(_FIELDS), n=1)
+            fix = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(_FIELDS)}"
+            raise bad(str(key), "is not a profile field", fix)
+    values: dict[str, Any] = {}
+    for key, (typ, default, doc) in _FIELDS.items():
+        if key not in data or data[key] is None:
+            if default is None and key in ("name", "transport"):
+                if key == "name":
+                    values[key] = path.stem
+                    continue
+                raise bad(key, "is missing", f"add `{key}:` ({doc})")
+            values[key] = default
+            continue
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, typ):
+            raise bad(key, f"must be {doc if key in _CHOICES else _type_name(typ)}; got {value!r}",
+                      f"set `{key}:` to {doc}")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            close = difflib.get_close_matches(value, _CHOICES[key], n=1)
+            fix = f"did you mean {close[0]!r}?" if close else f"use {doc}"
+            raise bad(key, f"is {value!r}, not {doc}", fix)
+        values[key] = value
+    if values["name"] != path.stem:
+        raise bad("name", f"is {values['name']!r} but the file is {path.name}",
+                  f"rename the file to {values['name']}.yaml or set name: {path.stem}")
+    if values["threads"] < 1:
+        raise bad("threads", f"must be an int >= 1; got {values['threads']}", "set threads: 1 or more")
+    try:
+        values["protocol"] = Protocol(**values["protocol"])
+    except TypeError as exc:
+        raise bad("protocol", f"has an unknown setting ({exc})",
+                  f"known: {', '.join(Protocol().to_dict())}") from None
+    except ValueError as exc:
+        raise bad("protocol", str(exc), "fix that setting in the profile") from None
+    for key, value in values["thermal"].items():
+        if key not in _THERMAL_FIELDS:
+            raise bad("thermal", f"has an unknown setting {key!r}", f"known: {', '.join(_THERMAL_FIELDS)}")
+        if isinstance(value, bool) or not isinstance(value, _THERMAL_FIELDS[key]):
+            raise bad("thermal", f"setting {key!r} must be a number; got {value!r}", f"set {key}: a number")
+    if values["format"] == "tflite" and values["runtime"] == "onnxruntime":
+        raise bad("format", "is tflite but runtime is onnxruntime", "use runtime: litert for .tflite models")
+    if values["format"] == "onnx" and values["runtime"] == "litert":
+        raise bad("format", "is onnx but runtime is litert", "use format: tflite with runtime: litert")
+    return DeviceProfile(source=str(path), **values)
+
+
+def _type_name(typ: Any) -> str:
+    types = typ if isinstance(typ, tuple) else (typ,)
+    names = {int: "an integer", float: "a number", str: "a string", dict: "a mapping", list: "a list"}
+    return " or ".join(names.get(t, t.__name__) for t in types)

@@ -1,0 +1,52 @@
+"""How a model is timed on a device: warm-up, timed runs, rounds and batches."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from latbench.validation import Interval, check_params
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Timing protocol. Each model: warm up for at least `warmup_runs` runs *and* `warmup_s`
+    seconds, then time single runs until at least `runs` runs *and* `min_time_s` seconds
+    (at most `max_runs`). Every op is measured `rounds` times, each round in a fresh shuffled
+    order, `batch_size` models per runner process.
+
+    Only the timing fields define a measurement's settings; `rounds` and `batch_size`
+    change how much is measured and in which order, not what a number means.
+    """
+
+    warmup_runs: int = 10
+    warmup_s: float = 0.1
+    runs: int = 30
+    min_time_s: float = 0.3
+    max_runs: int = 5000
+    rounds: int = 3
+    batch_size: int = 40
+    seed: int = 0
+
+    _constraints = {
+        "warmup_runs": Interval(int, 0),
+        "warmup_s": Interval(float, 0),
+        "runs": Interval(int, 1),
+        "min_time_s": Interval(float, 0),
+        "max_runs": Interval(int, 1),
+        "rounds": Interval(int, 1),
+        "batch_size": Interval(int, 1),
+        "seed": Interval(int, 0),
+    }
+
+    def __post_init__(self) -> None:
+        check_params("Protocol", asdict(self), self._constraints)
+        if self.max_runs < self.runs:
+            raise ValueError(f"The 'max_runs' parameter of Protocol must be >= runs ({self.runs}). "
+                             f"Got {self.max_runs}.")
+
+    def timing(self) -> dict:
+        """The fields that define what a measured number means (stored as settings)."""
+        return {k: getattr(self, k) for k in ("warmup_runs", "warmup_s", "runs", "min_time_s", "max_runs")}
+
+    def to_dict(self) -> dict:
+        return asdict(self)

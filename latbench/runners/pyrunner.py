@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""latbench's bundled Python runner: times a batch of model files in one process.
+
+It is copied to the device as it is and runs there with only the standard
+library, numpy and one inference runtime, so it imports nothing from latbench.
+
+    python pyrunner.py info                 # JSON: python, runtimes and versions, device state
+    python pyrunner.py state                # JSON: device state only (cheap: no runtime import)
+    python pyrunner.py run BATCH.json       # JSON lines: a start event, then one result per model
+
+BATCH.json holds ``runtime``, ``threads``, ``options`` (runtime settings),
+``protocol`` (warmup_runs, warmup_s, runs, min_time_s, max_runs) and ``items``
+(``id``, ``path``) in the order to measure them. Each result carries the raw
+samples in milliseconds; statistics are computed by the host, in one place.
+A model that fails yields ``{"id": ..., "ok": false, "error": ...}`` and the
+batch goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import sys
+import time
+
+RUNNER_VERSION = 1
+
+
+# ---- device state ------------------------------------------------------------------------
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def device_state() -> dict:
+    """Temperatures, governors, frequencies and load: what can bias a measurement."""
+    temps = {}
+    for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
+        raw, kind = _read(zone + "/temp"), _read(zone + "/type") or os.path.basename(zone)
+        if raw and raw.lstrip("-").isdigit():
+            value = int(raw)
+            temps[kind] = value / 1000.0 if abs(value) > 200 else float(value)
+    governors, freqs_khz = {}, {}
+    for cpu in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*")):
+        name = os.path.basename(cpu)
+        gov = _read(cpu + "/cpufreq/scaling_governor")
+        cur = _read(cpu + "/cpufreq/scaling_cur_freq")
+        if gov:
+            governors[name] = gov
+        if cur and cur.isdigit():
+            freqs_khz[name] = int(cur)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    return {
+        "time": time.time(),
+        "temperatures_c": temps,
+        "max_temperature_c": max(temps.values()) if temps else None,
+        "governors": governors,
+        "frequencies_khz": freqs_khz,
+        "load_1m": load,
+    }
+
+
+# ---- runtimes ----------------------------------------------------------------------------
+
+def _onnxruntime_version() -> str | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
+
+
+def _litert_version() -> tuple[str, str] | None:
+    """(interpreter package, version) of the first TFLite interpreter installed."""
+    try:
+        import ai_edge_litert
+        from importlib.metadata import version
+        return "ai_edge_litert", version("ai-edge-litert")
+    except Exception:
+        pass
+    try:
+        import tflite_runtime
+        return "tflite_runtime", tflite_runtime.__version__
+    except Exception:
+        pass
+    try:
+        import tensorflow
+        return "tensorflow.lite", tensorflow.__version__
+    except Exception:
+        return None
+
+
+def runtimes() -> dict:
+    found = {}
+    ort = _onnxruntime_version()
+    if ort:
+        found["onnxruntime"] = {"package": "onnxruntime", "version": ort}
+    lite = _litert_version()
+    if lite:
+        found["litert"] = {"package": lite[0], "version": lite[1]}
+    return found
+
+
+class _OnnxModel:
+    """An ONNX Runtime session bound to fixed random inputs (IO binding: least overhead)."""
+
+    def __init__(self, path: str, threads: int, options: dict):
+        import numpy as np
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if not options.get("spinning", True):
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        self.binding = self.session.io_binding()
+        for inp in self.session.get_inputs():
+            shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+            x = rng.standard_normal(shape).astype(np.float32)
+            self.binding.bind_cpu_input(inp.name, x)
+        for out in self.session.get_outputs():
+            self.binding.bind_output(out.name, "cpu")
+
+    def __call__(self) -> None:
+        self.session.run_with_iobinding(self.binding)
+
+
+class _LiteModel:
+    def __init__(self, path: str, threads: int, options: dict):
+        import numpy as np
+
+        package = _litert_version()
+        if package is None:
+            raise RuntimeError("no TFLite interpreter: pip install ai-edge-litert (or tflite-runtime)")
+        if package[0] == "ai_edge_litert":
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        elif package[0] == "tflite_runtime":
+            from tflite_runtime.interpreter import Interpreter, OpResolverType
+        else:
+            import tensorflow as tf
+            Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+        kwargs = {"model_path": path, "num_threads": threads}
+        if not options.get("xnnpack", True):
+            kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        self.interpreter = Interpreter(**kwargs)
+        self.interpreter.allocate_tensors()
+        rng = np.random.default_rng(0)
+        for detail in self.interpreter.get_input_details():
+            x = rng.standard_normal(detail["shape"]).astype(detail["dtype"])
+            self.interpreter.set_tensor(detail["index"], x)
+
+    def __call__(self) -> None:
+        self.interpreter.invoke()
+
+
+_MODELS = {"onnxruntime": _OnnxModel, "litert": _LiteModel}
+
+
+# ---- protocol ----------------------------------------------------------------------------
+
+def measure(run, protocol: dict) -> tuple[list[float], int]:
+    """Warm up (>= warmup_runs and >= warmup_s), then time single runs (>= runs and >= min_time_s,
+    at most max_runs). Returns (samples in ms, warm-up runs done)."""
+    clock = time.perf_counter_ns
+    start, warm = time.perf_counter(), 0
+    while warm < protocol["warmup_runs"] or time.perf_counter() - start < protocol["warmup_s"]:
+        run()
+        warm += 1
+    samples: list[float] = []
+    start = time.perf_counter()
+    runs, min_time_s, max_runs = protocol["runs"], protocol["min_time_s"], protocol["max_runs"]
+    while len(samples) < max_runs and (len(samples) < runs or time.perf_counter() - start < min_time_s):
+        t0 = clock()
+        run()
+        samples.append((clock() - t0) / 1e6)
+    return samples, warm
+
+
+def _emit(record: dict) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def run_batch(batch: dict) -> int:
+    runtime = batch["runtime"]
+    if runtime not in _MODELS:
+        _emit({"event": "error", "error": f"unknown runtime {runtime!r}; this runner knows {sorted(_MODELS)}"})
+        return 3
+    found = runtimes()
+    if runtime not in found:
+        hint = "pip install onnxruntime" if runtime == "onnxruntime" else "pip install ai-edge-litert"
+        _emit({"event": "error", "error": f"runtime {runtime} is not installed for {sys.executable} ({hint})"})
+        return 3
+    threads, options, protocol = int(batch["threads"]), batch.get("options", {}), batch["protocol"]
+    _emit({"event": "start", "runner_version": RUNNER_VERSION, "runtime": runtime,
+           "runtime_package": found[runtime]["package"], "runtime_version": found[runtime]["version"],
+           "threads": threads, "python": platform.python_version(), "state": device_state()})
+    model_cls = _MODELS[runtime]
+    for item in batch["items"]:
+        try:
+            t0 = time.perf_counter()
+            model = model_cls(item["path"], threads, options)
+            load_s = time.perf_counter() - t0
+            samples, warm = measure(model, protocol)
+            del model
+        except Exception as exc:  # one bad model must not end the batch
+            _emit({"id": item["id"], "ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+            continue
+        _emit({"id": item["id"], "ok": True, "samples_ms": samples, "warmup_runs": warm,
+               "load_s": round(load_s, 4)})
+    _emit({"event": "end", "state": device_state()})
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 1 and argv[0] == "info":
+        _emit({"runner_version": RUNNER_VERSION, "python": platform.python_version(),
+               "executable": sys.executable, "machine": platform.machine(),
+               "system": platform.platform(), "cpu_count": os.cpu_count(),
+               "runtimes": runtimes(), "state": device_state()})
+        return 0
+    if len(argv) >= 1 and argv[0] == "state":
+        _emit(device_state())
+        return 0
+    if len(argv) == 2 and argv[0] == "run":
+        with open(argv[1]) as fh:
+            return run_batch(json.load(fh))
+    sys.stderr.write(__doc__ or "")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

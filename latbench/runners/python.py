@@ -1,0 +1,107 @@
+"""Host side of the bundled Python runner: push it, build its commands, read its output."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from latbench.errors import DeviceError
+from latbench.profiles import DeviceProfile
+from latbench.runners import PYRUNNER_PATH
+from latbench.transports.base import Transport
+
+_INSTALL_HINT = {"onnxruntime": "pip install onnxruntime", "litert": "pip install ai-edge-litert (or tflite-runtime)"}
+
+
+@dataclass
+class BatchItem:
+    id: str
+    path: Path  # on this host
+
+
+@dataclass
+class BatchOutput:
+    start: dict | None
+    results: dict[str, dict] = field(default_factory=dict)  # id -> result record
+    end: dict | None = None
+    error: str | None = None  # set when the runner died before finishing
+
+
+class PythonRunner:
+    name = "python"
+
+    def __init__(self, transport: Transport, profile: DeviceProfile):
+        self.transport = transport
+        self.profile = profile
+        self._remote_runner: str | None = None
+
+    def _runner_path(self) -> str:
+        if self._remote_runner is None:
+            self._remote_runner = self.transport.stage(PYRUNNER_PATH, "runner")
+        return self._remote_runner
+
+    def _json_command(self, *args: str, timeout_s: float = 120) -> dict:
+        res = self.transport.run([self.transport.python(), self._runner_path(), *args], timeout_s)
+        for line in res.stdout.splitlines():
+            if line.startswith("{"):
+                return json.loads(line)
+        tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise DeviceError(f"the Python runner failed on {self.profile.name} "
+                          f"(exit {res.exit_code}): {tail[0][:300]}",
+                          f"check that `{self.transport.python()}` works on the device")
+
+    def info(self) -> dict:
+        return self._json_command("info")
+
+    def state(self) -> dict:
+        return self._json_command("state", timeout_s=30)
+
+    def runtime_version(self, info: dict) -> str:
+        found = info.get("runtimes", {}).get(self.profile.runtime)
+        if not found:
+            raise DeviceError(
+                f"runtime {self.profile.runtime} is not installed for {info.get('executable', 'python')} "
+                f"on {self.profile.name}", _INSTALL_HINT.get(self.profile.runtime, "install it"))
+        return f"{found['package']} {found['version']}"
+
+    def run_batch(self, items: list[BatchItem]) -> BatchOutput:
+        batch = {
+            "runtime": self.profile.runtime, "threads": self.profile.threads,
+            "options": self.profile.runtime_options, "protocol": self.profile.protocol.timing(),
+            "items": [{"id": it.id, "path": self.transport.stage(it.path)} for it in items],
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / f"batch-{uuid.uuid4().hex[:12]}.json"
+            local.write_text(json.dumps(batch))
+            remote = self.transport.stage(local, "batches")
+            res = self.transport.run([self.transport.python(), self._runner_path(), "run", remote],
+                                     self.profile.timeout_s)
+        return parse_output(res.stdout, res.stderr, res.exit_code)
+
+
+def parse_output(stdout: str, stderr: str, exit_code: int) -> BatchOutput:
+    """Read the runner's JSON lines; keep every finished result even if the runner died."""
+    out = BatchOutput(start=None)
+    for line in stdout.splitlines():
+        if not line.startswith("{"):
+            continue  # runtimes sometimes print to stdout
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by a crash
+        event = record.get("event")
+        if event == "start":
+            out.start = record
+        elif event == "end":
+            out.end = record
+        elif event == "error":
+            out.error = record["error"]
+        elif "id" in record:
+            out.results[record["id"]] = record
+    if out.end is None and out.error is None:
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
+        out.error = f"runner exited with {exit_code} before finishing the batch: {tail[:300]}"
+    return out

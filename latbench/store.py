@@ -1,0 +1,313 @@
+"""The measurement store: one SQLite file (WAL), one row per (device, runtime and version,
+settings, key, round). A batch is written in one transaction, so a crash loses at most
+the batch in flight, and the unique key makes re-running idempotent."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from latbench.errors import StoreError
+from latbench.measurement import Measurement
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (hash TEXT PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL, runtime TEXT NOT NULL, runtime_version TEXT NOT NULL,
+    settings_hash TEXT NOT NULL, unit TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL, error TEXT, items INTEGER NOT NULL,
+    started_at REAL NOT NULL, finished_at REAL NOT NULL,
+    state_before TEXT, state_after TEXT, runner TEXT
+);
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL, runtime TEXT NOT NULL, runtime_version TEXT NOT NULL,
+    settings_hash TEXT NOT NULL, key TEXT NOT NULL, round INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    median_ms REAL NOT NULL, p10_ms REAL NOT NULL, p90_ms REAL NOT NULL,
+    mean_ms REAL NOT NULL, std_ms REAL NOT NULL, count INTEGER NOT NULL,
+    samples BLOB NOT NULL,
+    batch_id INTEGER REFERENCES batches(id), position INTEGER, unit TEXT NOT NULL DEFAULT '',
+    temperature_c REAL, measured_at REAL NOT NULL,
+    UNIQUE (device, runtime, runtime_version, settings_hash, key, round)
+);
+CREATE INDEX IF NOT EXISTS measurements_by_context
+    ON measurements (device, runtime, runtime_version, settings_hash);
+CREATE TABLE IF NOT EXISTS failures (
+    device TEXT NOT NULL, settings_hash TEXT NOT NULL, key TEXT NOT NULL, stage TEXT NOT NULL,
+    error TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (device, settings_hash, key, stage)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything that must match for two numbers to be comparable."""
+
+    device: str
+    runtime: str
+    runtime_version: str
+    settings_hash: str
+
+    def as_tuple(self) -> tuple[str, str, str, str]:
+        return (self.device, self.runtime, self.runtime_version, self.settings_hash)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One stored measurement (summary; samples on request)."""
+
+    key: str
+    round: int
+    kind: str
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    count: int
+    temperature_c: float | None
+    measured_at: float
+
+
+@dataclass(frozen=True)
+class ContextInfo:
+    context: Context
+    settings: dict
+    measurements: int
+    keys: int
+    last_measured_at: float
+
+
+def _encode_samples(samples: np.ndarray) -> bytes:
+    return np.asarray(samples, dtype="<f4").tobytes()
+
+
+def decode_samples(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float64)
+
+
+class Store:
+    """A SQLite measurement store. Open with `Store(path)`; close or use as a context manager."""
+
+    def __init__(self, path: Path | str, timeout_s: float = 10.0):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the database {self.path}: {exc}",
+                             "set LATBENCH_HOME to a writable directory") from None
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.executescript(_SCHEMA)  # IF NOT EXISTS: takes no write lock once created
+            if not self.conn.execute("SELECT 1 FROM meta WHERE key='schema_version'").fetchone():
+                with self._write() as conn:
+                    conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                                 (str(SCHEMA_VERSION),))
+            version = int(self.conn.execute(
+                "SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        except sqlite3.Error as exc:
+            self.conn.close()
+            raise self._error(exc) from None
+        if version > SCHEMA_VERSION:
+            self.conn.close()
+            raise StoreError(f"the database {self.path} was written by a newer latbench "
+                             f"(schema {version} > {SCHEMA_VERSION})", "upgrade latbench")
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return StoreError(f"the database {self.path} is locked by another process",
+                              "wait for the other latbench command to finish, then re-run")
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return StoreError(f"the database {self.path} is corrupt ({text})",
+                              "move it aside and re-run; `latbench collect` measures again what is missing")
+        if "readonly" in text or "unable to open" in text or "disk I/O" in text:
+            return StoreError(f"cannot write the database {self.path} ({text})",
+                              "check its permissions or set LATBENCH_HOME to a writable directory")
+        return StoreError(f"database error in {self.path}: {text}")
+
+    class _Tx:
+        def __init__(self, store: "Store"):
+            self.store = store
+
+        def __enter__(self):
+            try:
+                self.store.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self.store._error(exc) from None
+            return self.store.conn
+
+        def __exit__(self, typ, exc, tb):
+            conn = self.store.conn
+            if typ is None:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as err:
+                    conn.execute("ROLLBACK")
+                    raise self.store._error(err) from None
+            else:
+                conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self.store._error(exc) from None
+            return False
+
+    def _write(self) -> "Store._Tx":
+        return Store._Tx(self)
+
+    def _query(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        try:
+            return self.conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- writing --------------------------------------------------------------------------
+
+    def context(self, device: str, runtime: str, runtime_version: str, settings: dict) -> Context:
+        """Register `settings` and return the context measurements are stored under."""
+        from latbench.profiles import DeviceProfile
+
+        digest = DeviceProfile.settings_hash(settings)
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)",
+                         (digest, json.dumps(settings, sort_keys=True)))
+        return Context(device, runtime, runtime_version, digest)
+
+    def save_batch(self, ctx: Context, *, results: list[tuple[str, int, str, Measurement, dict]],
+                   status: str, items: int, started_at: float, error: str | None = None,
+                   state_before: dict | None = None, state_after: dict | None = None,
+                   runner: dict | None = None, unit: str = "") -> int:
+        """Write one batch and its measurements atomically; returns the batch id.
+
+        `results` holds (key, round, kind, measurement, extra) where extra may carry
+        ``position`` and ``temperature_c``. Rows already stored are kept, not duplicated.
+        """
+        now = time.time()
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO batches (device, runtime, runtime_version, settings_hash, unit, status,"
+                " error, items, started_at, finished_at, state_before, state_after, runner)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (*ctx.as_tuple(), unit, status, error, items, started_at, now,
+                 json.dumps(state_before), json.dumps(state_after), json.dumps(runner)))
+            batch_id = cur.lastrowid
+            conn.executemany(
+                "INSERT OR IGNORE INTO measurements (device, runtime, runtime_version, settings_hash,"
+                " key, round, kind, median_ms, p10_ms, p90_ms, mean_ms, std_ms, count, samples,"
+                " batch_id, position, unit, temperature_c, measured_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(*ctx.as_tuple(), key, rnd, kind, m.median_ms, m.p10_ms, m.p90_ms, m.mean_ms,
+                  m.std_ms, m.count, _encode_samples(m.samples_ms), batch_id, extra.get("position"),
+                  unit, extra.get("temperature_c"), now)
+                 for key, rnd, kind, m, extra in results])
+            conn.executemany(
+                "DELETE FROM failures WHERE device=? AND settings_hash=? AND key=? AND stage='run'",
+                [(ctx.device, ctx.settings_hash, key) for key, *_ in results])
+        return batch_id
+
+    def record_failure(self, ctx: Context, key: str, stage: str, error: str) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO failures VALUES (?,?,?,?,?,?)",
+                         (ctx.device, ctx.settings_hash, key, stage, error, time.time()))
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def measured(self, ctx: Context) -> set[tuple[str, int]]:
+        """(key, round) pairs already stored under `ctx`."""
+        return {(k, r) for k, r in self._query(
+            "SELECT key, round FROM measurements WHERE device=? AND runtime=? AND runtime_version=?"
+            " AND settings_hash=?", ctx.as_tuple())}
+
+    def failures(self, ctx: Context) -> dict[str, tuple[str, str]]:
+        """key -> (stage, error) of ops that could not be exported or run under `ctx`."""
+        return {k: (s, e) for k, s, e in self._query(
+            "SELECT key, stage, error FROM failures WHERE device=? AND settings_hash=?",
+            (ctx.device, ctx.settings_hash))}
+
+    def rows(self, ctx: Context, kind: str | None = None) -> list[Row]:
+        sql = ("SELECT key, round, kind, median_ms, p10_ms, p90_ms, mean_ms, std_ms, count,"
+               " temperature_c, measured_at FROM measurements WHERE device=? AND runtime=?"
+               " AND runtime_version=? AND settings_hash=?")
+        params = list(ctx.as_tuple())
+        if kind:
+            sql += " AND kind=?"
+            params.append(kind)
+        return [Row(*r) for r in self._query(sql + " ORDER BY key, round", params)]
+
+    def samples(self, ctx: Context, key: str, round: int) -> np.ndarray:
+        found = self._query("SELECT samples FROM measurements WHERE device=? AND runtime=?"
+                            " AND runtime_version=? AND settings_hash=? AND key=? AND round=?",
+                            (*ctx.as_tuple(), key, round))
+        if not found:
+            raise KeyError((key, round))
+        return decode_samples(found[0][0])
+
+    def batches(self, device: str | None = None) -> list[dict]:
+        cols = ("id", "device", "runtime", "runtime_version", "settings_hash", "unit", "status",
+                "error", "items", "started_at", "finished_at")
+        sql = f"SELECT {', '.join(cols)} FROM batches"
+        rows = self._query(sql + (" WHERE device=?" if device else "") + " ORDER BY id",
+                           (device,) if device else ())
+        return [dict(zip(cols, r)) for r in rows]
+
+    def contexts(self, device: str | None = None) -> list[ContextInfo]:
+        """Measured contexts, most recently measured first."""
+        sql = ("SELECT m.device, m.runtime, m.runtime_version, m.settings_hash, s.json, COUNT(*),"
+               " COUNT(DISTINCT m.key), MAX(m.measured_at) FROM measurements m"
+               " JOIN settings s ON s.hash = m.settings_hash")
+        params: tuple = ()
+        if device:
+            sql += " WHERE m.device=?"
+            params = (device,)
+        sql += " GROUP BY m.device, m.runtime, m.runtime_version, m.settings_hash ORDER BY MAX(m.measured_at) DESC"
+        return [ContextInfo(Context(d, r, v, h), json.loads(s), n, k, t)
+                for d, r, v, h, s, n, k, t in self._query(sql, params)]
+
+    def latest_context(self, device: str) -> ContextInfo | None:
+        found = self.contexts(device)
+        return found[0] if found else None
+
+    def table(self, ctx: Context) -> list[dict]:
+        """One row per key: the median over rounds of each round's median, and the spread."""
+        by_key: dict[str, list[Row]] = {}
+        for row in self.rows(ctx):
+            by_key.setdefault(row.key, []).append(row)
+        return [summarize_rounds(key, rows) for key, rows in sorted(by_key.items())]
+
+    def iter_all(self) -> Iterator[tuple]:
+        yield from self._query("SELECT device, key, round, median_ms FROM measurements ORDER BY id")
+
+
+def summarize_rounds(key: str, rows: list[Row]) -> dict:
+    medians = np.array([r.median_ms for r in rows])
+    median = float(np.median(medians))
+    return {
+        "key": key, "kind": rows[0].kind, "median_ms": median,
+        "p10_ms": float(np.median([r.p10_ms for r in rows])),
+        "p90_ms": float(np.median([r.p90_ms for r in rows])),
+        "round_spread": float((medians.max() - medians.min()) / median) if median > 0 else 0.0,
+        "rounds": len(rows), "count": int(sum(r.count for r in rows)),
+    }

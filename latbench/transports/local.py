@@ -1,0 +1,49 @@
+"""The `local` transport: this host, runner in a subprocess, files used in place."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from latbench import home
+from latbench.errors import DeviceError
+from latbench.transports.base import CommandResult, Transport
+
+
+class LocalTransport(Transport):
+    def connect(self) -> None:
+        self._workdir = home.home_dir() / "work" / self.profile.name
+        self._workdir.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def workdir(self) -> str:
+        return str(self._workdir)
+
+    def python(self) -> str:
+        return self.profile.python or sys.executable
+
+    def stage(self, local: Path, subdir: str = "models") -> str:
+        return str(local)  # same filesystem: use files in place
+
+    def push(self, local: Path, remote: str) -> None:
+        if Path(remote).resolve() != Path(local).resolve():
+            shutil.copyfile(local, remote)
+
+    def pull(self, remote: str, local: Path) -> None:
+        shutil.copyfile(remote, local)
+
+    def run(self, argv: list[str], timeout_s: float) -> CommandResult:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise DeviceError(f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}",
+                              "raise timeout_s in the profile or lower protocol.batch_size") from None
+        except FileNotFoundError:
+            raise DeviceError(f"{argv[0]} not found on this host",
+                              f"set `python:` in {self.profile.source}") from None
+        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
