@@ -20,7 +20,8 @@ from latbench.measurement import Measurement
 from latbench.ops import Network, OpSpec
 from latbench.profiles import DeviceProfile
 from latbench.store import Context, Store
-from latbench.transports import Transport, open_transport
+from latbench.runners.base import BatchItem, BatchOutput, make_runner
+from latbench.transports import open_transport
 
 Item = Union[OpSpec, Network]
 #: on_event(stage, done, total, info): stage is "export" or "measure".
@@ -66,15 +67,6 @@ class Report:
             "median_relative_iqr": float(np.median(self.relative_iqrs)) if self.relative_iqrs else None,
             "max_temperature_c": self.max_temperature_c,
         }
-
-
-def make_runner(transport: Transport, profile: DeviceProfile):
-    if profile.runner == "python":
-        from latbench.runners.python import PythonRunner
-
-        return PythonRunner(transport, profile)
-    raise DeviceError(f"runner {profile.runner!r} of {profile.name} cannot collect yet",
-                      "use runner: python in the profile")
 
 
 def plan_batches(missing: Sequence[tuple[str, int]], batch_size: int, seed: int) -> list[list[tuple[str, int]]]:
@@ -165,48 +157,101 @@ class Collector:
 
     def _run_batch(self, plan: Plan, batch: list[tuple[str, int]], paths: dict[str, Path],
                    report: Report) -> None:
-        from latbench.runners.python import BatchItem
+        """Measure one batch; on a dropped connection or a timeout, reconnect and retry what is
+        left with backoff, then record the batch as failed and go on."""
+        retry = self.profile.retry
+        attempts = int(retry.get("attempts", 3))
+        backoff_s = float(retry.get("backoff_s", 2.0))
+        max_backoff_s = float(retry.get("max_backoff_s", 60.0))
+        remaining = list(batch)
+        for attempt in range(1, attempts + 1):
+            temp = self._wait_until_cool(report)
+            started = time.time()
+            ids = {f"{i}": pair for i, pair in enumerate(remaining)}
+            try:
+                output = self.runner.run_batch([BatchItem(i, paths[k]) for i, (k, _) in ids.items()])
+            except DeviceError as exc:
+                output = BatchOutput(start=None, error=str(exc))
+            remaining = self._store_output(plan, ids, output, started, temp, report)
+            if not remaining:
+                report.batches_ok += 1
+                return
+            if attempt < attempts:
+                delay = min(backoff_s * 2 ** (attempt - 1), max_backoff_s)
+                self.on_event("retry", attempt, attempts, {"error": output.error, "delay_s": delay})
+                time.sleep(delay)
+                self._reconnect()
+        report.batches_failed += 1
+        for key, _ in remaining:
+            report.failed.setdefault(key, f"run: {output.error}")
 
-        started = time.time()
-        ids = {f"{i}": pair for i, pair in enumerate(batch)}
+    def _reconnect(self) -> None:
         try:
-            output = self.runner.run_batch([BatchItem(i, paths[k]) for i, (k, _) in ids.items()])
-        except DeviceError as exc:
-            self.store.save_batch(plan.context, results=[], status="failed", items=len(batch),
-                                  started_at=started, error=str(exc))
-            report.batches_failed += 1
-            for key, _ in batch:
-                report.failed[key] = f"run: {exc}"
-            return
-        state = (output.start or {}).get("state") or {}
-        temp = state.get("max_temperature_c")
+            self.transport.close()
+        except Exception:
+            pass
+        try:
+            self.transport.connect()
+            self.runner = make_runner(self.transport, self.profile)
+        except DeviceError:
+            pass  # the next attempt fails and is counted
+
+    def _wait_until_cool(self, report: Report) -> float | None:
+        """Device temperature before a batch; above the profile's limit, wait (bounded) to cool."""
+        limit = self.profile.thermal.get("max_temp_c")
+        if limit is None:
+            return None
+        try:
+            temp = self.runner.state().get("max_temperature_c")
+        except DeviceError:
+            return None
+        deadline = time.monotonic() + float(self.profile.thermal.get("cool_timeout_s", 120))
+        poll_s = float(self.profile.thermal.get("poll_s", 5))
+        while temp is not None and temp > limit and time.monotonic() < deadline:
+            self.on_event("cooling", 0, 0, {"temperature_c": temp, "limit_c": limit})
+            time.sleep(poll_s)
+            try:
+                temp = self.runner.state().get("max_temperature_c")
+            except DeviceError:
+                break
         if temp is not None:
             report.max_temperature_c = max(temp, report.max_temperature_c or temp)
-        results = []
+        return temp
+
+    def _store_output(self, plan: Plan, ids: dict[str, tuple[str, int]], output: BatchOutput,
+                      started: float, temp: float | None, report: Report) -> list[tuple[str, int]]:
+        """Store what one runner invocation produced; returns the pairs still to measure."""
+        state = (output.start or {}).get("state") or {}
+        if temp is None:
+            temp = state.get("max_temperature_c")
+        results, remaining = [], []
         for position, (bid, (key, rnd)) in enumerate(ids.items()):
             rec = output.results.get(bid)
             if rec is None:
+                remaining.append((key, rnd))
                 continue
             if not rec.get("ok"):
                 self.store.record_failure(plan.context, key, "run", rec.get("error", "unknown"))
                 report.failed[key] = f"run: {rec.get('error')}"
                 continue
-            m = Measurement(key, rec["samples_ms"])
+            m = measurement_from_result(key, rec)
             report.relative_iqrs.append(m.relative_iqr)
             results.append((key, rnd, kind_of(plan.items[key]), m,
                             {"position": position, "temperature_c": temp}))
-        status = "ok" if output.error is None else ("partial" if results else "failed")
+        if output.error is None and not remaining:
+            status = "ok"
+        else:
+            status = "partial" if results else "failed"
         runner_meta = {k: v for k, v in (output.start or {}).items() if k != "state"}
-        self.store.save_batch(plan.context, results=results, status=status, items=len(batch),
-                              started_at=started, error=output.error, state_before=state,
+        self.store.save_batch(plan.context, results=results, status=status, items=len(ids),
+                              started_at=started, error=output.error, state_before=state or None,
                               state_after=(output.end or {}).get("state"), runner=runner_meta)
         report.measured += len(results)
-        if status == "ok":
-            report.batches_ok += 1
-        else:
-            report.batches_failed += 1
-            for key, _ in batch:
-                report.failed.setdefault(key, f"run: {output.error}")
+        return remaining
+
+
+def measurement_from_result(key: str, record: dict) -> Measurement:
+    return Measurement(key, record["samples_ms"])
 
 
 def space_items(space, networks: int = 0, limit: int | None = None, seed: int = 0) -> list[Item]:

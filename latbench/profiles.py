@@ -37,11 +37,41 @@ _FIELDS: dict[str, tuple[Any, Any, str]] = {
     "python": (str, None, "python interpreter on the device (python runner); default: this one for local, python3 elsewhere"),
     "connection": (dict, {}, "transport settings: host, port, user, serial, workdir, ..."),
     "protocol": (dict, {}, "timing protocol: warmup_runs, warmup_s, runs, min_time_s, max_runs, rounds, batch_size, seed"),
-    "thermal": (dict, {}, "max_temp_c (wait to cool above it) and cool_timeout_s"),
+    "thermal": (dict, {}, "max_temp_c (wait to cool above it), cool_timeout_s and poll_s"),
+    "retry": (dict, {}, "attempts (per batch), backoff_s (first wait, doubled each time), max_backoff_s"),
     "timeout_s": ((int, float), 600, "longest a runner invocation (one batch) may take"),
 }
 _CHOICES = {"transport": TRANSPORTS, "runner": RUNNERS, "runtime": RUNTIMES, "format": FORMATS}
-_THERMAL_FIELDS = {"max_temp_c": (int, float, type(None)), "cool_timeout_s": (int, float)}
+_NUM = (int, float)
+_THERMAL_FIELDS = {"max_temp_c": (int, float, type(None)), "cool_timeout_s": _NUM, "poll_s": _NUM}
+_RETRY_FIELDS = {"attempts": (int,), "backoff_s": _NUM, "max_backoff_s": _NUM}
+
+#: transport -> connection field -> (types, required, description)
+CONNECTION_FIELDS: dict[str, dict[str, tuple[tuple, bool, str]]] = {
+    "local": {
+        "workdir": ((str,), False, "directory for runner files (default: LATBENCH_HOME/work/<device>)"),
+    },
+    "ssh": {
+        "host": ((str,), True, "host name or address of the board"),
+        "port": ((int,), False, "SSH port (default 22)"),
+        "user": ((str,), False, "login user (default: the local user)"),
+        "key_file": ((str,), False, "private key file (default: the agent and ~/.ssh keys)"),
+        "known_hosts": ((str,), False, "known_hosts file to verify the host key (default ~/.ssh/known_hosts)"),
+        "trust_unknown_host": ((bool,), False, "accept and remember a host key never seen before (default false)"),
+        "connect_timeout_s": (_NUM, False, "seconds to wait for the connection (default 10)"),
+        "workdir": ((str,), False, "work directory on the board (default /tmp/latbench)"),
+    },
+    "adb": {
+        "address": ((str,), False, "host:port of a phone in TCP mode (adb tcpip 5555)"),
+        "serial": ((str,), False, "USB serial of the phone (with usb: true)"),
+        "usb": ((bool,), False, "connect over USB (needs the `usb` extra)"),
+        "adb_key": ((str,), False, "adb RSA private key (default ~/.android/adbkey, created if missing)"),
+        "auth_timeout_s": (_NUM, False, "seconds to accept the key on the phone (default 30)"),
+        "connect_timeout_s": (_NUM, False, "seconds to wait for the connection (default 10)"),
+        "workdir": ((str,), False, "work directory on the phone (default /data/local/tmp/latbench)"),
+        "cpu_mask": ((str,), False, "taskset mask pinning the benchmark to cores, e.g. f0 for the big cores"),
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +88,7 @@ class DeviceProfile:
     connection: dict = field(default_factory=dict)
     protocol: Protocol = field(default_factory=Protocol)
     thermal: dict = field(default_factory=dict)
+    retry: dict = field(default_factory=dict)
     timeout_s: float = 600
     source: str = ""
 
@@ -171,11 +202,26 @@ def parse_profile(path: Path) -> DeviceProfile:
                   f"known: {', '.join(Protocol().to_dict())}") from None
     except ValueError as exc:
         raise bad("protocol", str(exc), "fix that setting in the profile") from None
-    for key, value in values["thermal"].items():
-        if key not in _THERMAL_FIELDS:
-            raise bad("thermal", f"has an unknown setting {key!r}", f"known: {', '.join(_THERMAL_FIELDS)}")
-        if isinstance(value, bool) or not isinstance(value, _THERMAL_FIELDS[key]):
-            raise bad("thermal", f"setting {key!r} must be a number; got {value!r}", f"set {key}: a number")
+    for section, known in (("thermal", _THERMAL_FIELDS), ("retry", _RETRY_FIELDS)):
+        for key, value in values[section].items():
+            if key not in known:
+                raise bad(section, f"has an unknown setting {key!r}", f"known: {', '.join(known)}")
+            if isinstance(value, bool) or not isinstance(value, known[key]):
+                raise bad(section, f"setting {key!r} must be a number; got {value!r}", f"set {key}: a number")
+    schema = CONNECTION_FIELDS[values["transport"]]
+    for key, value in values["connection"].items():
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            fix = f"did you mean {close[0]!r}?" if close else f"known for {values['transport']}: {', '.join(schema)}"
+            raise bad("connection", f"has an unknown setting {key!r} for transport {values['transport']}", fix)
+        types, _, doc = schema[key]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise bad("connection", f"setting {key!r} must be {_type_name(types)}; got {value!r}",
+                      f"set {key}: {doc}")
+    for key, (_, required, doc) in schema.items():
+        if required and key not in values["connection"]:
+            raise bad("connection", f"needs {key!r} for transport {values['transport']}",
+                      f"add `connection: {{{key}: ...}}` ({doc})")
     if values["format"] == "tflite" and values["runtime"] == "onnxruntime":
         raise bad("format", "is tflite but runtime is onnxruntime", "use runtime: litert for .tflite models")
     if values["format"] == "onnx" and values["runtime"] == "litert":
@@ -185,5 +231,6 @@ def parse_profile(path: Path) -> DeviceProfile:
 
 def _type_name(typ: Any) -> str:
     types = typ if isinstance(typ, tuple) else (typ,)
-    names = {int: "an integer", float: "a number", str: "a string", dict: "a mapping", list: "a list"}
+    names = {int: "an integer", float: "a number", str: "a string", dict: "a mapping", list: "a list",
+             bool: "true or false"}
     return " or ".join(names.get(t, t.__name__) for t in types)

@@ -10,8 +10,9 @@ from latbench.validation import Interval, check_params
 @dataclass(frozen=True)
 class Protocol:
     """Timing protocol. Each model: warm up for at least `warmup_runs` runs *and* `warmup_s`
-    seconds, then time single runs until at least `runs` runs *and* `min_time_s` seconds
-    (at most `max_runs`). Every op is measured `rounds` times, each round in a fresh shuffled
+    seconds, then time single runs: at least `runs` runs *and* `min_time_s` seconds; then, when
+    `rel_ci` > 0, on until the median's relative 95% CI half-width is <= `rel_ci` or `max_time_s`
+    has passed; never more than `max_runs` runs. Every op is measured `rounds` times, each round in a fresh shuffled
     order, `batch_size` models per runner process.
 
     Only the timing fields define a measurement's settings; `rounds` and `batch_size`
@@ -23,6 +24,8 @@ class Protocol:
     runs: int = 30
     min_time_s: float = 0.3
     max_runs: int = 5000
+    max_time_s: float = 2.0
+    rel_ci: float = 0.0
     rounds: int = 3
     batch_size: int = 40
     seed: int = 0
@@ -33,6 +36,8 @@ class Protocol:
         "runs": Interval(int, 1),
         "min_time_s": Interval(float, 0),
         "max_runs": Interval(int, 1),
+        "max_time_s": Interval(float, 0),
+        "rel_ci": Interval(float, 0, 1),
         "rounds": Interval(int, 1),
         "batch_size": Interval(int, 1),
         "seed": Interval(int, 0),
@@ -46,7 +51,8 @@ class Protocol:
 
     def timing(self) -> dict:
         """The fields that define what a measured number means (stored as settings)."""
-        return {k: getattr(self, k) for k in ("warmup_runs", "warmup_s", "runs", "min_time_s", "max_runs")}
+        return {k: getattr(self, k) for k in ("warmup_runs", "warmup_s", "runs", "min_time_s", "max_runs",
+                                            "max_time_s", "rel_ci")}
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -228,6 +228,32 @@ class Store:
                 [(ctx.device, ctx.settings_hash, key) for key, *_ in results])
         return batch_id
 
+    def save_imported(self, ctx: Context, rows: list[dict], *, source: str) -> int:
+        """Store measurements made elsewhere (no raw samples); returns how many were new.
+
+        Each row needs ``key``, ``kind`` and ``median_ms``; ``round`` (default 0), ``p10_ms``,
+        ``p90_ms``, ``mean_ms``, ``std_ms`` (default: the median, 0) and ``count`` (default 1)
+        are optional. The batch records `source`.
+        """
+        now = time.time()
+        with self._write() as conn:
+            batch_id = conn.execute(
+                "INSERT INTO batches (device, runtime, runtime_version, settings_hash, unit, status,"
+                " error, items, started_at, finished_at, state_before, state_after, runner)"
+                " VALUES (?,?,?,?,'','imported',NULL,?,?,?,NULL,NULL,?)",
+                (*ctx.as_tuple(), len(rows), now, now, json.dumps({"source": source}))).lastrowid
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO measurements (device, runtime, runtime_version, settings_hash,"
+                " key, round, kind, median_ms, p10_ms, p90_ms, mean_ms, std_ms, count, samples,"
+                " batch_id, position, unit, temperature_c, measured_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL,'',NULL,?)",
+                [(*ctx.as_tuple(), r["key"], int(r.get("round", 0)), r["kind"], float(r["median_ms"]),
+                  float(r.get("p10_ms", r["median_ms"])), float(r.get("p90_ms", r["median_ms"])),
+                  float(r.get("mean_ms", r["median_ms"])), float(r.get("std_ms", 0.0)),
+                  int(r.get("count", 1)), b"", batch_id, now) for r in rows])
+            return conn.total_changes - before
+
     def record_failure(self, ctx: Context, key: str, stage: str, error: str) -> None:
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO failures VALUES (?,?,?,?,?,?)",

@@ -75,6 +75,14 @@ def run(args) -> int:
                 tasks: dict[str, int] = {}
 
                 def on_event(stage: str, done: int, total: int, info: dict) -> None:
+                    if stage == "retry":
+                        bar.console.print(f"[yellow]batch failed ({info['error']}); retry {done}/{total - 1} "
+                                          f"in {info['delay_s']:.0f} s[/]")
+                        return
+                    if stage == "cooling":
+                        bar.console.print(f"[yellow]device at {info['temperature_c']:.0f} C > "
+                                          f"{info['limit_c']:.0f} C: waiting to cool[/]")
+                        return
                     if stage not in tasks:
                         label = "exporting" if stage == "export" else "measuring"
                         tasks[stage] = bar.add_task(label, total=total)

@@ -16,6 +16,7 @@ COMMANDS = {
     "collect": ("latbench.cli.collect", "measure the ops (and networks) of a search space on a device"),
     "lut": ("latbench.cli.lut", "print or write a device's measured latency table"),
     "devices": ("latbench.cli.devices", "list the known device profiles"),
+    "doctor": ("latbench.cli.doctor", "check that a device can be measured, with a fix for each problem"),
 }
 
 

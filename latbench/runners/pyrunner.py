@@ -9,7 +9,7 @@ library, numpy and one inference runtime, so it imports nothing from latbench.
     python pyrunner.py run BATCH.json       # JSON lines: a start event, then one result per model
 
 BATCH.json holds ``runtime``, ``threads``, ``options`` (runtime settings),
-``protocol`` (warmup_runs, warmup_s, runs, min_time_s, max_runs) and ``items``
+``protocol`` (warmup_runs, warmup_s, runs, min_time_s, max_runs, max_time_s, rel_ci) and ``items``
 (``id``, ``path``) in the order to measure them. Each result carries the raw
 samples in milliseconds; statistics are computed by the host, in one place.
 A model that fails yields ``{"id": ..., "ok": false, "error": ...}`` and the
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import platform
 import sys
@@ -172,21 +173,53 @@ _MODELS = {"onnxruntime": _OnnxModel, "litert": _LiteModel}
 
 # ---- protocol ----------------------------------------------------------------------------
 
+def median_rel_ci(samples: list[float]) -> float:
+    """Half-width of the ~95% confidence interval of the median (order statistics), relative
+    to the median."""
+    ordered = sorted(samples)
+    n = len(ordered)
+    k = 0.98 * math.sqrt(n)  # 1.96 * sqrt(n) / 2
+    lo = ordered[max(0, int(math.floor(n / 2 - k)))]
+    hi = ordered[min(n - 1, int(math.ceil(n / 2 + k)))]
+    median = ordered[n // 2]
+    return (hi - lo) / (2 * median) if median > 0 else math.inf
+
+
 def measure(run, protocol: dict) -> tuple[list[float], int]:
-    """Warm up (>= warmup_runs and >= warmup_s), then time single runs (>= runs and >= min_time_s,
-    at most max_runs). Returns (samples in ms, warm-up runs done)."""
+    """Warm up (>= warmup_runs and >= warmup_s), then time single runs: at least `runs` runs and
+    `min_time_s`; then, if `rel_ci` > 0, go on until the median is known to within `rel_ci`
+    (relative 95% CI half-width) or `max_time_s` has passed; never more than `max_runs`.
+
+    Stopping once the estimate is confident (as torch.utils.benchmark's adaptive_autorange
+    does) keeps quiet ops cheap and spends the time on noisy ones.
+    Returns (samples in ms, warm-up runs done)."""
     clock = time.perf_counter_ns
     start, warm = time.perf_counter(), 0
     while warm < protocol["warmup_runs"] or time.perf_counter() - start < protocol["warmup_s"]:
         run()
         warm += 1
+    runs, min_time_s, max_runs = protocol["runs"], protocol["min_time_s"], protocol["max_runs"]
+    max_time_s = protocol.get("max_time_s", math.inf)
+    rel_ci = protocol.get("rel_ci", 0.0)
     samples: list[float] = []
     start = time.perf_counter()
-    runs, min_time_s, max_runs = protocol["runs"], protocol["min_time_s"], protocol["max_runs"]
-    while len(samples) < max_runs and (len(samples) < runs or time.perf_counter() - start < min_time_s):
+    next_check = runs
+    while len(samples) < max_runs:
         t0 = clock()
         run()
         samples.append((clock() - t0) / 1e6)
+        n = len(samples)
+        if n < runs:
+            continue
+        elapsed = time.perf_counter() - start
+        if elapsed < min_time_s:
+            continue
+        if rel_ci <= 0 or elapsed >= max_time_s:
+            break
+        if n >= next_check:
+            if median_rel_ci(samples) <= rel_ci:
+                break
+            next_check = n + max(1, n // 5)
     return samples, warm
 
 

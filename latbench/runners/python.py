@@ -5,38 +5,18 @@ from __future__ import annotations
 import json
 import tempfile
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from latbench.errors import DeviceError
-from latbench.profiles import DeviceProfile
 from latbench.runners import PYRUNNER_PATH
-from latbench.transports.base import Transport
+from latbench.runners.base import BatchItem, BatchOutput, Runner
 
 _INSTALL_HINT = {"onnxruntime": "pip install onnxruntime", "litert": "pip install ai-edge-litert (or tflite-runtime)"}
 
 
-@dataclass
-class BatchItem:
-    id: str
-    path: Path  # on this host
-
-
-@dataclass
-class BatchOutput:
-    start: dict | None
-    results: dict[str, dict] = field(default_factory=dict)  # id -> result record
-    end: dict | None = None
-    error: str | None = None  # set when the runner died before finishing
-
-
-class PythonRunner:
+class PythonRunner(Runner):
     name = "python"
-
-    def __init__(self, transport: Transport, profile: DeviceProfile):
-        self.transport = transport
-        self.profile = profile
-        self._remote_runner: str | None = None
+    _remote_runner: str | None = None
 
     def _runner_path(self) -> str:
         if self._remote_runner is None:

@@ -52,6 +52,11 @@ class Transport(abc.ABC):
     def python(self) -> str:
         return self.profile.python or "python3"
 
+    def device_info(self) -> dict:
+        """What `latbench doctor` shows: model, os, cores, governors, frequencies_khz,
+        temperatures_c, free_bytes (in the work directory), python. Missing facts are None."""
+        raise NotImplementedError
+
     def __enter__(self) -> "Transport":
         self.connect()
         return self

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -14,8 +16,30 @@ from latbench.transports.base import CommandResult, Transport
 
 class LocalTransport(Transport):
     def connect(self) -> None:
-        self._workdir = home.home_dir() / "work" / self.profile.name
-        self._workdir.mkdir(parents=True, exist_ok=True)
+        default = home.home_dir() / "work" / self.profile.name
+        self._workdir = Path(self.profile.connection.get("workdir", default)).expanduser()
+        try:
+            self._workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DeviceError(f"cannot create the work directory {self._workdir}: {exc.strerror}",
+                              "set connection.workdir in the profile or LATBENCH_HOME to a writable place") from None
+
+    def device_info(self) -> dict:
+        from latbench.runners.pyrunner import device_state
+
+        state = device_state()
+        model = None
+        for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        return {
+            "model": model or platform.processor() or platform.machine(),
+            "os": platform.platform(), "cores": os.cpu_count(),
+            "governors": state["governors"], "frequencies_khz": state["frequencies_khz"],
+            "temperatures_c": state["temperatures_c"],
+            "free_bytes": shutil.disk_usage(self._workdir).free, "python": platform.python_version(),
+        }
 
     def close(self) -> None:
         pass

@@ -1,0 +1,102 @@
+"""`latbench doctor`: can this device be measured? One row per check, each failure with its fix."""
+
+from __future__ import annotations
+
+import argparse
+
+from latbench.cli import output
+
+EXAMPLES = """\
+examples:
+  latbench doctor --device local
+  latbench doctor --device rpi4 --json
+
+Checks: the profile, reachability and authentication, the runtime and its version on the
+device, cores, CPU governors and frequencies, temperatures against the profile's limit,
+and free space in the device's work directory. Exit code 1 when a check fails."""
+
+MIN_FREE_BYTES = 200 * 1024 * 1024
+
+
+def add_parser(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text.capitalize() + ".",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", required=True, help="device profile name")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+
+
+def diagnose(profile) -> list[dict]:
+    """Run every check in order; a failed connection skips the checks that need one."""
+    from latbench.errors import DeviceError
+    from latbench.runners.base import make_runner
+    from latbench.transports import open_transport
+
+    rows: list[dict] = []
+
+    def add(check: str, status: str, detail: str, fix: str = "") -> None:
+        rows.append({"check": check, "status": status, "detail": detail, "fix": fix})
+
+    add("profile", "ok", f"{profile.source} ({profile.transport}, {profile.runner}, {profile.runtime})")
+    transport = open_transport(profile)
+    try:
+        transport.connect()
+    except DeviceError as exc:
+        add("reachable", "FAIL", exc.message, exc.hint or "")
+        for check in ("runtime", "cores", "governor", "temperature", "free space"):
+            add(check, "skipped", "device not reachable")
+        return rows
+    try:
+        add("reachable", "ok", f"{profile.transport} connection and authentication")
+        try:
+            info = transport.device_info()
+        except (DeviceError, NotImplementedError) as exc:
+            info = {}
+            add("device info", "FAIL", str(exc) or "not available", "check the transport")
+        runner = make_runner(transport, profile)
+        try:
+            add("runtime", "ok", f"{runner.runtime_version(runner.info())} ({profile.runner} runner)")
+        except DeviceError as exc:
+            add("runtime", "FAIL", exc.message, exc.hint or "")
+        if info:
+            add("device", "ok", f"{info.get('model') or '?'}; {info.get('os') or ''}".strip("; "))
+            add("cores", "ok" if info.get("cores") else "warn", str(info.get("cores") or "unknown"),
+                "" if info.get("cores") else "cannot read the core count")
+            govs = sorted(set((info.get("governors") or {}).values()))
+            freqs = info.get("frequencies_khz") or {}
+            detail = (f"{', '.join(govs) or 'unknown'}; "
+                      + (f"{min(freqs.values()) / 1e3:.0f}-{max(freqs.values()) / 1e3:.0f} MHz" if freqs else "no cpufreq"))
+            steady = not govs or set(govs) <= {"performance", "userspace"}
+            add("governor", "ok" if steady else "warn", detail,
+                "" if steady else "set the governor to performance for steadier numbers")
+            temps = info.get("temperatures_c") or {}
+            limit = profile.thermal.get("max_temp_c")
+            if temps:
+                hottest = max(temps.values())
+                hot = limit is not None and hottest > limit
+                add("temperature", "warn" if hot else "ok",
+                    f"max {hottest:.0f} C over {len(temps)} zone(s)" + (f", limit {limit} C" if limit else ""),
+                    "let the device cool; collection waits for it" if hot else "")
+            else:
+                add("temperature", "warn", "no thermal zones readable", "temperatures will not be recorded")
+            free = info.get("free_bytes")
+            if free is not None:
+                low = free < MIN_FREE_BYTES
+                add("free space", "FAIL" if low else "ok", f"{free / 2**20:.0f} MiB in {transport.workdir}",
+                    "free space or set connection.workdir elsewhere" if low else "")
+    finally:
+        transport.close()
+    return rows
+
+
+def run(args) -> int:
+    from latbench.profiles import load_profile
+
+    rows = diagnose(load_profile(args.device))
+    if args.json:
+        output.print_json(rows)
+    else:
+        colour = {"ok": "green", "FAIL": "red", "warn": "yellow", "skipped": "dim"}
+        output.table(f"doctor: {args.device}", ["check", "status", "detail", "fix"],
+                     [[r["check"], f"[{colour[r['status']]}]{r['status']}[/]", r["detail"], r["fix"]]
+                      for r in rows])
+    return 1 if any(r["status"] == "FAIL" for r in rows) else 0

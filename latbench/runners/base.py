@@ -1,0 +1,68 @@
+"""What every runner offers to collection: info, device state, and one call per batch."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from latbench.profiles import DeviceProfile
+from latbench.transports.base import Transport
+
+
+@dataclass
+class BatchItem:
+    id: str
+    path: Path  # the model file on this host; the runner stages it on the device
+
+
+@dataclass
+class BatchOutput:
+    """What one runner invocation produced. `results[id]` is ``{"ok": True, "samples_ms": [...]}``
+    or ``{"ok": False, "error": "..."}``; ids missing from `results` were not reached."""
+
+    start: dict | None  # runtime, runtime_version, threads, state (device state before)
+    results: dict[str, dict] = field(default_factory=dict)
+    end: dict | None = None  # state (device state after)
+    error: str | None = None  # set when the runner died before finishing
+
+
+class Runner(abc.ABC):
+    name: str
+
+    def __init__(self, transport: Transport, profile: DeviceProfile):
+        self.transport = transport
+        self.profile = profile
+
+    @abc.abstractmethod
+    def info(self) -> dict:
+        """Runtimes present and their versions (``{"runtimes": {name: {"package", "version"}}}``),
+        plus whatever describes the device."""
+
+    @abc.abstractmethod
+    def state(self) -> dict:
+        """Device state now: at least ``max_temperature_c`` (None when unknown)."""
+
+    @abc.abstractmethod
+    def runtime_version(self, info: dict) -> str:
+        """"<package> <version>" of the profile's runtime; DeviceError with a fix when absent."""
+
+    @abc.abstractmethod
+    def run_batch(self, items: list[BatchItem]) -> BatchOutput:
+        """Time every item in one invocation on the device, in the given order."""
+
+
+#: runner name in a profile -> "module:Class"
+RUNNERS = {
+    "python": "latbench.runners.python:PythonRunner",
+    "benchmark_model": "latbench.runners.benchmark_model:BenchmarkModelRunner",
+    "onnxruntime_perf_test": "latbench.runners.onnxruntime_perf_test:OrtPerfTestRunner",
+    "trtexec": "latbench.runners.trtexec:TrtexecRunner",
+}
+
+
+def make_runner(transport: Transport, profile: DeviceProfile) -> Runner:
+    import importlib
+
+    module, cls = RUNNERS[profile.runner].split(":")
+    return getattr(importlib.import_module(module), cls)(transport, profile)
