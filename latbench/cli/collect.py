@@ -27,6 +27,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--limit", type=_positive, default=None, metavar="K",
                    help="measure only the first K ops of the space")
     p.add_argument("--seed", type=_nonneg, default=0, help="seed for sampling networks (default 0)")
+    p.add_argument("--trust-new-host", action="store_true",
+                   help="SSH: accept and remember the host key of a board never connected to before")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
 
@@ -55,7 +57,10 @@ def run(args) -> int:
     space = get_space(args.space)
     home.writable_home()
     items = space_items(space, networks=args.networks, limit=args.limit, seed=args.seed)
-    with Store(home.db_path()) as store, Collector(profile, store, rounds=args.rounds) as collector:
+    collector = Collector(profile, store := Store(home.db_path()), rounds=args.rounds)
+    if args.trust_new_host:  # never turns off a profile's trust_unknown_host
+        collector.transport.trust_new_host = True
+    with store, collector:
         plan = collector.plan(items)
         p = profile.protocol
         output.note(

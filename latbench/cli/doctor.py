@@ -22,10 +22,12 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text.capitalize() + ".",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", required=True, help="device profile name")
+    p.add_argument("--trust-new-host", action="store_true",
+                   help="SSH: accept and remember the host key of a board never connected to before")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
 
 
-def diagnose(profile) -> list[dict]:
+def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
     """Run every check in order; a failed connection skips the checks that need one."""
     from latbench.errors import DeviceError
     from latbench.runners.base import make_runner
@@ -38,6 +40,8 @@ def diagnose(profile) -> list[dict]:
 
     add("profile", "ok", f"{profile.source} ({profile.transport}, {profile.runner}, {profile.runtime})")
     transport = open_transport(profile)
+    if trust_new_host:
+        transport.trust_new_host = True
     try:
         transport.connect()
     except DeviceError as exc:
@@ -91,7 +95,7 @@ def diagnose(profile) -> list[dict]:
 def run(args) -> int:
     from latbench.profiles import load_profile
 
-    rows = diagnose(load_profile(args.device))
+    rows = diagnose(load_profile(args.device), trust_new_host=args.trust_new_host)
     if args.json:
         output.print_json(rows)
     else:

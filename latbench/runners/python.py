@@ -48,10 +48,11 @@ class PythonRunner(Runner):
         return f"{found['package']} {found['version']}"
 
     def run_batch(self, items: list[BatchItem]) -> BatchOutput:
+        remotes = self.transport.stage_many([it.path for it in items])  # one hash check per batch
         batch = {
             "runtime": self.profile.runtime, "threads": self.profile.threads,
             "options": self.profile.runtime_options, "protocol": self.profile.protocol.timing(),
-            "items": [{"id": it.id, "path": self.transport.stage(it.path)} for it in items],
+            "items": [{"id": it.id, "path": path} for it, path in zip(items, remotes)],
         }
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / f"batch-{uuid.uuid4().hex[:12]}.json"

@@ -49,6 +49,10 @@ class Transport(abc.ABC):
         self.push(local, remote)
         return remote
 
+    def stage_many(self, paths: list[Path], subdir: str = "models") -> list[str]:
+        """`stage` for several files; remote transports check and push them in one go."""
+        return [self.stage(p, subdir) for p in paths]
+
     def python(self) -> str:
         return self.profile.python or "python3"
 

@@ -1,0 +1,579 @@
+"""The `ssh` transport: a Linux board reached with paramiko (exec + SFTP).
+
+Host keys are checked against a known_hosts file and an unknown host is refused
+unless the user opts in (``connection.trust_unknown_host: true`` or the CLI's
+``--trust-new-host``); a changed key is always refused. Every remote command is
+built with `shlex.join`, so paths and names reach the device literally.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import logging
+import os
+import posixpath
+import select
+import shlex
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+from latbench.errors import DeviceError
+from latbench.profiles import DeviceProfile
+from latbench.transports.base import CommandResult, Transport
+
+try:
+    import paramiko
+except ImportError:  # pragma: no cover - depends on the environment
+    paramiko = None
+else:
+    # paramiko logs a failed handshake with a traceback; latbench reports it as one line.
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+DEFAULT_WORKDIR = "/tmp/latbench"
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+_PID_MARK = "LATBENCH_PID="
+#: Longest argument list sent in one command (well under any ARG_MAX and SSH packet limit).
+_MAX_ARGS_BYTES = 32_000
+_SFTP_TIMEOUT_S = 60.0
+
+# One round trip for many files: the sha256 of each path in order, "-" when it is missing.
+_HASH_SCRIPT = ('for f do if [ -f "$f" ]; then sha256sum < "$f" 2>/dev/null || echo -; '
+                'else echo -; fi; done')
+# Kill the process group the login shell of a timed-out command leads (sshd setsid()s it).
+_KILL_SCRIPT = ('kill -TERM -"$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null; sleep 1; '
+                'kill -KILL -"$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null; true')
+# Everything `latbench doctor` shows, read in one command; $1 = workdir, $2 = python.
+_INFO_SCRIPT = r"""
+printf 'model\t%s\n' "$(tr -d '\000' < /proc/device-tree/model 2>/dev/null)"
+printf 'cpumodel\t%s\n' "$(grep -m 1 -E '^(model name|Model|Hardware)' /proc/cpuinfo 2>/dev/null | cut -d: -f2-)"
+printf 'uname\t%s\n' "$(uname -srm 2>/dev/null)"
+printf 'cores\t%s\n' "$(getconf _NPROCESSORS_ONLN 2>/dev/null || grep -c ^processor /proc/cpuinfo)"
+for c in /sys/devices/system/cpu/cpu[0-9]*; do
+  [ -d "$c/cpufreq" ] || continue
+  printf 'cpu\t%s\t%s\t%s\t%s\n' "${c##*/}" "$(cat "$c/cpufreq/scaling_governor" 2>/dev/null)" \
+    "$(cat "$c/cpufreq/scaling_cur_freq" 2>/dev/null)" "$(cat "$c/cpufreq/cpuinfo_max_freq" 2>/dev/null)"
+done
+for z in /sys/class/thermal/thermal_zone*; do
+  [ -r "$z/temp" ] && printf 'temp\t%s\t%s\n' "$(cat "$z/type" 2>/dev/null)" "$(cat "$z/temp" 2>/dev/null)"
+done
+printf 'df\t%s\n' "$(df -Pk "$1" 2>/dev/null | tail -n 1)"
+printf 'python\t%s\n' "$("$2" -c 'import platform; print(platform.python_version())' 2>/dev/null)"
+"""
+
+
+def _require_paramiko() -> None:
+    if paramiko is None:
+        raise DeviceError("the ssh transport needs paramiko, which is not installed",
+                          "pip install -e .[remote] (or pip install paramiko)")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _chunks(paths: Sequence[str]) -> list[list[str]]:
+    """Split `paths` into argument lists short enough for one remote command each."""
+    out: list[list[str]] = [[]]
+    size = 0
+    for p in paths:
+        n = len(shlex.quote(p)) + 1
+        if out[-1] and size + n > _MAX_ARGS_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(p)
+        size += n
+    return [c for c in out if c]
+
+
+class _HostKeyPolicy:
+    """Called by paramiko only for a host with no key at all in known_hosts.
+
+    Refuses with the fix, or, when the user trusts new hosts on purpose, appends the
+    key to the known_hosts file so the next connection checks it.
+    """
+
+    def __init__(self, transport: "SSHTransport"):
+        self.transport = transport
+
+    def missing_host_key(self, client, hostname: str, key) -> None:
+        t = self.transport
+        if not t.trust_new_host:
+            err = DeviceError(
+                f"the SSH host key of {hostname} ({key.get_name()} {key.fingerprint}) is not in "
+                f"{t.known_hosts}",
+                f"check the fingerprint, then trust it on purpose: `ssh-keyscan -p {t.port} {t.host} "
+                f">> {t.known_hosts}`, or `ssh -p {t.port} {t.user}@{t.host}` once, or set "
+                f"connection.trust_unknown_host: true in {t.profile.source or t.profile.name} "
+                f"(or pass --trust-new-host)")
+            err.stage = "unknown_host"
+            raise err
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        path = Path(t.known_hosts)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open(path, "a") as fh:
+                fh.write(paramiko.hostkeys.HostKeyEntry([hostname], key).to_line())
+        except OSError as exc:
+            raise DeviceError(f"cannot remember the host key of {hostname} in {path}: "
+                              f"{exc.strerror or exc}",
+                              "set connection.known_hosts to a writable file") from None
+        t.trusted_new_key = key.fingerprint
+
+
+class SSHTransport(Transport):
+    """A board over SSH. Reconnects once on its own when the connection dropped."""
+
+    def __init__(self, profile: DeviceProfile):
+        super().__init__(profile)
+        conn = profile.connection
+        self.host: str = conn["host"]
+        self.port: int = int(conn.get("port", 22))
+        self.user: str = conn.get("user") or getpass.getuser()
+        self.key_file: str | None = os.path.expanduser(conn["key_file"]) if conn.get("key_file") else None
+        self.known_hosts: str = os.path.expanduser(conn.get("known_hosts") or DEFAULT_KNOWN_HOSTS)
+        #: Accept and remember a host never seen before; the CLI's --trust-new-host sets it.
+        self.trust_new_host: bool = bool(conn.get("trust_unknown_host", False))
+        self.connect_timeout_s: float = float(conn.get("connect_timeout_s", 10))
+        self._workdir_setting: str = conn.get("workdir") or DEFAULT_WORKDIR
+        self._workdir: str | None = None
+        self._client = None
+        self._sftp = None
+        self._home: str | None = None
+        self._connected_once = False
+        #: remote path -> sha256 of what is there, learned in this connection
+        self._remote_sha: dict[str, str] = {}
+        self._local_sha: dict[tuple[str, int, int], str] = {}
+        #: files actually uploaded by this transport (not skipped); for reports and tests
+        self.uploads = 0
+        self.trusted_new_key: str | None = None
+
+    # ---- connection ------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+    def connect(self) -> None:
+        """Open the SSH connection, verify the host key, log in and create the work directory."""
+        _require_paramiko()
+        self.close()
+        client = paramiko.SSHClient()
+        if os.path.isfile(self.known_hosts):
+            try:
+                client.load_host_keys(self.known_hosts)
+            except (OSError, paramiko.hostkeys.InvalidHostKey) as exc:
+                raise DeviceError(f"cannot read the known_hosts file {self.known_hosts}: {exc}",
+                                  "fix or remove the bad line, or set connection.known_hosts") from None
+        client.set_missing_host_key_policy(_HostKeyPolicy(self))
+        if self.key_file and not os.path.isfile(self.key_file):
+            err = DeviceError(f"the SSH key file {self.key_file} does not exist",
+                              f"fix connection.key_file in {self.profile.source or self.profile.name}")
+            err.stage = "auth"
+            raise err
+        timeout = self.connect_timeout_s
+        try:
+            client.connect(
+                self.host, port=self.port, username=self.user,
+                key_filename=self.key_file, allow_agent=self.key_file is None,
+                look_for_keys=self.key_file is None, timeout=timeout, banner_timeout=timeout,
+                auth_timeout=timeout, channel_timeout=timeout)
+        except DeviceError:
+            client.close()
+            raise
+        except Exception as exc:  # paramiko and socket errors: one clear line each
+            client.close()
+            raise self._connect_error(exc) from None
+        client.get_transport().set_keepalive(15)
+        self._client = client
+        self._home = None
+        self._remote_sha.clear()
+        self._connected_once = True
+        self._workdir = self._resolve_workdir(self._workdir_setting)
+        res = self.run(["mkdir", "-p", "--", self._workdir], timeout + 20)
+        if res.exit_code != 0:
+            raise DeviceError(f"cannot create the work directory {self._workdir} on {self.where}: "
+                              f"{res.stderr.strip()[:200]}",
+                              f"set connection.workdir in {self.profile.source or self.profile.name} "
+                              "to a writable directory")
+
+    def _connect_error(self, exc: BaseException) -> DeviceError:
+        src = self.profile.source or self.profile.name
+        if isinstance(exc, paramiko.BadHostKeyException):
+            err = DeviceError(
+                f"the SSH host key of {self.host}:{self.port} CHANGED: it offers "
+                f"{exc.key.get_name()} {exc.key.fingerprint}, {self.known_hosts} has "
+                f"{exc.expected_key.get_name()} {exc.expected_key.fingerprint} (a reinstalled "
+                f"board, or someone in between)",
+                "if the board was reinstalled, remove the old key with `ssh-keygen -R "
+                f"{self._known_name()} -f {self.known_hosts}` and connect again; otherwise do not")
+            err.stage = "changed_host"
+            return err
+        if isinstance(exc, paramiko.PasswordRequiredException):
+            err = DeviceError(f"the SSH key {self.key_file} is protected by a passphrase",
+                              f"load it into ssh-agent (`ssh-add {self.key_file}`) and remove "
+                              f"connection.key_file from {src}")
+            err.stage = "auth"
+            return err
+        if isinstance(exc, paramiko.AuthenticationException):
+            key = self.key_file or "the agent and ~/.ssh keys"
+            err = DeviceError(f"SSH login as {self.user}@{self.host}:{self.port} failed with {key}",
+                              f"install your public key on the board (`ssh-copy-id -p {self.port} "
+                              f"{self.user}@{self.host}`), or set connection.key_file/user in {src}")
+            err.stage = "auth"
+            return err
+        if isinstance(exc, socket.gaierror):
+            err = DeviceError(f"cannot resolve the host name {self.host!r}",
+                              f"fix connection.host in {src} or use the board's IP address")
+        elif isinstance(exc, (paramiko.ssh_exception.NoValidConnectionsError, ConnectionRefusedError)):
+            err = DeviceError(f"{self.host}:{self.port} refused the SSH connection",
+                              "check that sshd runs on the board (`systemctl status ssh`) and "
+                              f"connection.port in {src}")
+        elif isinstance(exc, (socket.timeout, TimeoutError)):
+            err = DeviceError(f"no SSH answer from {self.host}:{self.port} within "
+                              f"{self.connect_timeout_s:g} s",
+                              "check that the board is on and on the network, or raise "
+                              f"connection.connect_timeout_s in {src}")
+        elif isinstance(exc, paramiko.SSHException) and self._client_gave_up(exc):
+            err = DeviceError(f"{self.host}:{self.port} accepted the connection but gave no SSH "
+                              f"handshake within {self.connect_timeout_s:g} s",
+                              "check that connection.port is the board's SSH port and that sshd is "
+                              f"healthy there, or raise connection.connect_timeout_s in {src}")
+        elif isinstance(exc, OSError):
+            err = DeviceError(f"cannot reach {self.host}:{self.port}: {exc.strerror or exc}",
+                              "check the network and connection.host/port in " + src)
+        else:
+            err = DeviceError(f"SSH connection to {self.host}:{self.port} failed: "
+                              f"{type(exc).__name__}: {exc}"[:300],
+                              f"try `ssh -p {self.port} {self.user}@{self.host}` to see why")
+        err.stage = "reach"
+        return err
+
+    @staticmethod
+    def _client_gave_up(exc: BaseException) -> bool:
+        """paramiko's ways of saying the server never spoke SSH in time."""
+        text = str(exc).lower()
+        return any(w in text for w in ("banner", "no existing session", "timeout", "timed out"))
+
+    def _known_name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def _remote_home(self) -> str:
+        if self._home is None:
+            self._home = self.sftp().normalize(".")  # SFTP sessions start in the login's home
+        return self._home
+
+    def _expand_home(self, path: str) -> str:
+        """``~/x`` -> the login's home + ``/x``: quoted words get no tilde expansion remotely."""
+        if path == "~" or path.startswith("~/"):
+            return posixpath.join(self._remote_home(), path[2:])
+        return path
+
+    def _resolve_workdir(self, path: str) -> str:
+        """An absolute path: SFTP and quoted commands must agree on where it is."""
+        path = self._expand_home(path)
+        if not path.startswith("/"):
+            path = posixpath.join(self._remote_home(), path)
+        return posixpath.normpath(path)
+
+    def python(self) -> str:
+        return self._expand_home(self.profile.python or "python3")
+
+    def _ensure(self):
+        """The live client; reconnects once when an earlier connection dropped."""
+        alive = self._client is not None and self._client.get_transport() is not None \
+            and self._client.get_transport().is_active()
+        if not alive:
+            if not self._connected_once:
+                raise DeviceError("the SSH transport is not connected", "call connect() first")
+            self.connect()
+        return self._client
+
+    def sftp(self):
+        self._ensure()
+        if self._sftp is None:
+            try:
+                self._sftp = self._client.open_sftp()
+            except Exception as exc:
+                raise DeviceError(f"cannot open SFTP on {self.where}: {exc}",
+                                  "enable the sftp subsystem in the board's sshd_config") from None
+            self._sftp.get_channel().settimeout(_SFTP_TIMEOUT_S)
+        return self._sftp
+
+    def close(self) -> None:
+        for obj in (self._sftp, self._client):
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:
+                    pass
+        self._sftp = self._client = None
+
+    @property
+    def workdir(self) -> str:
+        if self._workdir is None:
+            raise DeviceError("the SSH transport is not connected", "call connect() first")
+        return self._workdir
+
+    # ---- commands --------------------------------------------------------------------------
+
+    def run(self, argv: list[str], timeout_s: float) -> CommandResult:
+        """Run `argv` (quoted word by word) in the login shell; kill it after `timeout_s`."""
+        client = self._ensure()
+        command = f"echo {_PID_MARK}$$; " + shlex.join(argv)
+        try:
+            chan = client.get_transport().open_session(timeout=self.connect_timeout_s)
+            chan.exec_command(command)
+            chan.shutdown_write()  # nothing reads our stdin
+        except Exception as exc:
+            self.close()
+            raise self._lost(argv, exc) from None
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                got = False
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                    got = True
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                    got = True
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if chan.closed or not client.get_transport().is_active():
+                    break
+                if got:
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._kill(out)
+                    raise DeviceError(
+                        f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}; killed",
+                        "raise timeout_s in the profile or lower protocol.batch_size")
+                select.select([chan], [], [], min(remaining, 0.5))
+        except DeviceError:
+            chan.close()
+            raise
+        except Exception as exc:
+            self.close()
+            raise self._lost(argv, exc) from None
+        if not chan.exit_status_ready():
+            self.close()
+            raise self._lost(argv, None)
+        code = chan.recv_exit_status()
+        chan.close()
+        stdout = out.decode("utf-8", "replace")
+        if stdout.startswith(_PID_MARK):
+            stdout = stdout.split("\n", 1)[1] if "\n" in stdout else ""
+        stderr = err.decode("utf-8", "replace")
+        if code == 127 and "not found" in stderr:
+            raise DeviceError(f"{argv[0]} not found on {self.profile.name}",
+                              f"install it on the board or set `python:` in "
+                              f"{self.profile.source or self.profile.name}")
+        return CommandResult(code, stdout, stderr)
+
+    def _lost(self, argv: list[str], exc: BaseException | None) -> DeviceError:
+        why = f" ({type(exc).__name__}: {exc})" if exc is not None and str(exc) else ""
+        return DeviceError(f"lost the SSH connection to {self.where} while running {argv[0]}{why}"[:400],
+                           "check that the board is up (it may have rebooted); re-run, "
+                           "collection resumes with what is missing")
+
+    def _kill(self, out: bytearray) -> None:
+        """Best effort: end the timed-out command's process group through a second channel."""
+        first = bytes(out).split(b"\n", 1)[0].decode("ascii", "replace")
+        pid = first[len(_PID_MARK):] if first.startswith(_PID_MARK) else ""
+        if not pid.isdigit():
+            return
+        try:
+            chan = self._client.get_transport().open_session(timeout=self.connect_timeout_s)
+            chan.settimeout(10)
+            chan.exec_command(shlex.join(["sh", "-c", _KILL_SCRIPT, "sh", pid]))
+            chan.recv_exit_status()
+            chan.close()
+        except Exception:
+            pass
+
+    # ---- files -----------------------------------------------------------------------------
+
+    def push(self, local: Path, remote: str) -> None:
+        self.push_many([(Path(local), remote)])
+
+    def stage_many(self, paths: Sequence[Path], subdir: str = "models") -> list[str]:
+        """Like `stage` for many files, with one hash check for the lot."""
+        remotes = [f"{self.workdir}/{subdir}/{Path(p).name}" for p in paths]
+        self.push_many(list(zip((Path(p) for p in paths), remotes)))
+        return remotes
+
+    def push_many(self, pairs: Sequence[tuple[Path, str]]) -> int:
+        """Upload each (local, remote) pair unless the device has the same content; returns
+        how many were uploaded. Each upload goes to a temporary name, then is renamed, so a
+        dropped connection never leaves a half file under the real name."""
+        wanted: dict[str, tuple[Path, str]] = {}
+        for local, remote in pairs:
+            wanted[remote] = (local, self._local_hash(local))
+        unsure = [r for r, (_, sha) in wanted.items() if self._remote_sha.get(r) != sha]
+        if not unsure:
+            return 0
+        there = self._remote_hashes(unsure)
+        todo = [r for r in unsure if there.get(r) != wanted[r][1]]
+        for r in unsure:
+            if r not in todo:
+                self._remote_sha[r] = wanted[r][1]
+        if not todo:
+            return 0
+        parents = sorted({posixpath.dirname(r) for r in todo} - {""})
+        for chunk in _chunks(parents):
+            res = self.run(["mkdir", "-p", "--", *chunk], self.connect_timeout_s + 20)
+            if res.exit_code != 0:
+                raise DeviceError(f"cannot create {chunk[0]} on {self.where}: {res.stderr.strip()[:200]}",
+                                  "set connection.workdir to a writable directory")
+        sftp = self.sftp()
+        for remote in todo:
+            local, sha = wanted[remote]
+            tmp = f"{remote}.part-{uuid.uuid4().hex[:8]}"
+            try:
+                sftp.put(str(local), tmp)
+                try:
+                    sftp.posix_rename(tmp, remote)
+                except OSError:  # servers without the posix-rename extension
+                    self.run(["mv", "-f", "--", tmp, remote], 60)
+            except DeviceError:
+                raise
+            except Exception as exc:
+                self._discard(tmp)
+                raise DeviceError(f"cannot upload {local.name} to {remote} on {self.where}: "
+                                  f"{type(exc).__name__}: {exc}"[:400],
+                                  "check free space and permissions in connection.workdir") from None
+            self._remote_sha[remote] = sha
+            self.uploads += 1
+        return len(todo)
+
+    def _discard(self, tmp: str) -> None:
+        try:
+            if self._sftp is not None:
+                self._sftp.remove(tmp)
+        except Exception:
+            pass
+
+    def _local_hash(self, local: Path) -> str:
+        try:
+            st = local.stat()
+        except OSError as exc:
+            raise DeviceError(f"cannot read {local}: {exc.strerror}", "export the model again") from None
+        key = (str(local.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in self._local_sha:
+            self._local_sha[key] = _sha256_file(local)
+        return self._local_sha[key]
+
+    def _remote_hashes(self, remotes: list[str]) -> dict[str, str]:
+        """sha256 of each remote file that exists, one command per chunk of paths."""
+        found: dict[str, str] = {}
+        for chunk in _chunks(remotes):
+            res = self.run(["sh", "-c", _HASH_SCRIPT, "sh", *chunk], self.connect_timeout_s + 60)
+            lines = res.stdout.splitlines()
+            if res.exit_code != 0 or len(lines) != len(chunk):
+                continue  # no sha256sum on the board: upload everything in this chunk
+            for remote, line in zip(chunk, lines):
+                digest = line.split()[0] if line.split() else "-"
+                if len(digest) == 64:
+                    found[remote] = digest
+        return found
+
+    def pull(self, remote: str, local: Path) -> None:
+        local = Path(local)
+        tmp = local.with_name(f".{local.name}.{os.getpid()}.part")
+        try:
+            self.sftp().get(remote, str(tmp))
+            os.replace(tmp, local)
+        except DeviceError:
+            raise
+        except FileNotFoundError:
+            raise DeviceError(f"{remote} does not exist on {self.where}",
+                              "check the path; the runner may have failed before writing it") from None
+        except Exception as exc:
+            raise DeviceError(f"cannot download {remote} from {self.where}: {type(exc).__name__}: {exc}"[:400],
+                              "check the connection and free space here") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def cleanup(self) -> None:
+        """Remove the work directory from the board (models, runner, batch files)."""
+        wd = self.workdir
+        if len([p for p in wd.split("/") if p]) < 2 or wd == self._remote_home():
+            raise DeviceError(f"refusing to remove the work directory {wd!r} on {self.where}",
+                              "set connection.workdir to a dedicated directory such as /tmp/latbench")
+        res = self.run(["rm", "-rf", "--", wd], 120)
+        if res.exit_code != 0:
+            raise DeviceError(f"cannot remove {wd} on {self.where}: {res.stderr.strip()[:200]}",
+                              "remove it by hand over ssh")
+        self._remote_sha.clear()
+
+    # ---- doctor ----------------------------------------------------------------------------
+
+    def device_info(self) -> dict:
+        """What `latbench doctor` shows (the keys of `Transport.device_info`, plus reachable,
+        auth and host_key). Connection problems come back as ``error`` and ``hint``."""
+        info: dict = {"transport": "ssh", "address": self.where, "reachable": False, "auth": False}
+        try:
+            if self._client is None:
+                self.connect()
+            else:
+                self._ensure()
+        except DeviceError as exc:
+            stage = getattr(exc, "stage", "reach")
+            info["reachable"] = stage != "reach"
+            info["host_key"] = {"unknown_host": "unknown", "changed_host": "changed"}.get(
+                stage, "ok" if stage == "auth" else None)
+            info["error"], info["hint"] = exc.message, exc.hint
+            return info
+        info.update(reachable=True, auth=True, host_key="ok", workdir=self.workdir, python_command=self.python())
+        res = self.run(["sh", "-c", _INFO_SCRIPT, "sh", self.workdir, self.python()], 30)
+        info.update(parse_device_info(res.stdout))
+        return info
+
+
+def parse_device_info(text: str) -> dict:
+    """Read the tab-separated lines of `_INFO_SCRIPT` into doctor's fields."""
+    out: dict = {"model": None, "os": None, "cores": None, "governors": {}, "frequencies_khz": {},
+                 "max_frequencies_khz": {}, "temperatures_c": {}, "free_bytes": None, "python": None}
+    cpu_model = None
+    for line in text.splitlines():
+        parts = line.split("\t")
+        tag, vals = parts[0], parts[1:]
+        if tag == "model" and vals and vals[0].strip():
+            out["model"] = vals[0].strip()
+        elif tag == "cpumodel" and vals and vals[0].strip():
+            cpu_model = vals[0].strip()
+        elif tag == "uname" and vals:
+            out["os"] = vals[0].strip() or None
+        elif tag == "cores" and vals and vals[0].strip().isdigit():
+            out["cores"] = int(vals[0])
+        elif tag == "cpu" and len(vals) == 4:
+            cpu, gov, cur, mx = vals
+            if gov:
+                out["governors"][cpu] = gov
+            if cur.isdigit():
+                out["frequencies_khz"][cpu] = int(cur)
+            if mx.isdigit():
+                out["max_frequencies_khz"][cpu] = int(mx)
+        elif tag == "temp" and len(vals) == 2 and vals[1].lstrip("-").isdigit():
+            value = int(vals[1])
+            out["temperatures_c"][vals[0] or "zone"] = value / 1000.0 if abs(value) > 200 else float(value)
+        elif tag == "df" and vals:
+            fields = vals[0].split()
+            if len(fields) >= 6 and fields[-3].isdigit():
+                out["free_bytes"] = int(fields[-3]) * 1024
+        elif tag == "python" and vals and vals[0].strip():
+            out["python"] = vals[0].strip()
+    if out["model"] is None:
+        out["model"] = cpu_model or out["os"]
+    out["max_temperature_c"] = max(out["temperatures_c"].values()) if out["temperatures_c"] else None
+    return out

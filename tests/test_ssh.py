@@ -1,0 +1,436 @@
+"""The ssh transport against a real OpenSSH server on 127.0.0.1 (see tests/sshd.py): host key
+checks, login, quoting, timeouts, pushes that skip what the device has, and full collections,
+one of them with sshd killed in the middle."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from latbench.errors import DeviceError
+from latbench.profiles import parse_profile
+
+pytest_plugins = ["sshd"]
+
+# A path with a space, both quotes and a `;`: it must reach the device literally.
+ODD = "odd dir 'q\" ;x"
+
+
+def make_profile(tmp: Path, server, *, name: str = "ssh-test", known_hosts: Path | None = None,
+                 workdir: Path | None = None, key_file: Path | None = None, ops_per_batch: int = 2,
+                 retry: dict | None = None, python: str = sys.executable, **connection):
+    """Write a profile file the way a user would and load it through validation."""
+    if known_hosts is None:
+        known_hosts = tmp / "known_hosts"
+        known_hosts.write_text(server.host_key_line())
+    conn = {"host": server.host, "port": server.port, "user": server.user,
+            "key_file": str(key_file or server.user_key), "known_hosts": str(known_hosts),
+            "connect_timeout_s": 5, "workdir": str(workdir or tmp / ODD / "work")}
+    conn.update(connection)
+    data = {"name": name, "transport": "ssh", "runner": "python", "runtime": "onnxruntime",
+            "format": "onnx", "threads": 1, "python": python, "connection": conn,
+            "protocol": {"warmup_runs": 1, "warmup_s": 0.0, "runs": 3, "min_time_s": 0.0,
+                         "max_runs": 3, "rounds": 1, "batch_size": ops_per_batch},
+            "timeout_s": 120}
+    if retry is not None:
+        data["retry"] = retry
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return parse_profile(path)
+
+
+def transport_for(profile):
+    from latbench.transports import open_transport
+
+    return open_transport(profile)
+
+
+def fingerprint(pub: Path) -> str:
+    """OpenSSH's own SHA256 fingerprint of a public key file."""
+    out = subprocess.run(["ssh-keygen", "-lf", str(pub)], check=True, capture_output=True, text=True)
+    return out.stdout.split()[1]
+
+
+# ---- connection and host keys ---------------------------------------------------------------
+
+def test_connects_with_key_and_known_host(sshd, tmp_path):
+    # `~/` in python: is the login's home on the device (a quoted word gets no tilde expansion).
+    python = "~/" + os.path.relpath(sys.executable, os.path.expanduser("~"))
+    with transport_for(make_profile(tmp_path, sshd, python=python)) as t:
+        assert os.path.samefile(t.python(), sys.executable)
+        res = t.run(["id", "-un"], 10)
+        assert (res.exit_code, res.stdout.strip()) == (0, getpass.getuser())
+        assert t.workdir == str(tmp_path / ODD / "work")
+        assert (tmp_path / ODD / "work").is_dir()  # created, literally named
+        info = t.device_info()
+    assert info["reachable"] and info["auth"] and info["host_key"] == "ok"
+    assert info["cores"] == os.cpu_count()
+    assert info["python"] == platform.python_version()  # profile.python is this interpreter
+    assert 0 < info["free_bytes"] <= os.statvfs(tmp_path).f_blocks * os.statvfs(tmp_path).f_frsize
+    assert info["model"] == local_model()
+    assert info["os"] == " ".join(os.uname()[i] for i in (0, 2, 4))
+
+
+def local_model() -> str:
+    """This host's model the way a board reports it: device tree, else /proc/cpuinfo, else uname."""
+    tree = Path("/proc/device-tree/model")
+    if tree.exists():
+        return tree.read_bytes().rstrip(b"\0").decode()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.split(":")[0].strip() in ("model name", "Model", "Hardware"):
+            return line.split(":", 1)[1].strip()
+    return " ".join(os.uname()[i] for i in (0, 2, 4))
+
+
+def test_device_info_reads_a_boards_report():
+    from latbench.transports.ssh import parse_device_info
+
+    # What the info script prints on a Raspberry Pi 4 (tabs separate the fields).
+    text = "\n".join([
+        "model\tRaspberry Pi 4 Model B Rev 1.4",
+        "cpumodel\t Raspberry Pi 4 Model B Rev 1.4",
+        "uname\tLinux 6.6.31+rpt-rpi-v8 aarch64",
+        "cores\t4",
+        "cpu\tcpu0\tondemand\t600000\t1800000",
+        "cpu\tcpu1\tperformance\t1800000\t1800000",
+        "cpu\tcpu2\t\t\t",
+        "temp\tcpu-thermal\t54530",
+        "temp\tgpu\t49",
+        "df\t/dev/mmcblk0p2 30358348 8151988 20938892 29% /",
+        "python\t3.11.2",
+    ])
+    info = parse_device_info(text)
+    assert info["model"] == "Raspberry Pi 4 Model B Rev 1.4" and info["cores"] == 4
+    assert info["governors"] == {"cpu0": "ondemand", "cpu1": "performance"}
+    assert info["frequencies_khz"] == {"cpu0": 600_000, "cpu1": 1_800_000}
+    assert info["temperatures_c"] == {"cpu-thermal": 54.53, "gpu": 49.0}
+    assert info["max_temperature_c"] == 54.53
+    assert info["free_bytes"] == 20938892 * 1024 and info["python"] == "3.11.2"
+    assert parse_device_info("uname\tLinux 5.10 armv7l\n")["model"] == "Linux 5.10 armv7l"
+
+
+def test_unknown_host_is_refused_with_the_fix(sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    t = transport_for(make_profile(tmp_path, sshd, known_hosts=known))
+    with pytest.raises(DeviceError) as err:
+        t.connect()
+    text = str(err.value)
+    assert "not in" in text and fingerprint(sshd.root / "host_ed25519.pub") in text
+    assert "ssh-keyscan" in text and "trust_unknown_host: true" in text and "--trust-new-host" in text
+    assert "\n" not in text
+    assert known.read_text() == ""  # nothing was trusted behind the user's back
+    assert t.device_info()["host_key"] == "unknown"
+
+
+@pytest.mark.parametrize("how", ["profile", "flag"])
+def test_trusting_a_new_host_remembers_its_key(sshd, tmp_path, how):
+    known = tmp_path / "fresh" / "known_hosts"  # neither the file nor its folder exist yet
+    profile = make_profile(tmp_path, sshd, known_hosts=known,
+                           **({"trust_unknown_host": True} if how == "profile" else {}))
+    t = transport_for(profile)
+    if how == "flag":
+        t.trust_new_host = True  # what `--trust-new-host` sets
+    with t:
+        assert t.run(["true"], 10).exit_code == 0
+    blob = (sshd.root / "host_ed25519.pub").read_text().split()[1]
+    assert known.read_text().split() == [sshd.known_name, "ssh-ed25519", blob]
+    # The next connection, without trust, checks against the remembered key.
+    again = make_profile(tmp_path, sshd, name="ssh-test2", known_hosts=known)
+    with transport_for(again) as t2:
+        assert t2.run(["true"], 10).exit_code == 0
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "ecdsa"])
+def test_changed_host_key_is_always_refused(sshd, tmp_path, kind):
+    from sshd import keygen
+
+    other = keygen(tmp_path / f"other_{kind}", kind)
+    key_type, blob = (tmp_path / f"other_{kind}.pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{sshd.known_name} {key_type} {blob}\n")
+    t = transport_for(make_profile(tmp_path, sshd, known_hosts=known, trust_unknown_host=True))
+    with pytest.raises(DeviceError) as err:
+        t.connect()
+    text = str(err.value)
+    assert "CHANGED" in text and "ssh-keygen -R" in text
+    assert fingerprint(other.with_suffix(".pub")) in text
+    assert known.read_text() == f"{sshd.known_name} {key_type} {blob}\n"  # not overwritten
+    assert t.device_info()["host_key"] == "changed"
+
+
+def test_wrong_user_key_says_how_to_authorize(sshd, tmp_path):
+    from sshd import keygen
+
+    stranger = keygen(tmp_path / "stranger")
+    t = transport_for(make_profile(tmp_path, sshd, key_file=stranger))
+    with pytest.raises(DeviceError) as err:
+        t.connect()
+    assert "login" in err.value.message and "ssh-copy-id" in err.value.hint
+    info = t.device_info()
+    assert info["reachable"] and not info["auth"]
+
+
+def test_nothing_listening_is_one_clear_line(sshd, tmp_path):
+    from sshd import free_port
+
+    t = transport_for(make_profile(tmp_path, sshd, port=free_port()))
+    with pytest.raises(DeviceError) as err:
+        t.connect()
+    assert "refused" in err.value.message and "sshd" in err.value.hint
+    assert t.device_info()["reachable"] is False
+
+
+def test_unknown_host_name_is_one_clear_line(sshd, tmp_path):
+    t = transport_for(make_profile(tmp_path, sshd, host="no-such-board.invalid"))
+    with pytest.raises(DeviceError) as err:
+        t.connect()
+    assert "resolve" in err.value.message and "connection.host" in err.value.hint
+
+
+def test_a_port_that_never_speaks_ssh_times_out(sshd, tmp_path):
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        t = transport_for(make_profile(tmp_path, sshd, port=silent.getsockname()[1], connect_timeout_s=1))
+        start = time.monotonic()
+        with pytest.raises(DeviceError) as err:
+            t.connect()
+    assert time.monotonic() - start < 5
+    assert "no SSH" in err.value.message and "connect_timeout_s" in err.value.hint
+
+
+# ---- commands -------------------------------------------------------------------------------
+
+def test_every_argument_reaches_the_device_literally(sshd, tmp_path):
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        wd = Path(t.workdir)
+        tricky = ["a b", "it's", 'say "hi"', f"; touch {tmp_path}/pwned1", f"$(touch {tmp_path}/pwned2)",
+                  f"`touch {tmp_path}/pwned3`", "&&", "|", "$HOME", "*"]
+        res = t.run(["printf", "%s\\n", *tricky], 10)
+        assert res.stdout.splitlines() == tricky
+        # `touch 'x; touch /abs/pwned'` must make the oddly named file only.
+        odd_parent = wd / f"x; touch {tmp_path}"
+        odd_parent.mkdir(parents=True)
+        assert t.run(["touch", f"{wd}/x; touch {tmp_path}/pwned"], 10).exit_code == 0
+    assert (odd_parent / "pwned").is_file()
+    assert not any((tmp_path / f"pwned{i}").exists() for i in ("", 1, 2, 3))
+
+
+def test_run_timeout_kills_the_command(sshd, tmp_path):
+    marker = f"{time.time() % 1000:.4f}"  # a sleep no one else runs
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        start = time.monotonic()
+        with pytest.raises(DeviceError) as err:
+            t.run(["sh", "-c", "sleep $1 & sleep $1; wait", "sh", f"3{marker}"], 1.0)
+        elapsed = time.monotonic() - start
+        assert "longer than 1 s" in err.value.message and "timeout_s" in err.value.hint
+        assert t.run(["echo", "still usable"], 10).stdout == "still usable\n"
+    assert 1.0 <= elapsed < 8
+    left = subprocess.run(["pgrep", "-f", f"sleep 3{marker}"], capture_output=True, text=True)
+    assert left.stdout == ""  # the command and its child are gone
+
+
+def test_missing_program_names_the_fix(sshd, tmp_path):
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        with pytest.raises(DeviceError) as err:
+            t.run(["no-such-program-latbench", "x"], 10)
+    assert "not found" in err.value.message and "python:" in err.value.hint
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+def test_push_skips_what_the_device_has_and_replaces_what_changed(sshd, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    files = []
+    for i in range(3):
+        f = src / f"model {i}.onnx"
+        f.write_bytes(os.urandom(50_000 + i))
+        files.append(f)
+    profile = make_profile(tmp_path, sshd)
+    with transport_for(profile) as t:
+        remotes = t.stage_many(files)
+        assert t.uploads == 3
+        assert [Path(r).read_bytes() for r in remotes] == [f.read_bytes() for f in files]
+        assert t.stage(files[0]) == remotes[0] and t.uploads == 3
+    # A new connection knows nothing: it asks the device for hashes and uploads nothing.
+    files[1].write_bytes(b"changed")
+    with transport_for(profile) as t:
+        t.stage_many(files)
+        assert t.uploads == 1
+        assert Path(remotes[1]).read_bytes() == b"changed"
+        # A file damaged on the device is noticed by the next connection's hash check.
+        Path(remotes[2]).write_bytes(b"corrupt")
+    with transport_for(profile) as t:
+        t.stage_many(files)
+        assert t.uploads == 1
+        assert Path(remotes[2]).read_bytes() == files[2].read_bytes()
+        back = tmp_path / "back.onnx"
+        t.pull(remotes[0], back)
+        assert back.read_bytes() == files[0].read_bytes()
+        with pytest.raises(DeviceError):
+            t.pull(f"{t.workdir}/nothing here", back)
+    leftovers = [p.name for p in Path(remotes[0]).parent.iterdir() if ".part-" in p.name]
+    assert leftovers == []
+
+
+def test_cleanup_removes_the_workdir_and_refuses_a_root(sshd, tmp_path):
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        t.stage(Path(__file__))
+        t.cleanup()
+        assert not Path(t.workdir).exists()
+    with transport_for(make_profile(tmp_path, sshd, workdir=Path("/"))) as t:
+        with pytest.raises(DeviceError):
+            t.cleanup()
+
+
+# ---- collection over SSH --------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+def _ops(n: int):
+    from latbench.spaces.fbnet import FBNetSpace
+
+    return FBNetSpace("cifar").ops()[4:4 + n]
+
+
+def test_full_collection_over_ssh(sshd, tmp_path, model_cache):
+    pytest.importorskip("onnxruntime", reason="the python runner here needs onnxruntime")
+    from latbench.collect import Collector
+    from latbench.store import Store
+
+    ops = _ops(4)
+    profile = make_profile(tmp_path, sshd)
+    with Store(tmp_path / "latbench.db") as store:
+        with Collector(profile, store, cache_dir=model_cache) as col:
+            plan = col.plan(ops)
+            report = col.run(plan)
+            uploads = col.transport.uploads
+        assert report.measured == 4 and report.batches_failed == 0, report.to_dict()
+        rows = store.rows(plan.context)
+        assert sorted(r.key for r in rows) == sorted(op.key for op in ops)
+        assert all(r.median_ms > 0 and r.count == 3 for r in rows)
+        assert plan.runtime_label.startswith("onnxruntime ")
+        # runner + 4 models + 2 batch files went to the literally named workdir
+        models = Path(profile.connection["workdir"]) / "models"
+        assert len(list(models.glob("*.onnx"))) == 4
+        assert uploads == 1 + 4 + 2
+        # Re-running measures nothing and pushes nothing.
+        with Collector(profile, store, cache_dir=model_cache) as col:
+            again = col.plan(ops)
+            assert again.todo == [] and again.already == 4
+            assert col.run(again).measured == 0
+            assert col.transport.uploads == 0
+
+
+def _count(store, ctx) -> tuple[int, int]:
+    rows = store.rows(ctx)
+    return len(rows), len({(r.key, r.round) for r in rows})
+
+
+def test_sshd_killed_mid_collection_loses_nothing(sshd_factory, tmp_path, model_cache):
+    """sshd dies after the first batch: the rest is recorded as failed; after a restart the
+    re-run measures exactly what is missing."""
+    pytest.importorskip("onnxruntime", reason="the python runner here needs onnxruntime")
+    from latbench.collect import Collector
+    from latbench.store import Store
+
+    server = sshd_factory()
+    ops = _ops(6)
+    profile = make_profile(tmp_path, server, retry={"attempts": 1})
+
+    def kill_after_first(stage, done, total, info):
+        if stage == "measure" and done == 2:
+            server.kill()
+
+    with Store(tmp_path / "latbench.db") as store:
+        with Collector(profile, store, cache_dir=model_cache, on_event=kill_after_first) as col:
+            plan = col.plan(ops)
+            report = col.run(plan)
+        assert (report.measured, report.batches_ok, report.batches_failed) == (2, 1, 2)
+        failed = [b for b in store.batches(profile.name) if b["status"] == "failed"]
+        assert len(failed) == 2 and all("refused" in b["error"] or "lost" in b["error"] for b in failed)
+        first = store.measured(plan.context)
+        assert len(first) == 2
+
+        server.start()
+        with Collector(profile, store, cache_dir=model_cache) as col:
+            again = col.plan(ops)
+            assert sorted(again.todo) == sorted(set(plan.todo) - first)
+            report = col.run(again)
+        assert report.measured == 4 and report.batches_failed == 0
+        assert _count(store, plan.context) == (6, 6)
+        assert store.measured(plan.context) == set(plan.todo)
+
+
+def test_collection_rides_out_an_sshd_restart_with_retries(sshd_factory, tmp_path, model_cache):
+    """sshd dies after the first batch and comes back 1.5 s later: the Collector's retry with
+    backoff reconnects and the same run measures everything, once."""
+    pytest.importorskip("onnxruntime", reason="the python runner here needs onnxruntime")
+    from latbench.collect import Collector
+    from latbench.store import Store
+
+    server = sshd_factory()
+    ops = _ops(6)
+    profile = make_profile(tmp_path, server, retry={"attempts": 5, "backoff_s": 0.5, "max_backoff_s": 2})
+    events: list[str] = []
+
+    def kill_after_first(stage, done, total, info):
+        events.append(stage)
+        if stage == "measure" and done == 2:
+            server.kill()
+            threading.Timer(1.5, server.start).start()
+
+    with Store(tmp_path / "latbench.db") as store:
+        with Collector(profile, store, cache_dir=model_cache, on_event=kill_after_first) as col:
+            plan = col.plan(ops)
+            report = col.run(plan)
+        assert "retry" in events
+        assert report.measured == 6 and report.batches_failed == 0, report.to_dict()
+        assert _count(store, plan.context) == (6, 6)
+
+
+# ---- bundled profiles -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, runner, runtime, fmt", [
+    ("rpi4", "python", "litert", "tflite"),
+    ("jetson-orin-nano", "trtexec", "tensorrt", "onnx"),
+    ("jetson-orin-nano-ort", "python", "onnxruntime", "onnx"),
+])
+def test_bundled_ssh_profiles_load(name, runner, runtime, fmt):
+    import device_profiles
+    from latbench.runners.base import make_runner
+
+    profile = parse_profile(Path(device_profiles.__file__).with_name(f"{name}.yaml"))
+    assert (profile.transport, profile.runner, profile.runtime, profile.format) == ("ssh", runner, runtime, fmt)
+    t = transport_for(profile)  # builds without connecting
+    assert t.port == 22 and t.known_hosts.endswith("known_hosts") and not t.trust_new_host
+    assert make_runner(t, profile).name == runner  # the runner accepts the profile's options
+
+
+def test_ssh_template_is_a_valid_profile_that_documents_every_setting(tmp_path):
+    import device_profiles
+    from latbench.profiles import CONNECTION_FIELDS
+
+    template = Path(device_profiles.__file__).with_name("TEMPLATE-ssh.yaml.txt")
+    text = template.read_text()
+    for setting in CONNECTION_FIELDS["ssh"]:
+        assert f"{setting}:" in text, f"the template does not mention connection.{setting}"
+    copy = tmp_path / "myboard.yaml"
+    copy.write_text(text)
+    assert parse_profile(copy).transport == "ssh"
