@@ -25,9 +25,9 @@ Exportable = Union[OpSpec, Network]
 
 def exporter_tag(fmt: str) -> str:
     """Names the exporter that made a file; part of the cache key and of measurement settings."""
-    import torch
+    from importlib.metadata import version
 
-    torch_version = torch.__version__.split("+")[0]
+    torch_version = version("torch").split("+")[0]  # without importing torch (seconds)
     if fmt == "onnx":
         return f"onnx{ONNX_OPSET}-torch{torch_version}-r{EXPORT_REVISION}"
     if fmt == "tflite":

@@ -96,7 +96,10 @@ class OpSpec:
                 values[name] = int(part[len(prefix):])
         except ValueError as exc:
             raise ValueError(f"not an op key ({exc}): {key!r}") from None
-        return cls(kind=kind, cin=cin, h=h, w=w, activation=act, dtype=dtype, **values)
+        spec = cls(kind=kind, cin=cin, h=h, w=w, activation=act, dtype=dtype, **values)
+        if spec.key != key:  # e.g. "c024" or " 24": one op must have exactly one key
+            raise ValueError(f"not a canonical op key: {key!r} (the canonical form is {spec.key!r})")
+        return spec
 
     # ---- shapes and costs -----------------------------------------------------------------
 

@@ -45,6 +45,9 @@ _CHOICES = {"transport": TRANSPORTS, "runner": RUNNERS, "runtime": RUNTIMES, "fo
 _NUM = (int, float)
 _THERMAL_FIELDS = {"max_temp_c": (int, float, type(None)), "cool_timeout_s": _NUM, "poll_s": _NUM}
 _RETRY_FIELDS = {"attempts": (int,), "backoff_s": _NUM, "max_backoff_s": _NUM}
+#: Lowest allowed value of thermal/retry settings (0 attempts or a negative sleep would crash collect).
+_SECTION_MIN = {("retry", "attempts"): 1, ("retry", "backoff_s"): 0, ("retry", "max_backoff_s"): 0,
+                ("thermal", "cool_timeout_s"): 0, ("thermal", "poll_s"): 0}
 
 #: transport -> connection field -> (types, required, description)
 CONNECTION_FIELDS: dict[str, dict[str, tuple[tuple, bool, str]]] = {
@@ -195,6 +198,8 @@ def parse_profile(path: Path) -> DeviceProfile:
                   f"rename the file to {values['name']}.yaml or set name: {path.stem}")
     if values["threads"] < 1:
         raise bad("threads", f"must be an int >= 1; got {values['threads']}", "set threads: 1 or more")
+    if values["timeout_s"] <= 0:
+        raise bad("timeout_s", f"must be > 0; got {values['timeout_s']}", "set timeout_s: seconds a batch may take")
     try:
         values["protocol"] = Protocol(**values["protocol"])
     except TypeError as exc:
@@ -208,6 +213,9 @@ def parse_profile(path: Path) -> DeviceProfile:
                 raise bad(section, f"has an unknown setting {key!r}", f"known: {', '.join(known)}")
             if isinstance(value, bool) or not isinstance(value, known[key]):
                 raise bad(section, f"setting {key!r} must be a number; got {value!r}", f"set {key}: a number")
+            low = _SECTION_MIN.get((section, key))
+            if low is not None and value is not None and value < low:
+                raise bad(section, f"setting {key!r} must be >= {low}; got {value!r}", f"set {key}: {low} or more")
     schema = CONNECTION_FIELDS[values["transport"]]
     for key, value in values["connection"].items():
         if key not in schema:

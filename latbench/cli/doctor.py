@@ -16,6 +16,8 @@ device, cores, CPU governors and frequencies, temperatures against the profile's
 and free space in the device's work directory. Exit code 1 when a check fails."""
 
 MIN_FREE_BYTES = 200 * 1024 * 1024
+#: The checks that need a connection, in table order.
+INFO_CHECKS = ("runtime", "cores", "governor", "temperature", "free space")
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -42,15 +44,23 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
     transport = open_transport(profile)
     if trust_new_host:
         transport.trust_new_host = True
+    where = getattr(transport, "where", "this host")
     try:
         transport.connect()
     except DeviceError as exc:
-        add("reachable", "FAIL", exc.message, exc.hint or "")
-        for check in ("runtime", "cores", "governor", "temperature", "free space"):
-            add(check, "skipped", "device not reachable")
+        # The ssh/adb transports say how far they got: a refused login or host key means it answered.
+        answered = getattr(exc, "stage", "reach") != "reach"
+        if answered:
+            add("reachable", "ok", f"{profile.transport} {where} answered")
+        add("auth" if answered else "reachable", "FAIL", exc.message, exc.hint or "")
+        for check in (() if answered else ("auth",)) + INFO_CHECKS:
+            add(check, "skipped", "not logged in" if answered else "device not reachable")
         return rows
     try:
-        add("reachable", "ok", f"{profile.transport} connection and authentication")
+        add("reachable", "ok", f"{profile.transport} {where}")
+        trusted = getattr(transport, "trusted_new_key", None)
+        add("auth", "ok", "not needed" if profile.transport == "local" else
+            "logged in" + (f"; trusted and remembered the new host key {trusted}" if trusted else ""))
         try:
             info = transport.device_info()
         except (DeviceError, NotImplementedError) as exc:
@@ -87,6 +97,12 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
                 low = free < MIN_FREE_BYTES
                 add("free space", "FAIL" if low else "ok", f"{free / 2**20:.0f} MiB in {transport.workdir}",
                     "free space or set connection.workdir elsewhere" if low else "")
+            else:
+                add("free space", "warn", f"cannot read the free space in {transport.workdir}",
+                    "check that `df` works on the device")
+        else:
+            for check in INFO_CHECKS[1:]:
+                add(check, "skipped", "no device info")
     finally:
         transport.close()
     return rows

@@ -1,0 +1,117 @@
+"""Shared fixtures: a private LATBENCH_HOME, a fast local device profile, a warm model cache.
+
+Every test that touches LATBENCH_HOME gets its own temporary one, so tests never see
+each other's database, profiles or model files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+# One torch thread: the test host has 2 cores shared by several pytest processes, and
+# oversubscribed intra-op threads make the small forward passes here ~5x slower. Set before
+# anything imports torch; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+#: The fast protocol of the `fast_profile` device: enough to exercise every code path.
+FAST_PROTOCOL = {"warmup_runs": 2, "warmup_s": 0, "runs": 5, "min_time_s": 0, "max_runs": 50,
+                 "rounds": 2, "batch_size": 8}
+FAST_PROFILE_NAME = "test-local"
+#: How many ops of fbnet-cifar (and seed-0 networks) the session model cache holds.
+CACHED_OPS = 16
+CACHED_NETWORKS = 2
+
+
+@pytest.fixture
+def latbench_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh LATBENCH_HOME for one test (set in the environment, so subprocesses see it)."""
+    home = tmp_path / "latbench-home"
+    home.mkdir()
+    monkeypatch.setenv("LATBENCH_HOME", str(home))
+    monkeypatch.delenv("LATBENCH_DEBUG", raising=False)
+    yield home
+
+
+def write_profile(home: Path, name: str, **fields) -> Path:
+    """Write a device profile as $LATBENCH_HOME/devices/<name>.yaml; `fields` override the fast
+    local defaults (a `protocol` dict is merged into the fast protocol)."""
+    data = {"name": name, "description": "fast profile for tests", "transport": "local",
+            "runner": "python", "runtime": "onnxruntime", "format": "onnx", "threads": 1,
+            "timeout_s": 120}
+    protocol = dict(FAST_PROTOCOL, **fields.pop("protocol", {}))
+    data.update(fields)
+    data["protocol"] = protocol
+    path = home / "devices" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def fast_profile(latbench_home: Path) -> str:
+    """Name of a fast local profile (1 thread, 2+5 runs, 2 rounds, batches of 8) in the test home."""
+    write_profile(latbench_home, FAST_PROFILE_NAME)
+    return FAST_PROFILE_NAME
+
+
+@pytest.fixture
+def make_profile(latbench_home: Path):
+    """Factory: make_profile(name, **fields) writes a fast local profile with overrides."""
+    def make(name: str, **fields) -> str:
+        write_profile(latbench_home, name, **fields)
+        return name
+    return make
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model cache holding the first CACHED_OPS ops of fbnet-cifar and CACHED_NETWORKS seed-0
+    networks, exported once per session (exporting is the slow part of a collection)."""
+    from latbench.export import export
+    from latbench.spaces import get_space
+
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    space = get_space("fbnet-cifar")
+    for op in space.ops()[:CACHED_OPS]:
+        export(op, "onnx", cache_dir=cache)
+    for net in space.sample_networks(CACHED_NETWORKS, seed=0):
+        export(net, "onnx", cache_dir=cache)
+    return cache
+
+
+@pytest.fixture
+def warm_home(latbench_home: Path, onnx_cache: Path) -> Path:
+    """`latbench_home` with the session's exported models already in its model cache."""
+    shutil.copytree(onnx_cache, latbench_home / "models")
+    return latbench_home
+
+
+def run_cli(*args: str, env_home: Path | None = None, timeout_s: float = 120,
+            **kwargs) -> subprocess.CompletedProcess:
+    """Run `latbench ARGS` as a real subprocess (python -m latbench) with this interpreter."""
+    env = dict(os.environ)
+    if env_home is not None:
+        env["LATBENCH_HOME"] = str(env_home)
+    env.pop("LATBENCH_DEBUG", None)
+    env["COLUMNS"] = "200"
+    return subprocess.run([sys.executable, "-m", "latbench", *args], capture_output=True, text=True,
+                          timeout=timeout_s, env=env, **kwargs)
+
+
+@pytest.fixture
+def latbench_cli(latbench_home: Path):
+    """latbench_cli(*args, **kw): run `latbench ARGS` as a subprocess against the test home."""
+    def call(*args: str, **kwargs) -> subprocess.CompletedProcess:
+        kwargs.setdefault("env_home", latbench_home)
+        return run_cli(*args, **kwargs)
+    return call

@@ -1,0 +1,203 @@
+"""The `latbench` command line: help with examples, listings, tables that match the store, and
+errors a user can cause as one line with an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+import pytest
+
+from latbench import home
+from latbench.cli.main import COMMANDS, main
+from latbench.store import Store
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """cli(*args) -> (exit code, stdout, stderr) of latbench.cli.main.main in this process."""
+    monkeypatch.setattr(sys, "argv", ["latbench"])
+
+    def call(*args: str):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = exc.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return call
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
+    assert "Traceback" not in stderr
+    assert lines[0].startswith("latbench: error:")
+    return lines[0]
+
+
+# ---- help -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_of_each_command_shows_an_example(cli, command):
+    code, out, _ = cli(command, "--help")
+    assert code == 0
+    assert "example" in out.lower()
+    assert f"latbench {command} " in out  # an example invocation of this very command
+
+
+def test_top_level_help_lists_the_commands_with_an_example(cli):
+    code, out, _ = cli("--help")
+    assert code == 0
+    assert all(name in out for name in COMMANDS)
+    assert "Example: latbench collect --device local" in out
+
+
+def test_no_command_prints_help_and_exits_2(cli):
+    code, out, _ = cli()
+    assert code == 2 and "COMMAND" in out
+
+
+def test_a_bad_argument_is_a_usage_error_on_one_line(cli):
+    code, _, err = cli("collect", "--device", "local", "--limit", "0")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--limit" in lines[0] and "must be >= 1" in lines[0]
+
+
+# ---- devices ----------------------------------------------------------------------------
+
+def test_devices_lists_the_bundled_local_profile(latbench_cli):
+    res = latbench_cli("devices")
+    assert res.returncode == 0, res.stderr
+    assert "local" in res.stdout and "onnxruntime" in res.stdout
+
+
+def test_devices_json_lists_profiles_with_their_files_and_errors(cli, fast_profile, latbench_home):
+    (latbench_home / "devices" / "broken.yaml").write_text("transport: local\nthread: 2\n")
+    code, out, _ = cli("devices", "--json")
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["local"]["transport"] == "local" and rows["local"]["path"].endswith("device_profiles/local.yaml")
+    assert rows[fast_profile]["path"] == str(latbench_home / "devices" / f"{fast_profile}.yaml")
+    assert rows[fast_profile]["error"] is None
+    assert "did you mean 'threads'" in rows["broken"]["error"]
+
+
+def test_devices_show_prints_the_profile_file(cli):
+    code, out, _ = cli("devices", "--show", "local")
+    assert code == 0 and "transport: local" in out
+
+
+# ---- lut --------------------------------------------------------------------------------
+
+@pytest.fixture
+def collected(warm_home, fast_profile, cli):
+    """Three ops of fbnet-cifar measured on the fast profile (2 rounds)."""
+    code, _, err = cli("collect", "--device", fast_profile, "--limit", "3")
+    assert code == 0, err
+    with Store(home.db_path()) as store:
+        info = store.latest_context(fast_profile)
+        return info, store.table(info.context)
+
+
+def test_lut_csv_matches_the_store(cli, collected, fast_profile):
+    _, table = collected
+    code, out, _ = cli("lut", "--device", fast_profile, "--csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == len(table) == 3
+    for got, want in zip(rows, table):
+        assert got["key"] == want["key"] and got["kind"] == "op"
+        assert float(got["median_ms"]) == want["median_ms"]
+        assert float(got["p10_ms"]) == want["p10_ms"] and float(got["p90_ms"]) == want["p90_ms"]
+        assert int(got["rounds"]) == 2 and int(got["count"]) == want["count"]
+
+
+def test_lut_json_matches_the_store_and_names_its_context(cli, collected, fast_profile, tmp_path):
+    info, table = collected
+    out_file = tmp_path / "lut.json"
+    code, out, err = cli("lut", "--device", fast_profile, "--json", "--out", str(out_file))
+    assert code == 0 and out == "" and "wrote 3 rows" in err
+    data = json.loads(out_file.read_text())
+    assert data["rows"] == table
+    assert data["device"] == fast_profile
+    assert data["runtime_version"] == info.context.runtime_version
+    assert data["settings_hash"] == info.context.settings_hash
+    assert data["settings"]["protocol"]["runs"] == 5 and data["settings"]["threads"] == 1
+
+
+def test_lut_kind_filters_rows(cli, collected, fast_profile):
+    code, out, _ = cli("lut", "--device", fast_profile, "--json", "--kind", "network")
+    assert code == 0 and json.loads(out)["rows"] == []
+
+
+def test_lut_of_a_device_never_measured_is_one_line(cli, collected):
+    code, _, err = cli("lut", "--device", "local")
+    assert code == 1
+    line = one_line(err)
+    assert "no measurements for device 'local'" in line and "latbench collect --device local" in line
+    assert "test-local" in line  # names the devices that were measured
+
+
+def test_lut_with_no_database_is_one_line(latbench_cli):
+    res = latbench_cli("lut", "--device", "local")
+    assert res.returncode == 1
+    line = one_line(res.stderr)
+    assert "no measurements yet" in line and "latbench collect --device local" in line
+
+
+# ---- errors a user can cause, from a real `latbench` process ---------------------------
+
+def test_unknown_device_is_one_line_with_a_suggestion_and_exit_2(latbench_cli):
+    res = latbench_cli("collect", "--device", "locl")
+    assert res.returncode == 2
+    line = one_line(res.stderr)
+    assert "unknown device 'locl'" in line and "did you mean 'local'?" in line
+    assert res.stdout == ""
+
+
+def test_unknown_space_is_one_line_and_exit_2(latbench_cli):
+    res = latbench_cli("collect", "--device", "local", "--space", "fbnet-cifr")
+    assert res.returncode == 2
+    line = one_line(res.stderr)
+    assert "unknown search space 'fbnet-cifr'" in line and "fbnet-cifar" in line
+
+
+def test_an_invalid_profile_is_one_line_naming_the_file(latbench_cli, latbench_home):
+    path = latbench_home / "devices" / "broken.yaml"
+    path.parent.mkdir()
+    path.write_text("transport: local\nprotocol: {runs: 0}\n")
+    res = latbench_cli("collect", "--device", "broken")
+    assert res.returncode == 1
+    line = one_line(res.stderr)
+    assert str(path) in line and "'runs'" in line
+
+
+def test_an_unwritable_home_is_one_line_and_exit_1(latbench_cli, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    res = latbench_cli("collect", "--device", "local", env_home=blocker / "home")
+    assert res.returncode == 1
+    line = one_line(res.stderr)
+    assert "cannot write to latbench home" in line and "LATBENCH_HOME" in line
+    assert blocker.read_text() == "not a directory"
+
+
+def test_a_corrupt_database_is_one_line_and_exit_1(latbench_cli, latbench_home):
+    db = latbench_home / "latbench.db"
+    db.write_bytes(b"\x00garbage, not sqlite\xff" * 300)
+    res = latbench_cli("lut", "--device", "local")
+    assert res.returncode == 1
+    line = one_line(res.stderr)
+    assert "corrupt" in line and str(db) in line and "move it aside" in line
+    assert db.read_bytes().startswith(b"\x00garbage"), "the file must be left for the user"
+
+
+def test_collect_into_a_corrupt_database_is_one_line_and_exit_1(cli, fast_profile, latbench_home):
+    (latbench_home / "latbench.db").write_bytes(b"\x00garbage, not sqlite\xff" * 300)
+    code, out, err = cli("collect", "--device", fast_profile, "--limit", "1")
+    assert code == 1 and out == ""
+    assert "corrupt" in one_line(err)

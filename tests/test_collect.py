@@ -1,0 +1,219 @@
+"""Collection end to end on this host: plan, export, measure batch by batch, store; resumable,
+idempotent, and a killed collection loses no finished batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+from latbench import home  # noqa: E402
+from latbench.collect import Collector, plan_batches, space_items  # noqa: E402
+from latbench.ops import Network, OpSpec  # noqa: E402
+from latbench.profiles import load_profile  # noqa: E402
+from latbench.spaces import get_space  # noqa: E402
+from latbench.store import Store  # noqa: E402
+
+SPACE = get_space("fbnet-cifar")
+
+
+# ---- planning ---------------------------------------------------------------------------
+
+MISSING = [(f"op{i:02d}", r) for r in range(3) for i in range(10)]
+
+
+def test_plan_covers_each_key_and_round_exactly_once():
+    batches = plan_batches(MISSING, batch_size=4, seed=0)
+    flat = [pair for b in batches for pair in b]
+    assert Counter(flat) == Counter(MISSING)
+    assert all(1 <= len(b) <= 4 for b in batches)
+    assert all(len({r for _, r in b}) == 1 for b in batches), "a batch mixes rounds"
+    assert [b[0][1] for b in batches] == sorted(b[0][1] for b in batches), "rounds out of order"
+    assert len(batches) == 3 * 3  # 10 keys per round in batches of 4: 4 + 4 + 2
+
+
+def test_plan_shuffles_each_round_in_its_own_order():
+    batches = plan_batches(MISSING, batch_size=4, seed=0)
+    orders = {}
+    for b in batches:
+        for key, rnd in b:
+            orders.setdefault(rnd, []).append(key)
+    sorted_keys = sorted(k for k, r in MISSING if r == 0)
+    assert all(sorted(o) == sorted_keys for o in orders.values())
+    assert any(o != sorted_keys for o in orders.values()), "no shuffling"
+    assert len({tuple(o) for o in orders.values()}) == 3, "two rounds share an order"
+
+
+def test_plan_is_deterministic_for_a_seed():
+    assert plan_batches(MISSING, 4, seed=1) == plan_batches(list(reversed(MISSING)), 4, seed=1)
+    assert plan_batches(MISSING, 4, seed=1) != plan_batches(MISSING, 4, seed=2)
+
+
+def test_space_items_takes_the_first_ops_and_seeded_networks():
+    items = space_items(SPACE, networks=2, limit=5, seed=0)
+    assert items[:5] == SPACE.ops()[:5]
+    assert [n.key for n in items[5:]] == [n.key for n in SPACE.sample_networks(2, seed=0)]
+    assert all(isinstance(n, Network) for n in items[5:])
+
+
+# ---- collecting in process --------------------------------------------------------------
+
+def collect(profile_name: str, items, rounds: int | None = None):
+    profile = load_profile(profile_name)
+    with Store(home.db_path()) as store, Collector(profile, store, rounds=rounds) as collector:
+        plan = collector.plan(items)
+        report = collector.run(plan)
+    return plan, report
+
+
+def db_rows(sql: str = "SELECT id, key, round, kind, measured_at, median_ms, count FROM measurements"):
+    with sqlite3.connect(home.db_path()) as conn:
+        return conn.execute(sql + " ORDER BY id").fetchall()
+
+
+def test_collect_measures_then_measures_nothing_more_then_only_a_new_round(fast_profile):
+    import onnxruntime
+
+    items = SPACE.ops()[:3]
+    plan, report = collect(fast_profile, items)
+    assert plan.runtime_label == f"onnxruntime {onnxruntime.__version__}"
+    assert report.measured == 6 and report.failed == {} and report.batches_ok == 2
+    rows = db_rows()
+    assert {(key, rnd) for _, key, rnd, *_ in rows} == {(op.key, r) for op in items for r in (0, 1)}
+    assert all(kind == "op" and count >= 5 and median > 0 for _, _, _, kind, _, median, count in rows)
+    # every model file came from the export cache in LATBENCH_HOME
+    assert len(list((home.model_cache_dir()).rglob("*.onnx"))) == 3
+
+    plan, report = collect(fast_profile, items)
+    assert plan.todo == [] and plan.already == 6 and report.measured == 0
+    assert db_rows() == rows
+
+    plan, report = collect(fast_profile, items, rounds=3)
+    assert sorted(plan.todo) == sorted((op.key, 2) for op in items)
+    assert report.measured == 3
+    after = db_rows()
+    assert after[:6] == rows and {r[2] for r in after[6:]} == {2}
+
+
+def test_an_op_that_cannot_be_exported_is_reported_and_the_rest_measured(fast_profile):
+    bad = OpSpec("fc", 16, 1, 1, 10, activation="none", dtype="int8")
+    items = [SPACE.ops()[3], bad]
+    plan, report = collect(fast_profile, items, rounds=1)
+    assert report.measured == 1
+    assert report.failed[bad.key].startswith("export:")
+    with Store(home.db_path()) as store:
+        assert store.failures(plan.context)[bad.key][0] == "export"
+        assert store.measured(plan.context) == {(SPACE.ops()[3].key, 0)}
+
+
+def test_cli_networks_stores_network_rows_per_round(warm_home, fast_profile, capsys, monkeypatch):
+    from latbench.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["latbench"])
+    code = main(["collect", "--device", fast_profile, "--limit", "1", "--networks", "2", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert summary["measured"] == 6 and summary["failed"] == {} and summary["space"] == "fbnet-cifar"
+    nets = [(key, rnd) for _, key, rnd, kind, *_ in db_rows() if kind == "network"]
+    expected = [n.key for n in SPACE.sample_networks(2, seed=0)]
+    assert sorted(nets) == sorted((k, r) for k in expected for r in (0, 1))
+    assert all(Network.parse_key(k)[0] == "fbnet-cifar" for k, _ in nets)
+
+
+# ---- the kill test ----------------------------------------------------------------------
+
+LIMIT, BATCH, ROUNDS = 16, 4, 2
+
+
+def _count(db) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0  # not created yet, or busy
+
+
+def interrupt_after_first_batch(home, name: str, sig: int) -> tuple[subprocess.Popen, str]:
+    """Start `latbench collect` in its own process group, send `sig` to the whole group (the
+    collect and its runner, as a terminal's Ctrl-C does) once a batch is stored."""
+    db = home / "latbench.db"
+    argv = [sys.executable, "-m", "latbench", "collect", "--device", name, "--limit", str(LIMIT)]
+    log = home / "collect.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ),
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 90
+            while _count(db) < BATCH:
+                assert proc.poll() is None, f"collect ended before the signal:\n{log.read_text()}"
+                assert time.monotonic() < deadline, "no batch stored within 90 s"
+                time.sleep(0.05)
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return proc, log.read_text()
+
+
+def stored(db) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT id, key, round, measured_at, median_ms, batch_id, samples"
+                            " FROM measurements ORDER BY id").fetchall()
+
+
+def check_resumes(db, before: list[tuple], name: str, latbench_cli) -> None:
+    """Re-running finishes the job: every (key, round) once, the earlier rows untouched."""
+    rerun = latbench_cli("collect", "--device", name, "--limit", str(LIMIT), "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["already_measured"] == len(before)
+    assert summary["measured"] == LIMIT * ROUNDS - len(before)
+    after = stored(db)
+    pairs = [(key, rnd) for _, key, rnd, *_ in after]
+    assert len(pairs) == len(set(pairs)) == LIMIT * ROUNDS
+    assert set(pairs) == {(op.key, r) for op in SPACE.ops()[:LIMIT] for r in range(ROUNDS)}
+    assert after[:len(before)] == before, "rows of finished batches changed"
+
+
+@pytest.mark.slow
+def test_a_killed_collect_loses_no_finished_batch_and_resumes(warm_home, make_profile, latbench_cli):
+    name = make_profile("killme", protocol={"batch_size": BATCH, "rounds": ROUNDS})
+    proc, _ = interrupt_after_first_batch(warm_home, name, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+
+    db = warm_home / "latbench.db"
+    before = stored(db)
+    with sqlite3.connect(db) as conn:
+        batches = conn.execute("SELECT id, status, items FROM batches").fetchall()
+    assert BATCH <= len(before) < LIMIT * ROUNDS, "kill came too late to test anything"
+    assert len(before) % BATCH == 0, "a batch was stored in part"
+    per_batch = Counter(b for *_, b, _ in before)
+    assert all(status == "ok" and per_batch[i] == items for i, status, items in batches)
+    check_resumes(db, before, name, latbench_cli)
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_cancelled_keeps_finished_batches_and_resumes(warm_home, make_profile, latbench_cli):
+    name = make_profile("ctrlc", protocol={"batch_size": BATCH, "rounds": ROUNDS})
+    proc, log = interrupt_after_first_batch(warm_home, name, signal.SIGINT)
+    assert proc.returncode == 130, log
+    assert "Traceback" not in log
+    assert log.strip().splitlines()[-1] == "latbench: cancelled; everything finished before Ctrl-C is kept"
+    before = stored(warm_home / "latbench.db")
+    assert BATCH <= len(before) < LIMIT * ROUNDS
+    check_resumes(warm_home / "latbench.db", before, name, latbench_cli)

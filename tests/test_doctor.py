@@ -1,0 +1,184 @@
+"""`latbench doctor` as a user runs it (a subprocess): on this host, over SSH to a real sshd on
+127.0.0.1 (see tests/sshd.py), with the runtime missing on the device, with nothing listening
+and with a host key never seen before. Every failing row carries its fix; exit 1 on a FAIL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["sshd"]
+
+#: Every row doctor shows once a device answered, in table order.
+ALL_CHECKS = ["profile", "reachable", "auth", "runtime", "device", "cores", "governor",
+              "temperature", "free space"]
+
+
+def doctor(cli, device: str, *flags: str) -> tuple[subprocess.CompletedProcess, dict[str, dict]]:
+    """Run `latbench doctor --device DEVICE --json FLAGS`; the rows keyed by check, in order."""
+    res = cli("doctor", "--device", device, "--json", *flags)
+    assert "Traceback" not in res.stderr + res.stdout, res.stderr
+    rows = json.loads(res.stdout)
+    assert len({r["check"] for r in rows}) == len(rows), rows  # one row per check
+    return res, {r["check"]: r for r in rows}
+
+
+def ssh_profile(make_profile, tmp_path: Path, server, name: str = "ssh-doctor", *,
+                python: str = sys.executable, known_hosts: Path | None = None, **connection) -> str:
+    """An ssh profile in the test LATBENCH_HOME, written the way a user would."""
+    if known_hosts is None:
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text(server.host_key_line())
+    conn = {"host": server.host, "port": server.port, "user": server.user,
+            "key_file": str(server.user_key), "known_hosts": str(known_hosts),
+            "connect_timeout_s": 5, "workdir": str(tmp_path / "board work")}
+    conn.update(connection)
+    return make_profile(name, transport="ssh", python=python, connection=conn)
+
+
+def ort_version() -> str:
+    ort = pytest.importorskip("onnxruntime", reason="the python runner here needs onnxruntime: "
+                                                    "pip install onnxruntime")
+    return ort.__version__
+
+
+def assert_free_space(row: dict, workdir: Path) -> None:
+    """The row names the work directory and roughly its filesystem's free space."""
+    assert row["status"] == "ok", row
+    m = re.fullmatch(r"(\d+) MiB in (.+)", row["detail"])
+    assert m, row
+    assert Path(m.group(2)) == workdir and workdir.is_dir()
+    free_mib = shutil.disk_usage(workdir).free / 2**20
+    assert abs(int(m.group(1)) - free_mib) <= max(256, 0.05 * free_mib), (row, free_mib)
+
+
+def fingerprint(pub: Path) -> str:
+    """OpenSSH's own SHA256 fingerprint of a public key file."""
+    out = subprocess.run(["ssh-keygen", "-lf", str(pub)], check=True, capture_output=True, text=True)
+    return out.stdout.split()[1]
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory) -> str:
+    """A fresh virtual environment's python: it has no onnxruntime, whatever this one has."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   capture_output=True)
+    python = str(venv / "bin" / "python")
+    probe = subprocess.run([python, "-c", "import onnxruntime"], capture_output=True)
+    assert probe.returncode != 0, "a fresh venv should not see onnxruntime"
+    return python
+
+
+# ---- this host --------------------------------------------------------------------------------
+
+def test_doctor_on_this_host_passes(latbench_cli, latbench_home):
+    version = ort_version()
+    res, rows = doctor(latbench_cli, "local")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert list(rows) == ALL_CHECKS
+    assert all(r["status"] in ("ok", "warn") for r in rows.values()), rows
+    assert all(r["fix"] for r in rows.values() if r["status"] == "warn"), rows  # each warning says what to do
+    assert f"onnxruntime {version}" in rows["runtime"]["detail"]
+    assert rows["cores"]["detail"] == str(os.cpu_count())
+    assert_free_space(rows["free space"], latbench_home / "work" / "local")
+
+
+def test_doctor_table_shows_each_row(latbench_cli):
+    version = ort_version()
+    res = latbench_cli("doctor", "--device", "local")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+    for check in ALL_CHECKS:
+        assert re.search(rf"│ {check} +│ (ok|warn) ", res.stdout), (check, res.stdout)
+    assert f"onnxruntime {version}" in res.stdout
+
+
+# ---- over SSH ---------------------------------------------------------------------------------
+
+def test_doctor_over_ssh_passes(sshd, latbench_cli, make_profile, tmp_path):
+    version = ort_version()
+    name = ssh_profile(make_profile, tmp_path, sshd)
+    res, rows = doctor(latbench_cli, name)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert list(rows) == ALL_CHECKS
+    assert all(r["status"] in ("ok", "warn") for r in rows.values()), rows
+    assert f"{sshd.user}@{sshd.host}:{sshd.port}" in rows["reachable"]["detail"]
+    assert f"onnxruntime {version}" in rows["runtime"]["detail"]
+    assert rows["cores"]["detail"] == str(os.cpu_count())
+    assert_free_space(rows["free space"], tmp_path / "board work")
+
+
+@pytest.mark.parametrize("transport", ["local", "ssh"])
+def test_missing_runtime_fails_with_the_install_command(transport, sshd, latbench_cli, make_profile,
+                                                        tmp_path, bare_python):
+    if transport == "local":
+        name = make_profile("no-ort", python=bare_python)
+    else:
+        name = ssh_profile(make_profile, tmp_path, sshd, python=bare_python)
+    res, rows = doctor(latbench_cli, name)
+    assert res.returncode == 1
+    row = rows["runtime"]
+    assert row["status"] == "FAIL" and "onnxruntime" in row["detail"] and bare_python in row["detail"]
+    assert "pip install onnxruntime" in row["fix"]
+    # Only the runtime is wrong: the device itself is fine.
+    assert [c for c, r in rows.items() if r["status"] == "FAIL"] == ["runtime"]
+    assert rows["cores"]["detail"] == str(os.cpu_count())
+
+
+def test_missing_python_names_the_profile_setting(latbench_cli, make_profile, tmp_path):
+    name = make_profile("no-python", python=str(tmp_path / "no such python"))
+    res, rows = doctor(latbench_cli, name)
+    assert res.returncode == 1
+    assert rows["runtime"]["status"] == "FAIL" and "not found" in rows["runtime"]["detail"]
+    assert "python:" in rows["runtime"]["fix"]
+
+
+def test_unreachable_device_fails_with_a_fix_and_skips_the_rest(sshd, latbench_cli, make_profile, tmp_path):
+    from sshd import free_port
+
+    name = ssh_profile(make_profile, tmp_path, sshd, port=free_port())  # nothing listens there
+    res, rows = doctor(latbench_cli, name)
+    assert res.returncode == 1
+    assert list(rows) == [c for c in ALL_CHECKS if c != "device"]
+    assert rows["reachable"]["status"] == "FAIL" and "refused" in rows["reachable"]["detail"]
+    assert "sshd" in rows["reachable"]["fix"] and "connection.port" in rows["reachable"]["fix"]
+    assert all(rows[c]["status"] == "skipped" for c in ALL_CHECKS[3:] + ["auth"] if c in rows)
+    # The table says the same, with no traceback.
+    table = latbench_cli("doctor", "--device", name)
+    assert table.returncode == 1 and "Traceback" not in table.stdout + table.stderr
+    assert "refused" in table.stdout and "FAIL" in table.stdout
+
+
+def test_unknown_host_key_fails_until_trusted_on_purpose(sshd, latbench_cli, make_profile, tmp_path):
+    ort_version()
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    name = ssh_profile(make_profile, tmp_path, sshd, known_hosts=known)
+    fp = fingerprint(sshd.root / "host_ed25519.pub")
+
+    res, rows = doctor(latbench_cli, name)
+    assert res.returncode == 1
+    assert rows["reachable"]["status"] == "ok"  # it answered; the key is what is wrong
+    auth = rows["auth"]
+    assert auth["status"] == "FAIL" and fp in auth["detail"]
+    assert "--trust-new-host" in auth["fix"] and "trust_unknown_host" in auth["fix"]
+    assert all(rows[c]["status"] == "skipped" for c in ALL_CHECKS[3:] if c in rows)
+    assert known.read_text() == ""  # nothing trusted behind the user's back
+
+    res, rows = doctor(latbench_cli, name, "--trust-new-host")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert rows["auth"]["status"] == "ok" and fp in rows["auth"]["detail"]  # says what it trusted
+    assert known.read_text().split()[:2] == [sshd.known_name, "ssh-ed25519"]
+
+    # Remembered: the next run passes without the flag.
+    res, rows = doctor(latbench_cli, name)
+    assert res.returncode == 0 and rows["auth"]["status"] == "ok"
+    assert fp not in rows["auth"]["detail"]
