@@ -16,7 +16,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from latbench.errors import DeviceError, ExportError
-from latbench.measurement import Measurement
+from latbench.measurement import Measurement, ReportedMeasurement
 from latbench.ops import Network, OpSpec
 from latbench.profiles import DeviceProfile
 from latbench.store import Context, Store
@@ -108,10 +108,12 @@ class Collector:
     def __exit__(self, *exc) -> None:
         self.transport.close()
 
-    def plan(self, items: Sequence[Item]) -> Plan:
+    def plan(self, items: Sequence[Item], runner_info: dict | None = None) -> Plan:
+        """What is missing in the store for `items`. `runner_info` (a runner's info()) is asked
+        of this collector's runner unless given (the farm asks a device's agent)."""
         from latbench.export import exporter_tag
 
-        info = self.runner.info()
+        info = runner_info if runner_info is not None else self.runner.info()
         runtime_label = self.runner.runtime_version(info)
         settings = self.profile.settings(exporter_tag(self.profile.format))
         ctx = self.store.context(self.profile.name, self.profile.runtime, runtime_label, settings)
@@ -172,7 +174,7 @@ class Collector:
                 output = self.runner.run_batch([BatchItem(i, paths[k]) for i, (k, _) in ids.items()])
             except DeviceError as exc:
                 output = BatchOutput(start=None, error=str(exc))
-            remaining = self._store_output(plan, ids, output, started, temp, report)
+            remaining = self.store_output(plan, ids, output, started, temp, report)
             if not remaining:
                 report.batches_ok += 1
                 return
@@ -218,13 +220,15 @@ class Collector:
             report.max_temperature_c = max(temp, report.max_temperature_c or temp)
         return temp
 
-    def _store_output(self, plan: Plan, ids: dict[str, tuple[str, int]], output: BatchOutput,
-                      started: float, temp: float | None, report: Report) -> list[tuple[str, int]]:
-        """Store what one runner invocation produced; returns the pairs still to measure."""
+    def store_output(self, plan: Plan, ids: dict[str, tuple[str, int]], output: BatchOutput,
+                     started: float, temp: float | None, report: Report,
+                     unit: str = "") -> list[tuple[str, int]]:
+        """Store what one runner invocation produced (here or on a farm agent); returns the
+        (key, round) pairs of `ids` still to measure."""
         state = (output.start or {}).get("state") or {}
         if temp is None:
             temp = state.get("max_temperature_c")
-        results, remaining = [], []
+        results, remaining, estimated = [], [], {}
         for position, (bid, (key, rnd)) in enumerate(ids.items()):
             rec = output.results.get(bid)
             if rec is None:
@@ -234,7 +238,14 @@ class Collector:
                 self.store.record_failure(plan.context, key, "run", rec.get("error", "unknown"))
                 report.failed[key] = f"run: {rec.get('error')}"
                 continue
-            m = measurement_from_result(key, rec)
+            try:
+                m = measurement_from_result(key, rec)
+            except (KeyError, ValueError) as exc:
+                self.store.record_failure(plan.context, key, "run", f"unreadable result: {exc}")
+                report.failed[key] = f"run: unreadable result: {exc}"
+                continue
+            if getattr(m, "estimated", ()):
+                estimated[key] = list(m.estimated)
             report.relative_iqrs.append(m.relative_iqr)
             results.append((key, rnd, kind_of(plan.items[key]), m,
                             {"position": position, "temperature_c": temp}))
@@ -243,15 +254,21 @@ class Collector:
         else:
             status = "partial" if results else "failed"
         runner_meta = {k: v for k, v in (output.start or {}).items() if k != "state"}
+        if estimated:  # figures the tool did not print (see ReportedMeasurement)
+            runner_meta["estimated_stats"] = estimated
         self.store.save_batch(plan.context, results=results, status=status, items=len(ids),
                               started_at=started, error=output.error, state_before=state or None,
-                              state_after=(output.end or {}).get("state"), runner=runner_meta)
+                              state_after=(output.end or {}).get("state"), runner=runner_meta,
+                              unit=unit)
         report.measured += len(results)
         return remaining
 
 
-def measurement_from_result(key: str, record: dict) -> Measurement:
-    return Measurement(key, record["samples_ms"])
+def measurement_from_result(key: str, record: dict) -> Measurement | ReportedMeasurement:
+    """Raw samples when the runner has them; else the statistics a tool printed."""
+    if record.get("samples_ms"):
+        return Measurement(key, record["samples_ms"])
+    return ReportedMeasurement.from_summary(key, record.get("summary") or {})
 
 
 def space_items(space, networks: int = 0, limit: int | None = None, seed: int = 0) -> list[Item]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,3 +79,73 @@ class Measurement:
         elif self.is_noisy:
             text += "\n  WARNING: noisy (IQR > 10% of the median)"
         return text
+
+
+#: Standard normal quantiles for estimating percentiles from a mean and a std.
+_NORMAL_Z = {10.0: -1.2816, 25.0: -0.6745, 75.0: 0.6745, 90.0: 1.2816}
+
+
+@dataclass
+class ReportedMeasurement:
+    """A measurement from a tool that prints statistics instead of runs (benchmark_model).
+
+    `samples_ms` is empty. The median and percentiles are the tool's where it printed them,
+    else interpolated between printed percentiles, else estimated from the mean and std as if
+    normal (clipped to min/max); `estimated` names every figure that was not printed.
+    """
+
+    key: str
+    count: int
+    mean_ms: float
+    std_ms: float
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    iqr_ms: float
+    estimated: tuple[str, ...] = ()
+    context: dict = field(default_factory=dict)
+    samples_ms: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    @classmethod
+    def from_summary(cls, key: str, summary: dict) -> "ReportedMeasurement":
+        count, mean = int(summary.get("count", 0)), summary.get("mean_ms")
+        if count < 1 or mean is None:
+            raise ValueError(f"a reported measurement needs count >= 1 and a mean; got {summary} for {key}")
+        std = float(summary.get("std_ms") or 0.0)
+        if summary.get("std_kind") == "population" and count > 1:
+            std *= math.sqrt(count / (count - 1))  # sample std, as Measurement.std_ms
+        printed = {float(q): float(v) for q, v in (summary.get("percentiles_ms") or {}).items()}
+        if summary.get("median_ms") is not None:
+            printed.setdefault(50.0, float(summary["median_ms"]))
+        lo, hi = summary.get("min_ms", -math.inf), summary.get("max_ms", math.inf)
+        estimated: list[str] = []
+
+        def at(q: float, name: str) -> float:
+            if q in printed:
+                return printed[q]
+            estimated.append(name)
+            below = [k for k in printed if k < q]
+            above = [k for k in printed if k > q]
+            if below and above:
+                a, b = max(below), min(above)
+                return printed[a] + (printed[b] - printed[a]) * (q - a) / (b - a)
+            if q == 50.0:
+                return float(mean)
+            return float(min(max(mean + _NORMAL_Z[q] * std, lo), hi))
+
+        median = at(50.0, "median_ms")
+        p10, p90 = at(10.0, "p10_ms"), at(90.0, "p90_ms")
+        q1, q3 = at(25.0, "q1_ms"), at(75.0, "q3_ms")
+        return cls(key, count, float(mean), std, median, p10, p90, q3 - q1, tuple(estimated))
+
+    @property
+    def relative_iqr(self) -> float:
+        return self.iqr_ms / self.median_ms if self.median_ms > 0 else float("inf")
+
+    @property
+    def is_noisy(self) -> bool:
+        return self.relative_iqr > NOISY_IQR_RATIO
+
+    def summary(self) -> dict:
+        return {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms,
+                "mean_ms": self.mean_ms, "std_ms": self.std_ms, "count": self.count}

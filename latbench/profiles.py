@@ -63,6 +63,7 @@ CONNECTION_FIELDS: dict[str, dict[str, tuple[tuple, bool, str]]] = {
         "trust_unknown_host": ((bool,), False, "accept and remember a host key never seen before (default false)"),
         "connect_timeout_s": (_NUM, False, "seconds to wait for the connection (default 10)"),
         "workdir": ((str,), False, "work directory on the board (default /tmp/latbench)"),
+        "cpu_mask": ((str,), False, "taskset mask pinning the benchmark tool to cores, e.g. f0"),
     },
     "adb": {
         "address": ((str,), False, "host:port of a phone in TCP mode (adb tcpip 5555)"),
@@ -99,7 +100,11 @@ class DeviceProfile:
         """What defines the meaning of a number measured with this profile (stored with it)."""
         return {
             "runner": self.runner, "runtime": self.runtime, "format": self.format,
-            "threads": self.threads, "runtime_options": dict(sorted(self.runtime_options.items())),
+            "threads": self.threads,
+            # where the tool lives and its declared version (already in the runtime label)
+            # do not change what a number means
+            "runtime_options": {k: v for k, v in sorted(self.runtime_options.items())
+                                if k not in ("binary", "binary_local", "version")},
             "protocol": self.protocol.timing(), "exporter": exporter,
         }
 

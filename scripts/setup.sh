@@ -15,11 +15,11 @@ for arg in "$@"; do
   esac
 done
 
-if [ "$test_deps" = 1 ] && { [ ! -x /usr/sbin/sshd ] || ! command -v adb >/dev/null; }; then
+if [ "$test_deps" = 1 ] && { [ ! -x /usr/sbin/sshd ] || ! command -v adb >/dev/null || ! command -v mksh >/dev/null; }; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing openssh-server and adb (Debian packages) for the SSH/ADB tests"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server adb >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server adb mksh busybox >/dev/null
   else
     echo "setup: openssh-server or adb missing; their tests will be skipped (sudo apt-get install openssh-server adb)" >&2
   fi
