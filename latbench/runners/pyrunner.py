@@ -80,24 +80,46 @@ def _onnxruntime_version() -> str | None:
     return onnxruntime.__version__
 
 
+#: Where a TFLite interpreter can come from, in the order tried: (label, interpreter module,
+#: distributions that may provide it). The label is what measurements record.
+_LITE_PACKAGES = (
+    ("ai_edge_litert", "ai_edge_litert.interpreter", ("ai-edge-litert", "ai-edge-litert-nightly")),
+    ("tflite_runtime", "tflite_runtime.interpreter", ("tflite-runtime", "tflite-runtime-nightly")),
+    ("tensorflow.lite", "tensorflow", ("tensorflow", "tensorflow-cpu", "tf-nightly")),
+)
+_lite_found: list = []  # memo of _litert_version(): a failed `import tensorflow` is slow
+
+
 def _litert_version() -> tuple[str, str] | None:
-    """(interpreter package, version) of the first TFLite interpreter installed."""
+    """(interpreter package, version) of the first TFLite interpreter that imports, else None."""
+    if _lite_found:
+        return _lite_found[0]
+    import importlib
+
+    found = None
+    for label, module_name, dists in _LITE_PACKAGES:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception:  # absent, or present but broken on this board: try the next
+            continue
+        top = sys.modules.get(module_name.split(".")[0], module)
+        found = (label, getattr(top, "__version__", None) or _dist_version(dists) or "unknown")
+        break
+    _lite_found.append(found)
+    return found
+
+
+def _dist_version(dists: tuple) -> str | None:
     try:
-        import ai_edge_litert
-        from importlib.metadata import version
-        return "ai_edge_litert", version("ai-edge-litert")
-    except Exception:
-        pass
-    try:
-        import tflite_runtime
-        return "tflite_runtime", tflite_runtime.__version__
-    except Exception:
-        pass
-    try:
-        import tensorflow
-        return "tensorflow.lite", tensorflow.__version__
-    except Exception:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # Python < 3.8 on an old board
         return None
+    for dist in dists:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
 
 
 def runtimes() -> dict:
@@ -140,24 +162,44 @@ class _OnnxModel:
         self.session.run_with_iobinding(self.binding)
 
 
+#: runtime_options the litert runtime understands -> type.
+_LITE_OPTIONS = {"xnnpack": bool}
+
+
 class _LiteModel:
+    """A TFLite interpreter bound to fixed random inputs of the model's declared shapes.
+
+    ``xnnpack: true`` (the default, as on phones) lets the interpreter apply its default
+    XNNPACK delegate; ``false`` runs the builtin kernels alone.
+    """
+
     def __init__(self, path: str, threads: int, options: dict):
         import numpy as np
 
+        for key, value in options.items():
+            if key not in _LITE_OPTIONS:
+                raise ValueError(f"unknown litert runtime option {key!r}; known: {', '.join(_LITE_OPTIONS)}")
+            if not isinstance(value, _LITE_OPTIONS[key]):
+                raise ValueError(f"litert runtime option {key!r} must be true or false; got {value!r}")
         package = _litert_version()
         if package is None:
             raise RuntimeError("no TFLite interpreter: pip install ai-edge-litert (or tflite-runtime)")
         if package[0] == "ai_edge_litert":
-            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+            from ai_edge_litert import interpreter as lite
         elif package[0] == "tflite_runtime":
-            from tflite_runtime.interpreter import Interpreter, OpResolverType
+            from tflite_runtime import interpreter as lite
         else:
             import tensorflow as tf
-            Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+            lite = tf.lite
         kwargs = {"model_path": path, "num_threads": threads}
         if not options.get("xnnpack", True):
-            kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        self.interpreter = Interpreter(**kwargs)
+            resolver = getattr(lite, "OpResolverType", None) or getattr(
+                getattr(lite, "experimental", None), "OpResolverType", None)
+            if resolver is None:
+                raise RuntimeError(f"{package[0]} {package[1]} cannot turn XNNPACK off "
+                                   "(no OpResolverType); set xnnpack: true or update it")
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        self.interpreter = lite.Interpreter(**kwargs)
         self.interpreter.allocate_tensors()
         rng = np.random.default_rng(0)
         for detail in self.interpreter.get_input_details():

@@ -33,8 +33,12 @@ class Transport(abc.ABC):
         """Directory on the device that holds pushed models, the runner and batch files."""
 
     @abc.abstractmethod
+    def push_many(self, pairs: list[tuple[Path, str]]) -> int:
+        """Copy each (local, remote) pair to the device unless it already has that content;
+        returns how many were copied. Remote transports check all of them in one go."""
+
     def push(self, local: Path, remote: str) -> None:
-        """Copy `local` to `remote` on the device (skipped when the device already has it)."""
+        self.push_many([(Path(local), remote)])
 
     @abc.abstractmethod
     def run(self, argv: list[str], timeout_s: float) -> CommandResult:
@@ -50,8 +54,10 @@ class Transport(abc.ABC):
         return remote
 
     def stage_many(self, paths: list[Path], subdir: str = "models") -> list[str]:
-        """`stage` for several files; remote transports check and push them in one go."""
-        return [self.stage(p, subdir) for p in paths]
+        """`stage` for several files, pushed with one `push_many`."""
+        remotes = [f"{self.workdir}/{subdir}/{Path(p).name}" for p in paths]
+        self.push_many(list(zip((Path(p) for p in paths), remotes)))
+        return remotes
 
     def python(self) -> str:
         return self.profile.python or "python3"

@@ -54,9 +54,17 @@ class LocalTransport(Transport):
     def stage(self, local: Path, subdir: str = "models") -> str:
         return str(local)  # same filesystem: use files in place
 
-    def push(self, local: Path, remote: str) -> None:
-        if Path(remote).resolve() != Path(local).resolve():
-            shutil.copyfile(local, remote)
+    def stage_many(self, paths: list[Path], subdir: str = "models") -> list[str]:
+        return [str(p) for p in paths]
+
+    def push_many(self, pairs: list[tuple[Path, str]]) -> int:
+        copied = 0
+        for local, remote in pairs:
+            if Path(remote).resolve() != Path(local).resolve():
+                Path(remote).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(local, remote)
+                copied += 1
+        return copied
 
     def pull(self, remote: str, local: Path) -> None:
         shutil.copyfile(remote, local)

@@ -403,15 +403,6 @@ class SSHTransport(Transport):
 
     # ---- files -----------------------------------------------------------------------------
 
-    def push(self, local: Path, remote: str) -> None:
-        self.push_many([(Path(local), remote)])
-
-    def stage_many(self, paths: Sequence[Path], subdir: str = "models") -> list[str]:
-        """Like `stage` for many files, with one hash check for the lot."""
-        remotes = [f"{self.workdir}/{subdir}/{Path(p).name}" for p in paths]
-        self.push_many(list(zip((Path(p) for p in paths), remotes)))
-        return remotes
-
     def push_many(self, pairs: Sequence[tuple[Path, str]]) -> int:
         """Upload each (local, remote) pair unless the device has the same content; returns
         how many were uploaded. Each upload goes to a temporary name, then is renamed, so a
