@@ -59,6 +59,8 @@ class OpSpec:
             raise ValueError(f"OpSpec activation must be one of {ACTIVATIONS}; got {self.activation!r}")
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(f"OpSpec dtype must be one of {tuple(DTYPE_BYTES)}; got {self.dtype!r}")
+        # hashed once: predictors look specs up in dicts millions of times
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, f.name) for f in fields(self))))
         if self.kind == "fbnet_block":
             mid = self.cin * self.expansion
             if self.cin % self.groups or mid % self.groups or self.cout % self.groups:
@@ -66,6 +68,9 @@ class OpSpec:
                     f"OpSpec groups={self.groups} must divide cin={self.cin}, "
                     f"cin*expansion={mid} and cout={self.cout}"
                 )
+
+    def __hash__(self) -> int:
+        return self._hash
 
     # ---- identity -------------------------------------------------------------------------
 

@@ -16,7 +16,10 @@ COMMANDS = {
     "collect": ("latbench.cli.collect", "measure the ops (and networks) of a search space on a device"),
     "lut": ("latbench.cli.lut", "print or write a device's measured latency table"),
     "devices": ("latbench.cli.devices", "list the known device profiles"),
+    "fit-predictor": ("latbench.cli.fit_predictor", "fit and save a device's latency predictor (LUT + GBDT)"),
+    "import": ("latbench.cli.import_cmd", "import latencies measured elsewhere (CSV, HW-NAS-Bench, HELP)"),
     "doctor": ("latbench.cli.doctor", "check that a device can be measured, with a fix for each problem"),
+    "farm": ("latbench.cli.farm", "run a device farm on Ray: host agents, and the farm's status"),
 }
 
 

@@ -1,0 +1,221 @@
+"""`latbench fit-predictor`: fit a device's latency predictor from the store and save it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from latbench.cli import output
+
+EXAMPLES = """\
+examples:
+  latbench fit-predictor --device local
+  latbench fit-predictor --device raspi4 --space fbnet-imagenet --json > raspi4-fit.json
+  latbench fit-predictor --device local --no-select     # default GBDT settings, no search
+
+Fits on the device's most recently measured runtime version and settings (see
+`latbench lut --device X`): a LUT of the measured ops, a GBDT for ops never measured (its
+features, target, base model and split chosen by 5-fold cross-validation), and a
+network-level correction when whole networks were measured (`latbench collect --networks
+N`); without them a network is the plain sum of its ops. Prints held-out accuracy next to
+the FLOPs-linear and LUT-sum baselines, and saves manifest.json, lut.json, gbdt*.{json,txt},
+correction.json, report.json and predicted_vs_measured.png into
+$LATBENCH_HOME/predictors/<device>/, where `predictors.load("latbench:<device>")` finds them."""
+
+
+def add_parser(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", required=True, help="device name, as measured or imported")
+    p.add_argument("--space", default="fbnet-cifar",
+                   help="search space for the coverage report (default: fbnet-cifar)")
+    p.add_argument("--folds", type=_folds, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--correction", choices=["auto", "none", "scale", "affine"], default="auto",
+                   help="network-level correction form (default: auto, by leave-one-out)")
+    p.add_argument("--no-select", action="store_true",
+                   help="skip the settings search; use the default GBDT settings")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and the models (default 0)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+
+def _folds(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2, got {value}")
+    return value
+
+
+def run(args) -> int:
+    from latbench import home
+    from latbench.errors import LatbenchError
+    from latbench.spaces import get_space
+    from latbench.store import Store
+    from predictors import artifact, metrics, selection, training
+    from predictors.gbdt import MIN_FIT_ROWS, GBDTPredictor
+    from predictors.latency import LatencyPredictor
+
+    artifact.check_device_name(args.device)
+    space = get_space(args.space)
+    if not home.db_path().exists():
+        raise LatbenchError(f"no measurements yet ({home.db_path()} does not exist)",
+                            f"run `latbench collect --device {args.device}` or `latbench import`")
+    with Store(home.db_path()) as store:
+        info = store.latest_context(args.device)
+        if info is None:
+            known = sorted({c.context.device for c in store.contexts()})
+            raise LatbenchError(f"no measurements for device {args.device!r}",
+                                f"run `latbench collect --device {args.device}`"
+                                + (f"; measured devices: {', '.join(known)}" if known else ""))
+        rows = store.table(info.context)
+    ctx = info.context
+    data = training.from_rows(rows)
+    if len(data.specs) < max(MIN_FIT_ROWS, args.folds):
+        raise LatbenchError(
+            f"only {len(data.specs)} ops measured for {args.device!r} "
+            f"({ctx.runtime} {ctx.runtime_version}); a predictor needs at least "
+            f"{max(MIN_FIT_ROWS, args.folds)}",
+            f"run `latbench collect --device {args.device} --space {space.name}`")
+    started = time.perf_counter()
+    output.note(f"device [bold]{args.device}[/]: {ctx.runtime} {ctx.runtime_version}, settings "
+                f"{ctx.settings_hash}; {len(data.specs)} ops, {len(data.networks)} networks measured")
+    for key, why in list(data.skipped.items())[:5]:
+        output.note(f"  left out {key}: {why}")
+    base_params = {"random_state": args.seed}
+    with output.progress() as bar:
+        task = bar.add_task("cross-validating GBDT settings", total=1)
+
+        def progress(label: str, done: int, total: int) -> None:
+            bar.update(task, description=label, completed=done, total=total)
+
+        if args.no_select:
+            params, tried = {**selection.DEFAULT_CHOICE, **base_params}, []
+        else:
+            params, tried = selection.select_gbdt(data.specs, data.latency_ms, folds=args.folds,
+                                                  seed=args.seed, base_params=base_params,
+                                                  progress=progress)
+        progress("held-out evaluation of ops", 0, 1)
+        ops_eval = selection.evaluate_ops(data.specs, data.latency_ms, params, folds=args.folds,
+                                          seed=args.seed)
+        progress("fitting the final predictor", 0, 1)
+        predictor = LatencyPredictor(GBDTPredictor(**params), correction=args.correction).fit(
+            data.specs, data.latency_ms, networks=data.networks, network_ms=data.network_ms,
+            lut=data.lut)
+        progress("done", 1, 1)
+    net_eval = None
+    if len(data.networks) >= 2:
+        net_eval = _network_eval(predictor, data, args, selection)
+    coverage = predictor.lut_.coverage(space)
+    report = {
+        "device": args.device, "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
+        "settings_hash": ctx.settings_hash, "settings": info.settings, "space": space.name,
+        "ops": len(data.specs), "networks": len(data.networks),
+        "network_correction": predictor.has_network_correction,
+        "correction": None if predictor.correction_ is None else predictor.correction_.to_dict(),
+        "gbdt_settings": predictor.gbdt_.get_params(),
+        "selection": tried,
+        "ops_cv": _strip(ops_eval), "networks_cv": _strip(net_eval) if net_eval else None,
+        "coverage": coverage.to_dict(), "skipped": data.skipped,
+        "fit_s": round(time.perf_counter() - started, 2),
+    }
+    panels = [("ops, out-of-fold", ops_eval["pred"], ops_eval["true"])]
+    if net_eval:
+        panels.append(("networks, held out", net_eval["pred"], net_eval["true"]))
+    from predictors.report import scatter_png
+
+    png = scatter_png(panels, title=f"{args.device}: predicted vs measured")
+    report = _clean(report)
+    report_bytes = (json.dumps(report, indent=1, allow_nan=False) + "\n").encode()
+    directory = artifact.save(
+        predictor, artifact.predictor_dir(args.device),
+        info={"device": args.device, "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
+              "settings_hash": ctx.settings_hash, "settings": info.settings, "space": space.name,
+              "ops": len(data.specs), "networks": len(data.networks)},
+        reports={"report.json": report_bytes, "predicted_vs_measured.png": png})
+    report["artifact"] = str(directory)
+    if args.json:
+        output.print_json(report)
+        _notes(predictor, data, coverage, directory, args, stderr_only=True)
+        return 0
+    rows = [metrics.format_row("gbdt (chosen)", ops_eval["predictor"]),
+            metrics.format_row("flops_linear", ops_eval["flops_linear"]),
+            metrics.format_row("lightgbm_raw", ops_eval["lightgbm_raw"])]
+    output.table(f"ops: {ops_eval['folds']}-fold held-out ({len(data.specs)} ops; "
+                 f"a LUT has no answer for held-out ops)", metrics.TABLE_COLUMNS, rows)
+    if net_eval:
+        rows = [metrics.format_row("lut+gbdt+correction", net_eval["predictor"]),
+                metrics.format_row("flops_linear", net_eval["flops_linear"]),
+                metrics.format_row("lut_sum (no correction)", net_eval["lut_sum"])]
+        output.table(f"networks: held-out ({net_eval['held_out']} of {net_eval['networks']})",
+                     metrics.TABLE_COLUMNS, rows)
+    if tried:
+        output.table(f"GBDT settings tried ({args.folds}-fold on ops; chosen by mean |log error|)",
+                     ["", "features", "target", "base", "split", "log_error", "+-10%", "mape%"],
+                     [["*" if t["chosen"] else "", t["settings"]["features"], t["settings"]["target"],
+                       t["settings"]["base"], t["settings"]["split"], f"{t['metrics']['log_error']:.4f}",
+                       f"{100 * t['metrics']['acc_10']:.1f}", f"{100 * t['metrics']['mape']:.1f}"]
+                      for t in tried])
+    _notes(predictor, data, coverage, directory, args)
+    return 0
+
+
+def _network_eval(predictor, data, args, selection):
+    import numpy as np
+
+    summed = np.array([np.sum(predictor.predict_ops(n.ops)) for n in data.networks])
+    flops = np.array([n.flops for n in data.networks], dtype=float)
+    lut_sum = _lut_sums(predictor, data, selection)
+    return selection.evaluate_networks(summed, flops, lut_sum, data.network_ms,
+                                       correction=args.correction, folds=args.folds, seed=args.seed)
+
+
+def _lut_sums(predictor, data, selection):
+    """Baseline network sums: measured medians, FLOPs-linear for ops never measured."""
+    import numpy as np
+
+    line = selection.FlopsLinear().fit(selection.op_flops(data.specs), data.latency_ms)
+    sums = []
+    for net in data.networks:
+        values = predictor.lut_.lookup(list(net.ops))
+        missing = np.isnan(values)
+        if missing.any():
+            values[missing] = line.predict(selection.op_flops([op for op, m in zip(net.ops, missing) if m]))
+        sums.append(values.sum())
+    return np.array(sums)
+
+
+def _notes(predictor, data, coverage, directory, args, stderr_only: bool = False) -> None:
+    output.note(f"coverage: {coverage}")
+    output.note(predictor.describe())
+    if not data.networks:
+        output.note(f"note: no measured networks for {args.device}: a network's latency is the plain "
+                    f"sum of its ops' latencies, without network-level correction (measure some with "
+                    f"`latbench collect --device {args.device} --networks 20`)")
+    elif len(data.networks) < 2:
+        output.note("note: one measured network: the correction is fitted but cannot be cross-validated")
+    output.note(f"saved {directory} (load with predictors.load(\"latbench:{args.device}\"))")
+
+
+def _strip(evaluation: dict | None) -> dict | None:
+    if evaluation is None:
+        return None
+    return {k: v for k, v in evaluation.items() if k not in ("pred", "true")}
+
+
+def _clean(obj):
+    """JSON-ready: numpy scalars and arrays to Python, NaN (an undefined metric) to null."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,90 @@
+"""`latbench import`: store latencies measured elsewhere, to fit a predictor for that device."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from latbench.cli import output
+
+SCHEMA = """\
+CSV schema (--format csv): a header row, then one row per measurement:
+  median_ms   required (or latency_ms): milliseconds, batch 1
+  the item, one of:
+    key                  op key (fbnet_block:1x16x32x32:c24:k3:s1:e1:g1:relu:float32)
+                         or network key (net:fbnet-cifar:0-8-3-...)
+    kind,cin,h,w,cout    an op by its fields; optional kernel, stride, expansion, groups
+                         (default 1), activation (relu for conv_bn_relu/fbnet_block, else
+                         none), dtype (float32)
+    space,arch           a whole network; arch = candidate indices split by ' ', '-' or ','
+  optional: p10_ms, p90_ms, mean_ms, std_ms, count, round
+  A key listed again without a round column is another round (the median is kept).
+
+Other formats:
+  hwnasbench  HW-NAS-Bench FBNet blocks (device,op,h,w,cin,cout,expansion,kernel,stride,
+              groups,latency_ms); --source-device picks the device's rows
+  help        HELP whole networks (arch + one column per device, ms); --column picks one,
+              --space names the archs' space (default fbnet-cifar)
+
+examples:
+  latbench import ../shared/data/fbnet-hwnasbench/blocks.csv --device raspi4 --source-device raspi4
+  latbench import ../shared/data/fbnet-help/networks.csv --device pixel2 --column pixel2
+  latbench import my-phone.csv --device myphone
+  latbench fit-predictor --device raspi4 --space fbnet-imagenet
+
+Rows are stored with runtime "imported" and the source label as runtime version (e.g.
+hwnasbench-raspi4). fit-predictor uses the device's latest context: to fit ops and whole
+networks of one device together, import both files with the same --source LABEL."""
+
+
+def add_parser(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                       epilog=SCHEMA, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", type=Path, help="CSV file to import")
+    p.add_argument("--device", required=True, help="device name to store the rows under")
+    p.add_argument("--format", choices=["csv", "hwnasbench", "help"], default=None,
+                   help="file format (default: detected from the header)")
+    p.add_argument("--source-device", help="hwnasbench: the device whose rows to import")
+    p.add_argument("--column", help="help: the latency column to import (e.g. pixel2)")
+    p.add_argument("--space", default="fbnet-cifar", help="help: the space of the archs (default fbnet-cifar)")
+    p.add_argument("--source", metavar="LABEL",
+                   help="source label stored as the runtime version (default: from the format)")
+    p.add_argument("--dry-run", action="store_true", help="parse and report, store nothing")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+
+def run(args) -> int:
+    from latbench import home, importers
+    from latbench.ops import is_network_key
+    from latbench.store import Store
+
+    importers.check_name(args.device, "device name")
+    result = importers.read(args.file, args.format, source_device=args.source_device,
+                            column=args.column, space=args.space, source=args.source)
+    settings = {"source": result.source}
+    summary = {"device": args.device, "format": result.format, "source": result.source,
+               "file": str(args.file), "rows": len(result.rows), "ops": result.ops,
+               "networks": result.networks, "details": result.details, "stored_new": 0,
+               "dry_run": bool(args.dry_run)}
+    if not args.dry_run:
+        home.writable_home()
+        with Store(home.db_path()) as store:
+            ctx = store.context(args.device, runtime="imported", runtime_version=result.source,
+                                settings=settings)
+            summary["stored_new"] = store.save_imported(ctx, result.rows, source=str(args.file))
+            summary["settings_hash"] = ctx.settings_hash
+            summary["ops_in_context"] = len({k for k, _ in store.measured(ctx) if not is_network_key(k)})
+    if args.json:
+        output.print_json(summary)
+        return 0
+    verb = "parsed" if args.dry_run else "imported"
+    output.note(f"{verb} {len(result.rows)} rows ({result.ops} ops, {result.networks} networks) from "
+                f"{args.file} [{result.format}] for device [bold]{args.device}[/] as source "
+                f"{result.source}" + ("" if args.dry_run else f"; {summary['stored_new']} new"))
+    if not args.dry_run:
+        hint = (f"fit a predictor: latbench fit-predictor --device {args.device}"
+                if summary["ops_in_context"]
+                else f"these are whole networks only: import the device's ops with --source "
+                     f"{result.source} to fit a predictor")
+        output.note(hint)
+    return 0

@@ -1,0 +1,319 @@
+"""Import latencies measured elsewhere: CSV files -> store rows (``Store.save_imported``).
+
+Three formats. ``latbench import FILE --device NAME`` detects which one from the header,
+or takes ``--format``.
+
+``csv``: latbench's own schema. One row per measurement, a header row, comma-separated:
+
+    median_ms   required (``latency_ms`` is accepted as its name); milliseconds, batch 1
+    and the item, in one of three ways:
+      key                an op key (``fbnet_block:1x16x32x32:c24:k3:s1:e1:g1:relu:float32``)
+                         or a network key (``net:fbnet-cifar:0-8-3-...``)
+      kind, cin, h, w, cout [, kernel, stride, expansion, groups, activation, dtype]
+                         an op by its fields (defaults: 1, 1, 1, 1; activation relu for
+                         conv_bn_relu and fbnet_block, none otherwise; float32)
+      space, arch        a whole network: a space name and its candidate indices
+                         separated by spaces, '-' or ','
+    optional: p10_ms, p90_ms, mean_ms, std_ms, count (timed runs), round
+
+  A key listed again without a ``round`` column counts as another round; the store keeps
+  the median over rounds. Any bad row stops the import (nothing stored) with its line number.
+
+``hwnasbench``: HW-NAS-Bench's FBNet block table (``device, op, h, w, cin, cout, expansion,
+kernel, stride, groups, latency_ms``). ``--source-device`` picks the rows of one device
+(raspi4, edgegpu, ...); they are stored under ``--device``. Rows map onto the ops of
+latbench's FBNet spaces: ``fbnet_block`` (groups from its column), ``skip`` (identity when
+cin == cout and stride 1, else a 1x1 projection; no activation), ``conv_bn_relu`` (stem and
+head), ``avgpool`` (global; its kernel is the map size) and ``fc`` (h, w empty).
+
+``help``: HELP's whole-network table (``arch`` = 22 candidate indices separated by spaces,
+then one column per device setting, in ms). ``--column`` picks the column (pixel2,
+raspi4, ...); each row becomes the network ``net:<space>:<arch>`` of ``--space``
+(default fbnet-cifar).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from latbench.errors import LatbenchError, UsageError
+from latbench.ops import KINDS, Network, OpSpec, is_network_key
+
+FORMATS = ("csv", "hwnasbench", "help")
+HWNASBENCH_COLUMNS = ("device", "op", "h", "w", "cin", "cout", "expansion", "kernel", "stride",
+                      "groups", "latency_ms")
+OPTIONAL_STATS = ("p10_ms", "p90_ms", "mean_ms", "std_ms")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ImportFormatError(LatbenchError):
+    """A file to import does not follow its format."""
+
+
+@dataclass
+class Imported:
+    """Rows ready for `Store.save_imported`, and where they came from."""
+
+    rows: list[dict]
+    format: str
+    source: str  # the label stored as runtime_version
+    details: dict = field(default_factory=dict)
+
+    @property
+    def ops(self) -> int:
+        return sum(1 for r in self.rows if r["kind"] == "op")
+
+    @property
+    def networks(self) -> int:
+        return sum(1 for r in self.rows if r["kind"] == "network")
+
+
+def check_name(value: str, what: str) -> str:
+    if not _NAME.match(value or ""):
+        raise UsageError(f"bad {what} {value!r}", "use letters, digits, '.', '_' and '-'")
+    return value
+
+
+def _read(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}", "check the file name") from None
+    text = handle.read()
+    handle.close()
+    reader = csv.DictReader(text.splitlines())
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if not header:
+        raise ImportFormatError(f"{path} is empty or has no header row",
+                                "the first line must name the columns (see `latbench import --help`)")
+    reader.fieldnames = header
+
+    def rows():
+        for i, row in enumerate(reader, start=2):
+            yield i, {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
+
+    return header, rows()
+
+
+def detect_format(path: Path) -> str:
+    header, _ = _read(path)
+    cols = set(header)
+    if set(HWNASBENCH_COLUMNS) <= cols:
+        return "hwnasbench"
+    if "arch" in cols and "space" not in cols and not ({"median_ms", "latency_ms"} & cols):
+        return "help"
+    return "csv"
+
+
+def read(path: Path, fmt: str | None = None, *, source_device: str | None = None,
+         column: str | None = None, space: str = "fbnet-cifar", source: str | None = None) -> Imported:
+    """Parse `path` in format `fmt` (detected when None) into store rows."""
+    path = Path(path)
+    fmt = fmt or detect_format(path)
+    if fmt == "hwnasbench":
+        result = read_hwnasbench(path, source_device)
+    elif fmt == "help":
+        result = read_help(path, column, space)
+    elif fmt == "csv":
+        result = read_generic(path)
+    else:
+        raise UsageError(f"unknown import format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    if source:
+        result.source = check_name(source, "source label")
+    if not result.rows:
+        raise ImportFormatError(f"{path}: no rows to import", "check the file and the chosen device/column")
+    return result
+
+
+# ---- latbench CSV ---------------------------------------------------------------------------
+
+def read_generic(path: Path) -> Imported:
+    header, rows = _read(path)
+    cols = set(header)
+    latency_col = "median_ms" if "median_ms" in cols else "latency_ms" if "latency_ms" in cols else None
+    if latency_col is None:
+        raise ImportFormatError(f"{path}: no median_ms (or latency_ms) column",
+                                "see `latbench import --help` for the CSV schema")
+    if not ("key" in cols or {"kind", "cin", "h", "w", "cout"} <= cols or {"space", "arch"} <= cols):
+        raise ImportFormatError(f"{path}: rows need a key column, or kind/cin/h/w/cout, or space/arch",
+                                "see `latbench import --help` for the CSV schema")
+    out, rounds = [], {}
+    spaces: dict[str, object] = {}
+    for line, row in rows:
+        try:
+            key = _generic_key(row, spaces)
+            item = {"key": key, "kind": "network" if is_network_key(key) else "op",
+                    "median_ms": _ms(row.get(latency_col), latency_col)}
+            for stat in OPTIONAL_STATS:
+                if row.get(stat):
+                    item[stat] = _ms(row[stat], stat)
+            if row.get("count"):
+                item["count"] = _int(row["count"], "count", 1)
+            if row.get("round"):
+                item["round"] = _int(row["round"], "round", 0)
+            else:
+                item["round"] = rounds.get(key, 0)
+                rounds[key] = item["round"] + 1
+        except ValueError as exc:
+            raise ImportFormatError(f"{path} line {line}: {exc}",
+                                    "fix that row; see `latbench import --help` for the schema") from None
+        out.append(item)
+    return Imported(out, "csv", f"csv-{_label(path.stem)}", {"file": path.name})
+
+
+def _generic_key(row: dict, spaces: dict) -> str:
+    if row.get("key"):
+        key = row["key"]
+        if is_network_key(key):
+            space_name, arch = Network.parse_key(key)
+            return _network_key(space_name, arch, spaces)
+        return OpSpec.from_key(key).key
+    if row.get("space") or row.get("arch"):
+        arch = [int(a) for a in re.split(r"[\s,\-]+", row.get("arch", "").strip()) if a]
+        return _network_key(row.get("space", ""), arch, spaces)
+    kind = row.get("kind", "")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    default_act = "relu" if kind in ("conv_bn_relu", "fbnet_block") else "none"
+    spec = OpSpec(kind, _int(row.get("cin"), "cin", 1), _int(row.get("h"), "h", 1),
+                  _int(row.get("w"), "w", 1), _int(row.get("cout"), "cout", 1),
+                  kernel=_int(row.get("kernel") or "1", "kernel", 1),
+                  stride=_int(row.get("stride") or "1", "stride", 1),
+                  expansion=_int(row.get("expansion") or "1", "expansion", 1),
+                  groups=_int(row.get("groups") or "1", "groups", 1),
+                  activation=row.get("activation") or default_act, dtype=row.get("dtype") or "float32")
+    return spec.key
+
+
+def _network_key(space_name: str, arch, spaces: dict) -> str:
+    from latbench.spaces import get_space
+
+    try:
+        if space_name not in spaces:
+            spaces[space_name] = get_space(space_name)
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+    return spaces[space_name].network(arch).key
+
+
+# ---- HW-NAS-Bench blocks.csv ----------------------------------------------------------------
+
+def read_hwnasbench(path: Path, source_device: str | None) -> Imported:
+    header, rows = _read(path)
+    missing = [c for c in HWNASBENCH_COLUMNS if c not in header]
+    if missing:
+        raise ImportFormatError(f"{path} is not an HW-NAS-Bench block table (no {', '.join(missing)} column)",
+                                "use --format csv for latbench's own schema")
+    rows = list(rows)
+    devices = sorted({r["device"] for _, r in rows})
+    if source_device is None:
+        if len(devices) != 1:
+            raise UsageError(f"{path} holds {len(devices)} devices: {', '.join(devices)}",
+                             "pick one with --source-device (stored under --device)")
+        source_device = devices[0]
+    if source_device not in devices:
+        raise UsageError(f"no rows of device {source_device!r} in {path}",
+                         f"devices in the file: {', '.join(devices)}")
+    out = []
+    for line, row in rows:
+        if row["device"] != source_device:
+            continue
+        try:
+            spec = hwnasbench_spec(row)
+            out.append({"key": spec.key, "kind": "op", "median_ms": _ms(row["latency_ms"], "latency_ms")})
+        except ValueError as exc:
+            raise ImportFormatError(f"{path} line {line}: {exc}", "fix that row") from None
+    return Imported(out, "hwnasbench", f"hwnasbench-{_label(source_device)}",
+                    {"file": path.name, "source_device": source_device})
+
+
+def hwnasbench_spec(row: dict) -> OpSpec:
+    """The OpSpec of one HW-NAS-Bench row (the mapping documented in the module docstring)."""
+    op = row["op"]
+
+    def num(name: str, default: int | None = None) -> int:
+        value = row.get(name, "")
+        if value in ("", None):
+            if default is None:
+                raise ValueError(f"{op} row needs {name}")
+            return default
+        return _int(value, name, 1)
+
+    cin, cout = num("cin"), num("cout")
+    if op == "fbnet_block":
+        return OpSpec("fbnet_block", cin, num("h"), num("w"), cout, kernel=num("kernel"),
+                      stride=num("stride"), expansion=num("expansion"), groups=num("groups", 1))
+    if op == "skip":
+        return OpSpec("skip", cin, num("h"), num("w"), cout, kernel=1, stride=num("stride", 1),
+                      activation="none")
+    if op == "conv_bn_relu":
+        return OpSpec("conv_bn_relu", cin, num("h"), num("w"), cout, kernel=num("kernel"),
+                      stride=num("stride", 1), groups=num("groups", 1))
+    if op == "avgpool":
+        h, w = num("h"), num("w")
+        return OpSpec("avgpool", cin, h, w, cout, kernel=num("kernel", h), activation="none")
+    if op == "fc":
+        return OpSpec("fc", cin, 1, 1, cout, activation="none")
+    raise ValueError(f"unknown op {op!r} (expected fbnet_block, skip, conv_bn_relu, avgpool or fc)")
+
+
+# ---- HELP networks.csv ----------------------------------------------------------------------
+
+def read_help(path: Path, column: str | None, space_name: str = "fbnet-cifar") -> Imported:
+    from latbench.spaces import get_space
+
+    header, rows = _read(path)
+    if "arch" not in header:
+        raise ImportFormatError(f"{path} is not a HELP network table (no arch column)",
+                                "use --format csv for latbench's own schema")
+    columns = [c for c in header if c != "arch"]
+    if column is None:
+        raise UsageError(f"pick the latency column of {path} with --column",
+                         f"columns: {', '.join(columns)}")
+    if column not in columns:
+        raise UsageError(f"no column {column!r} in {path}", f"columns: {', '.join(columns)}")
+    space = get_space(space_name)
+    out, empty = [], 0
+    for line, row in rows:
+        if not row.get(column):
+            empty += 1
+            continue
+        try:
+            arch = [int(a) for a in row["arch"].split()]
+            out.append({"key": space.network(arch).key, "kind": "network",
+                        "median_ms": _ms(row[column], column)})
+        except ValueError as exc:
+            raise ImportFormatError(f"{path} line {line}: {exc}",
+                                    f"check that the file holds archs of {space.name}") from None
+    return Imported(out, "help", f"help-{_label(column)}",
+                    {"file": path.name, "column": column, "space": space.name, "empty": empty})
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+def _ms(value, name: str) -> float:
+    try:
+        ms = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of milliseconds; got {value!r}") from None
+    if not ms >= 0 or ms == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+    return ms
+
+
+def _int(value, name: str, low: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number; got {value!r}") from None
+    if number != int(number) or number < low:
+        raise ValueError(f"{name} must be a whole number >= {low}; got {value!r}")
+    return int(number)
+
+
+def _label(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "file"

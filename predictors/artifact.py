@@ -1,0 +1,206 @@
+"""A fitted predictor on disk: plain files, a manifest with checksums, no pickle.
+
+``$LATBENCH_HOME/predictors/<device>/``:
+
+- ``manifest.json``: format and version, device, runtime and version, measurement settings
+  (the protocol), space, feature list, library versions, sha256 of every file;
+- ``lut.json``: op key -> measured median, p10, p90, round spread, count;
+- ``gbdt.json`` + ``gbdt_<model>_<i>.txt``: GBDT settings, base-model parameters and
+  LightGBM text models (``Booster.model_to_string``);
+- ``correction.json``: the network-level correction, or null without measured networks;
+- ``report.json``, ``predicted_vs_measured.png``: what `latbench fit-predictor` measured.
+
+Loading verifies every checksum and version first; a corrupt or incompatible artifact
+raises one `ArtifactError` that names the file and says to re-run fit-predictor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import shutil
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from latbench import home
+from latbench.errors import LatbenchError, UsageError
+from predictors.correction import NetworkCorrection
+from predictors.features import FEATURE_SETS
+from predictors.gbdt import GBDTPredictor
+from predictors.latency import LatencyPredictor
+from predictors.lut import LUT
+
+FORMAT = "latbench-predictor"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ArtifactError(LatbenchError):
+    """A predictor artifact is missing, corrupt or was written by an incompatible version."""
+
+
+def check_device_name(device: str) -> str:
+    if not _DEVICE_NAME.match(device or ""):
+        raise UsageError(f"bad device name {device!r}",
+                         "use letters, digits, '.', '_' and '-' (it names a folder)")
+    return device
+
+
+def predictor_dir(device: str) -> Path:
+    return home.predictors_dir() / check_device_name(device)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("latbench", "lightgbm", "numpy", "scipy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "unknown"
+    return versions
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save(predictor: LatencyPredictor, directory: Path, *, info: dict,
+         reports: dict[str, bytes] | None = None) -> Path:
+    """Write `predictor` into `directory` (replaced as a whole, never half-written).
+
+    `info` goes into the manifest: device, runtime, runtime_version, settings_hash,
+    settings, space and anything else worth knowing about how it was fitted.
+    """
+    predictor._check_fitted("gbdt_")
+    gbdt_meta, models = predictor.gbdt_.to_files()
+    files: dict[str, bytes] = {
+        "lut.json": _json_bytes(predictor.lut_.to_dict()),
+        "gbdt.json": _json_bytes(gbdt_meta),
+        "correction.json": _json_bytes(None if predictor.correction_ is None
+                                       else predictor.correction_.to_dict()),
+    }
+    files.update({name: text.encode() for name, text in models.items()})
+    reports = dict(reports or {})
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        **info,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "predictor": {"correction": predictor.correction, "use_lut": predictor.use_lut},
+        "feature_set": predictor.gbdt_.features,
+        "feature_names": list(predictor.gbdt_.feature_names_in_),
+        "network_correction": predictor.correction_ is not None,
+        "versions": library_versions(),
+        "files": {name: _sha256(data) for name, data in sorted(files.items())},
+        "reports": {name: _sha256(data) for name, data in sorted(reports.items())},
+    }
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        for name, data in {**files, **reports, MANIFEST: _json_bytes(manifest)}.items():
+            (tmp / name).write_bytes(data)
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}-old-{int(time.time() * 1e6)}")
+            directory.rename(old)
+        tmp.rename(directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArtifactError(f"cannot write the predictor to {directory}: {exc.strerror or exc}",
+                            "check permissions or set LATBENCH_HOME to a writable directory") from None
+    return directory
+
+
+def load(directory: Path, device: str | None = None) -> LatencyPredictor:
+    """The predictor saved in `directory`, after checking its manifest, checksums and versions."""
+    directory = Path(directory)
+    device = device or directory.name
+    refit = f"re-run `latbench fit-predictor --device {device}`"
+    manifest_path = directory / MANIFEST
+    if not manifest_path.exists():
+        raise ArtifactError(f"no fitted predictor for device {device!r} ({manifest_path} does not exist)",
+                            f"run `latbench fit-predictor --device {device}`")
+    manifest = _read_json(manifest_path, refit)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{manifest_path} is not a latbench predictor manifest", refit)
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{manifest_path} has format version {version}; this latbench reads "
+                            f"version {FORMAT_VERSION}", refit + " with this latbench")
+    _check_versions(manifest, manifest_path, refit)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{manifest_path} lists no files", refit)
+    data: dict[str, bytes] = {}
+    for name, digest in files.items():
+        path = directory / name
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise ArtifactError(f"{manifest_path} names a file outside its folder: {name!r}", refit)
+        try:
+            blob = path.read_bytes()
+        except OSError:
+            raise ArtifactError(f"predictor file {path} is missing", refit) from None
+        if _sha256(blob) != digest:
+            raise ArtifactError(f"predictor file {path} is corrupt (its sha256 differs from the manifest)",
+                                refit)
+        data[name] = blob
+    feature_set = manifest.get("feature_set")
+    if feature_set not in FEATURE_SETS or list(manifest.get("feature_names", [])) != list(
+            FEATURE_SETS[feature_set]):
+        raise ArtifactError(f"{manifest_path}: its feature list differs from this latbench's "
+                            f"{feature_set!r} features", refit + " with this latbench")
+    current = "lut.json"
+    try:
+        lut = LUT.from_dict(json.loads(data["lut.json"]))
+        current = "gbdt.json"
+        meta = json.loads(data["gbdt.json"])
+        models = {name: data[name].decode() for name in _model_files(meta)}
+        current = "the gbdt_*.txt models"
+        gbdt = GBDTPredictor.from_files(meta, models)
+        current = "correction.json"
+        corr = json.loads(data["correction.json"])
+        correction = None if corr is None else NetworkCorrection.from_dict(corr)
+        current = MANIFEST
+        settings = manifest["predictor"]
+        predictor = LatencyPredictor(GBDTPredictor(**gbdt.get_params()),
+                                     correction=settings["correction"], use_lut=settings["use_lut"])
+    except Exception as exc:  # any unreadable part is one error naming the file
+        raise ArtifactError(f"cannot read {current} of the predictor in {directory} "
+                            f"({type(exc).__name__}: {exc})", refit) from None
+    predictor.gbdt_, predictor.lut_, predictor.correction_ = gbdt, lut, correction
+    predictor._cache = {}
+    predictor.info_ = {k: v for k, v in manifest.items() if k not in ("files", "reports")}
+    return predictor
+
+
+def _model_files(meta: dict) -> list[str]:
+    return [f for files in meta["models"].values() for f in files]
+
+
+def _check_versions(manifest: dict, path: Path, refit: str) -> None:
+    written = manifest.get("versions", {}).get("lightgbm", "unknown")
+    installed = library_versions()["lightgbm"]
+    try:
+        if int(written.split(".")[0]) > int(installed.split(".")[0]):
+            raise ArtifactError(f"{path} was written with LightGBM {written}; installed is {installed}",
+                                f"upgrade lightgbm or {refit}")
+    except ValueError:
+        pass  # an unknown version string: the model text itself is checked when read
+
+
+def _read_json(path: Path, refit: str):
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"predictor file {path} is corrupt ({type(exc).__name__})", refit) from None
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()

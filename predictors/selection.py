@@ -1,0 +1,180 @@
+"""Cross-validation: choose the GBDT's features, target, base and split, and measure a
+predictor against its two baselines on held-out data.
+
+Baselines, always fitted on the same rows as the predictor:
+
+- ``flops_linear``: latency = a * FLOPs + b (least squares), for ops and for networks;
+- ``lut_sum``: a network as the sum of its ops' measured medians, without network-level
+  correction (ops the LUT lacks are filled by the ops' FLOPs-linear fit). For held-out ops
+  a LUT has no answer, so at op level the second baseline is ``lightgbm_raw``: LightGBM on
+  the raw shape columns, log target, no base model.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from latbench.ops import OpSpec
+from predictors import metrics
+from predictors.correction import NetworkCorrection
+from predictors.features import as_spec_matrix, quantities
+from predictors.gbdt import GBDTPredictor
+
+#: The starting point of the search, and the values tried for each setting in turn.
+DEFAULT_CHOICE = {"features": "derived", "target": "log", "base": "power", "split": "pooled"}
+SEARCH = (
+    ("base", ("power", "blend", "loglinear", "none")),
+    ("target", ("log", "linear")),
+    ("features", ("derived", "opspec", "raw")),
+    ("split", ("pooled", "per_kind")),
+)
+RAW_BASELINE = {"features": "raw", "target": "log", "base": "none", "extra_trees": False,
+                "n_estimators": 400, "learning_rate": 0.05}
+
+Progress = Callable[[str, int, int], None]
+
+
+def kfold(n: int, folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index of each of n rows (a seeded random permutation, sizes differ by <= 1)."""
+    folds = max(2, min(folds, n))
+    order = np.random.default_rng(seed).permutation(n)
+    out = np.empty(n, dtype=np.int64)
+    out[order] = np.arange(n) % folds
+    return out
+
+
+class FlopsLinear:
+    """Baseline: latency = a * FLOPs + b, ordinary least squares."""
+
+    def fit(self, flops: Sequence[float], y: Sequence[float]) -> "FlopsLinear":
+        flops = np.asarray(flops, dtype=np.float64)
+        a = np.c_[flops, np.ones(len(flops))]
+        (self.slope_, self.intercept_), *_ = np.linalg.lstsq(a, np.asarray(y, dtype=np.float64), rcond=None)
+        return self
+
+    def predict(self, flops: Sequence[float]) -> np.ndarray:
+        return self.slope_ * np.asarray(flops, dtype=np.float64) + self.intercept_
+
+
+def op_flops(specs: Sequence[OpSpec]) -> np.ndarray:
+    m = as_spec_matrix(specs)
+    return quantities(m)["flops"].astype(np.float64) if len(m) else np.zeros(0)
+
+
+def oof_predict(specs: Sequence[OpSpec], y: np.ndarray, params: dict, fold_of: np.ndarray) -> np.ndarray:
+    """Out-of-fold GBDT predictions: each row predicted by a model that never saw it."""
+    m = as_spec_matrix(specs)
+    pred = np.zeros(len(m))
+    for fold in np.unique(fold_of):
+        test = fold_of == fold
+        model = GBDTPredictor(**params).fit(m[~test], y[~test])
+        pred[test] = model.predict(m[test])
+    return pred
+
+
+#: A setting moves away from the current choice only if its cross-validated mean absolute
+#: log error is this much (relative) lower: with ~100 rows, smaller gains are mostly noise.
+MIN_GAIN = 0.02
+
+
+def log_error(pred: np.ndarray, true: np.ndarray) -> float:
+    """Mean |log(pred / true)| over rows with true > 0: a smooth version of +-t accuracy."""
+    keep = true > 0
+    return float(np.mean(np.abs(np.log(np.maximum(pred[keep], 1e-12) / true[keep]))))
+
+
+def select_gbdt(specs: Sequence[OpSpec], y: Sequence[float], *, folds: int = 5, seed: int = 0,
+                base_params: dict | None = None, progress: Progress | None = None
+                ) -> tuple[dict, list[dict]]:
+    """Settings of the best GBDT by K-fold mean absolute log error, searched one setting at a
+    time from `DEFAULT_CHOICE` (a change must win by `MIN_GAIN`); returns (settings, every
+    tried configuration with its metrics and whether it was chosen)."""
+    y = np.asarray(y, dtype=np.float64)
+    fold_of = kfold(len(y), folds, seed)
+    fixed = dict(base_params or {})
+    tried: dict[tuple, dict] = {}
+    best = dict(DEFAULT_CHOICE)
+    total = 1 + sum(len(v) - 1 for _, v in SEARCH)
+
+    def trial(choice: dict) -> dict:
+        key = tuple(sorted(choice.items()))
+        if key not in tried:
+            pred = oof_predict(specs, y, {**fixed, **choice}, fold_of)
+            m = metrics.evaluate(pred, y)
+            m["log_error"] = log_error(pred, y)
+            tried[key] = {"settings": dict(choice), "metrics": m}
+            if progress:
+                progress("cross-validating GBDT settings", len(tried), total)
+        return tried[key]
+
+    for name, values in SEARCH:
+        current = trial(best)["metrics"]["log_error"]
+        for value in values:
+            err = trial({**best, name: value})["metrics"]["log_error"]
+            if err < current * (1 - MIN_GAIN):
+                best[name], current = value, err
+    table = [{**t, "chosen": t["settings"] == best} for t in tried.values()]
+    return {**fixed, **best}, table
+
+
+def evaluate_ops(specs: Sequence[OpSpec], y: Sequence[float], params: dict, *, folds: int = 5,
+                 seed: int = 0) -> dict:
+    """K-fold held-out metrics of the GBDT with `params` and of the two op-level baselines,
+    plus the out-of-fold predictions (for the plot)."""
+    y = np.asarray(y, dtype=np.float64)
+    fold_of = kfold(len(y), folds, seed)
+    pred = oof_predict(specs, y, params, fold_of)
+    raw = oof_predict(specs, y, RAW_BASELINE, fold_of)
+    flops = op_flops(specs)
+    lin = np.zeros(len(y))
+    for fold in np.unique(fold_of):
+        test = fold_of == fold
+        lin[test] = FlopsLinear().fit(flops[~test], y[~test]).predict(flops[test])
+    return {
+        "folds": int(len(np.unique(fold_of))), "rows": int(len(y)),
+        "predictor": metrics.evaluate(pred, y), "flops_linear": metrics.evaluate(lin, y),
+        "lightgbm_raw": metrics.evaluate(raw, y),
+        "pred": pred, "true": y,
+    }
+
+
+def evaluate_networks(summed_ms: Sequence[float], network_flops: Sequence[float],
+                      lut_sum_ms: Sequence[float], measured_ms: Sequence[float], *,
+                      correction: str = "auto", train: np.ndarray | None = None,
+                      folds: int = 5, seed: int = 0) -> dict:
+    """Held-out metrics on whole networks: the corrected sum vs FLOPs-linear vs LUT sum.
+
+    `summed_ms` is each network's op-prediction sum (LUT + GBDT), `lut_sum_ms` the
+    uncorrected LUT sum. With `train` (a boolean mask) the correction and the FLOPs line
+    are fitted on those networks and scored on the rest; otherwise K-fold.
+    """
+    s = np.asarray(summed_ms, dtype=np.float64)
+    f = np.asarray(network_flops, dtype=np.float64)
+    lut = np.asarray(lut_sum_ms, dtype=np.float64)
+    y = np.asarray(measured_ms, dtype=np.float64)
+    if train is not None:
+        splits = [np.asarray(train, dtype=bool)]
+    else:
+        fold_of = kfold(len(y), folds, seed)
+        splits = [fold_of != k for k in np.unique(fold_of)]
+    test_mask = np.zeros(len(y), dtype=bool)
+    pred = np.zeros(len(y))
+    lin = np.zeros(len(y))
+    forms = []
+    for tr in splits:
+        te = ~tr
+        corr = NetworkCorrection(correction).fit(s[tr], y[tr])
+        forms.append(corr.form_)
+        pred[te] = corr.predict(s[te])
+        lin[te] = FlopsLinear().fit(f[tr], y[tr]).predict(f[te])
+        test_mask |= te
+    return {
+        "networks": int(len(y)), "held_out": int(test_mask.sum()),
+        "predictor": metrics.evaluate(pred[test_mask], y[test_mask]),
+        "flops_linear": metrics.evaluate(lin[test_mask], y[test_mask]),
+        "lut_sum": metrics.evaluate(lut[test_mask], y[test_mask]),
+        "correction_forms": sorted(set(forms)),
+        "pred": pred[test_mask], "true": y[test_mask],
+    }

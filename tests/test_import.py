@@ -1,0 +1,164 @@
+"""`latbench import`: the CSV schema and the two shared formats, into a real SQLite store."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_DATA
+from latbench import importers
+from latbench.errors import UsageError
+from latbench.ops import Network, OpSpec
+from latbench.spaces import get_space
+from latbench.store import Store
+
+BLOCKS = SHARED_DATA / "fbnet-hwnasbench" / "blocks.csv"
+NETWORKS = SHARED_DATA / "fbnet-help" / "networks.csv"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_data():
+    if not (BLOCKS.exists() and NETWORKS.exists()):
+        pytest.skip(f"shared data missing under {SHARED_DATA}")
+
+
+def test_hwnasbench_rows_map_onto_the_fbnet_spaces():
+    result = importers.read(BLOCKS, source_device="raspi4")
+    assert result.format == "hwnasbench" and result.source == "hwnasbench-raspi4"
+    with BLOCKS.open() as f:
+        raw = [r for r in csv.DictReader(f) if r["device"] == "raspi4"]
+    assert len(result.rows) == len(raw)
+    specs = [OpSpec.from_key(r["key"]) for r in result.rows]
+    space_ops = {op.key for name in ("fbnet-cifar", "fbnet-imagenet") for op in get_space(name).ops()}
+    fc_10 = [s for s in specs if s.kind == "fc" and s.cout == 10]  # a CIFAR-10 classifier, in no space
+    assert {s.key for s in specs} - {s.key for s in fc_10} == space_ops
+    for spec, row, out in zip(specs, raw, result.rows):
+        assert out["median_ms"] == float(row["latency_ms"]) and out["kind"] == "op"
+        assert spec.kind == row["op"] and spec.cin == int(row["cin"]) and spec.cout == int(row["cout"])
+        if row["op"] == "fbnet_block":
+            assert spec.groups == int(row["groups"]) and spec.expansion == int(row["expansion"])
+        if row["op"] == "skip":
+            assert spec.activation == "none" and spec.kernel == 1
+            assert spec.is_identity == (row["cin"] == row["cout"] and row["stride"] == "1")
+        if row["op"] == "avgpool":
+            assert spec.kernel == spec.h == int(row["h"])
+        if row["op"] == "fc":
+            assert (spec.h, spec.w) == (1, 1) and row["h"] == ""
+    assert sum(1 for s in specs if s.kind == "fbnet_block" and s.groups == 2) == 48
+
+
+def test_hwnasbench_needs_a_source_device_when_the_file_has_several():
+    with pytest.raises(UsageError, match="holds 4 devices: edgegpu, eyeriss, fpga, raspi4") as info:
+        importers.read(BLOCKS)
+    assert "--source-device" in str(info.value)
+    with pytest.raises(UsageError, match="no rows of device 'pixel9'"):
+        importers.read(BLOCKS, source_device="pixel9")
+
+
+def test_help_column_becomes_whole_networks_of_fbnet_cifar():
+    result = importers.read(NETWORKS, column="pixel2")
+    assert result.format == "help" and len(result.rows) == 5000 and result.networks == 5000
+    with NETWORKS.open() as f:
+        first = next(csv.DictReader(f))
+    space, arch = Network.parse_key(result.rows[0]["key"])
+    assert space == "fbnet-cifar" and list(arch) == [int(a) for a in first["arch"].split()]
+    assert result.rows[0]["median_ms"] == float(first["pixel2"])
+    with pytest.raises(UsageError, match="--column") as info:
+        importers.read(NETWORKS)
+    assert "pixel2" in str(info.value)
+    with pytest.raises(UsageError, match="no column 'pixel3'"):
+        importers.read(NETWORKS, column="pixel3")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_latbench_csv_schema(tmp_path):
+    space = get_space("fbnet-cifar")
+    op = space.candidate_op(3, 2)
+    net = space.network([1] * 22)
+    path = _write(tmp_path / "phone.csv", (
+        "key,kind,cin,h,w,cout,kernel,stride,expansion,groups,space,arch,median_ms,p10_ms,count\n"
+        f"{op.key},,,,,,,,,,,,0.5,0.45,30\n"
+        f"{op.key},,,,,,,,,,,,0.7,,\n"
+        ",skip,16,32,32,24,,,,,,,0.2,,\n"
+        ",fbnet_block,16,32,32,24,5,1,3,,,,1.5,,\n"
+        f",,,,,,,,,,fbnet-cifar,{' '.join('1' * 22)},9.5,,\n"
+        f"{net.key},,,,,,,,,,,,9.7,,\n"))
+    result = importers.read(path)
+    assert result.format == "csv" and result.ops == 4 and result.networks == 2
+    rows = result.rows
+    assert (rows[0]["round"], rows[1]["round"]) == (0, 1)  # a repeated key is another round
+    assert rows[0]["p10_ms"] == 0.45 and rows[0]["count"] == 30
+    assert rows[2]["key"] == OpSpec("skip", 16, 32, 32, 24, activation="none").key
+    assert rows[3]["key"] == OpSpec("fbnet_block", 16, 32, 32, 24, kernel=5, expansion=3).key
+    assert rows[4]["key"] == rows[5]["key"] == net.key
+    assert (rows[4]["round"], rows[5]["round"]) == (0, 1)
+
+
+@pytest.mark.parametrize("line, match", [
+    (",conv,16,32,32,24,1.0", "line 2: kind must be one of"),
+    (",fbnet_block,16,32,32,24,fast", "line 2: median_ms must be a number"),
+    (",fbnet_block,16,32,32,24,-1", "line 2: median_ms must be a finite number >= 0"),
+    (",fbnet_block,16,0,32,24,1.0", "line 2: h must be a whole number >= 1"),
+])
+def test_a_bad_row_stops_the_import_with_its_line(tmp_path, line, match):
+    path = _write(tmp_path / "bad.csv", "key,kind,cin,h,w,cout,median_ms\n" + line + "\n")
+    with pytest.raises(importers.ImportFormatError, match=match):
+        importers.read(path)
+
+
+def test_csv_without_latency_or_item_columns(tmp_path):
+    with pytest.raises(importers.ImportFormatError, match="no median_ms"):
+        importers.read(_write(tmp_path / "a.csv", "key,ms\nx,1\n"))
+    with pytest.raises(importers.ImportFormatError, match="rows need a key column"):
+        importers.read(_write(tmp_path / "b.csv", "name,median_ms\nx,1\n"))
+    with pytest.raises(importers.ImportFormatError, match="no header row"):
+        importers.read(_write(tmp_path / "c.csv", ""))
+
+
+def test_import_command_stores_rows_once(latbench_home, latbench_cli):
+    done = latbench_cli("import", str(BLOCKS), "--device", "pi", "--source-device", "raspi4", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["rows"] == summary["stored_new"] == summary["ops"] == 225
+    again = latbench_cli("import", str(BLOCKS), "--device", "pi", "--source-device", "raspi4", "--json")
+    assert json.loads(again.stdout)["stored_new"] == 0  # idempotent
+    nets = latbench_cli("import", str(NETWORKS), "--device", "pi", "--column", "raspi4",
+                        "--source", "hwnasbench-raspi4")
+    assert nets.returncode == 0, nets.stderr
+    assert "fit-predictor --device pi" in nets.stderr
+    with Store(latbench_home / "latbench.db") as store:
+        [info] = store.contexts("pi")  # the same --source label: one context for ops and networks
+        assert info.context.runtime == "imported"
+        assert info.context.runtime_version == "hwnasbench-raspi4"
+        assert info.settings == {"source": "hwnasbench-raspi4"}
+        table = store.table(info.context)
+    assert sum(r["kind"] == "op" for r in table) == 225
+    assert sum(r["kind"] == "network" for r in table) == 5000
+
+
+def test_import_command_errors_are_one_line(latbench_cli, tmp_path):
+    done = latbench_cli("import", str(BLOCKS), "--device", "pi")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "--source-device" in done.stderr
+    done = latbench_cli("import", str(tmp_path / "none.csv"), "--device", "pi")
+    assert done.returncode == 2 and "cannot read" in done.stderr
+    done = latbench_cli("import", str(BLOCKS), "--device", "../etc", "--source-device", "raspi4")
+    assert done.returncode == 2 and "bad device name" in done.stderr
+    dry = latbench_cli("import", str(BLOCKS), "--device", "pi", "--source-device", "fpga", "--dry-run")
+    assert dry.returncode == 0 and "parsed 225 rows" in dry.stderr
+    assert not (Path(tmp_path) / "latbench-home" / "latbench.db").exists()
+
+
+def test_import_help_documents_the_schema(latbench_cli):
+    done = latbench_cli("import", "--help")
+    assert done.returncode == 0
+    for word in ("median_ms", "key", "kind,cin,h,w,cout", "space,arch", "p10_ms", "hwnasbench",
+                 "--source-device", "--column"):
+        assert word in done.stdout

@@ -1,0 +1,299 @@
+"""Predictors on real measured data: features, metrics, estimators, LUT, composition, load."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SHARED_DATA
+from latbench.errors import UsageError
+from latbench.ops import FEATURE_NAMES, OpSpec
+from latbench.spaces import get_space
+
+pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e .[predict]")
+pytest.importorskip("scipy", reason="predictors need SciPy: pip install -e .[predict]")
+
+import predictors  # noqa: E402
+from predictors import metrics, selection  # noqa: E402
+from predictors.correction import NetworkCorrection  # noqa: E402
+from predictors.features import (FEATURE_SETS, feature_matrix, spec_matrix,  # noqa: E402
+                                 specs_from_matrix)
+from predictors.gbdt import GBDTPredictor  # noqa: E402
+from predictors.latency import LatencyPredictor  # noqa: E402
+from predictors.lut import LUT  # noqa: E402
+from predictors.physics import LogLinearBase, PowerLawBase  # noqa: E402
+
+BLOCKS_CSV = SHARED_DATA / "fbnet-hwnasbench" / "blocks.csv"
+
+
+def device_table(device: str) -> tuple[list[OpSpec], np.ndarray]:
+    from latbench.importers import read_hwnasbench
+
+    if not BLOCKS_CSV.exists():
+        pytest.skip(f"shared data missing: {BLOCKS_CSV}")
+    rows = read_hwnasbench(BLOCKS_CSV, device).rows
+    return [OpSpec.from_key(r["key"]) for r in rows], np.array([r["median_ms"] for r in rows])
+
+
+def block_halves(device: str, seed: int = 0):
+    specs, y = device_table(device)
+    idx = [i for i, s in enumerate(specs) if s.kind == "fbnet_block"]
+    order = np.random.default_rng(seed).permutation(idx)
+    train, test = order[: len(order) // 2], order[len(order) // 2:]
+    return ([specs[i] for i in train], y[train], [specs[i] for i in test], y[test])
+
+
+# ---- features -------------------------------------------------------------------------------
+
+def test_vectorised_features_equal_opspec_features():
+    specs = get_space("fbnet-cifar").ops() + get_space("fbnet-imagenet").ops() + [
+        OpSpec("conv_bn_relu", 32, 14, 9, 64, kernel=3, stride=2, groups=4, dtype="float16"),
+        OpSpec("conv_bn_relu", 8, 7, 7, 8, kernel=5, activation="none", dtype="int8")]
+    got = feature_matrix(specs, "opspec")
+    want = np.array([[s.features()[n] for n in FEATURE_NAMES] for s in specs])
+    assert FEATURE_SETS["opspec"][1:] == FEATURE_NAMES
+    np.testing.assert_allclose(got[:, 1:], want, rtol=1e-12)
+    derived = feature_matrix(specs, "derived")
+    assert derived.shape == (len(specs), len(FEATURE_SETS["derived"]))
+    assert np.all(np.isfinite(derived))
+    # the sub-ops of a block add up to its MACs
+    names = FEATURE_SETS["derived"]
+    parts = sum(derived[:, names.index(f"macs_{r}")] for r in ("expand", "depthwise", "pointwise", "full"))
+    blocks = np.array([s.kind == "fbnet_block" for s in specs])
+    np.testing.assert_array_equal(parts[blocks], derived[blocks, names.index("macs")])
+
+
+def test_spec_matrix_round_trip_and_bad_shapes():
+    specs = get_space("fbnet-cifar").ops()
+    assert specs_from_matrix(spec_matrix(specs)) == specs
+    with pytest.raises(ValueError, match="11 columns"):
+        feature_matrix(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="unknown feature set"):
+        feature_matrix(specs, "everything")
+    with pytest.raises(TypeError, match="OpSpec"):
+        feature_matrix(["fbnet_block"])
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+def test_metrics_on_known_values():
+    true = [1.0, 1.0, 1.0, 1.0, 0.0]
+    pred = [1.0, 1.06, 1.12, 0.8, 0.3]
+    m = metrics.evaluate(pred, true)
+    assert m["n"] == 5 and m["n_zero_true"] == 1
+    assert m["acc_5"] == pytest.approx(1 / 4)
+    assert m["acc_10"] == pytest.approx(2 / 4)
+    assert m["acc_15"] == pytest.approx(3 / 4)
+    assert m["mape"] == pytest.approx((0.06 + 0.12 + 0.2) / 4)
+    assert m["rmse_ms"] == pytest.approx(np.sqrt((0.06 ** 2 + 0.12 ** 2 + 0.2 ** 2 + 0.3 ** 2) / 5))
+    # one adjacent swap of 4 ranks: rho = 1 - 6 * 2 / (4 * 15), tau = (5 - 1) / 6
+    assert metrics.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert metrics.kendall([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    assert metrics.accuracy_within([1.1], [1.0], 0.10) == 1.0  # the band edge counts
+    with pytest.raises(ValueError, match="differ in length"):
+        metrics.evaluate([1, 2], [1])
+
+
+# ---- estimators -----------------------------------------------------------------------------
+
+def test_estimator_settings_are_checked_in_fit():
+    specs, y, _, _ = block_halves("raspi4")
+    est = GBDTPredictor(num_leaves=1)  # __init__ only stores
+    assert est.get_params()["num_leaves"] == 1
+    with pytest.raises(ValueError, match=r"^The 'num_leaves' parameter of GBDTPredictor must be an "
+                                         r"int >= 2\. Got 1\.$"):
+        est.fit(specs, y)
+    with pytest.raises(ValueError, match="'base' parameter of GBDTPredictor must be one of"):
+        GBDTPredictor(base="magic").fit(specs, y)
+    with pytest.raises(TypeError):
+        GBDTPredictor("derived", "log")  # everything after the first is keyword-only
+    with pytest.raises(ValueError, match="has no setting 'leaves'"):
+        GBDTPredictor().set_params(leaves=3)
+    assert repr(GBDTPredictor(num_leaves=4)) == "GBDTPredictor(num_leaves=4)"
+    with pytest.raises(ValueError, match="needs at least 5"):
+        GBDTPredictor().fit(specs[:3], y[:3])
+    with pytest.raises(ValueError, match="y has"):
+        GBDTPredictor().fit(specs, y[:-1])
+    with pytest.raises(ValueError, match=">= 0"):
+        GBDTPredictor().fit(specs, -y)
+
+
+_FC = OpSpec("fc", 8, 1, 1, 4, activation="none")
+
+
+@pytest.mark.parametrize("call", [
+    lambda: GBDTPredictor().predict([_FC]),
+    lambda: PowerLawBase().predict([_FC]),
+    lambda: LogLinearBase().predict([_FC]),
+    lambda: LatencyPredictor().predict_ops([_FC]),
+    lambda: NetworkCorrection().predict(1.0),
+], ids=["gbdt", "power", "loglinear", "latency", "correction"])
+def test_predict_before_fit_says_call_fit_first(call):
+    with pytest.raises(predictors.NotFittedError, match="not fitted yet; call fit first"):
+        call()
+
+
+def test_gbdt_beats_both_baselines_on_held_out_raspi4_blocks():
+    xs, ys, xt, yt = block_halves("raspi4")
+    model = GBDTPredictor(base="blend")
+    assert model.fit(xs, ys) is model
+    assert model.n_features_in_ == len(FEATURE_SETS["derived"]) and model.boosters_
+    pred = model.predict(xt)
+    np.testing.assert_array_equal(pred, model.predict(spec_matrix(xt)))  # a spec matrix works too
+    ours = metrics.evaluate(pred, yt)
+    line = selection.FlopsLinear().fit(selection.op_flops(xs), ys)
+    flops = metrics.evaluate(line.predict(selection.op_flops(xt)), yt)
+    raw = metrics.evaluate(GBDTPredictor(**selection.RAW_BASELINE).fit(xs, ys).predict(xt), yt)
+    assert ours["acc_10"] > flops["acc_10"] + 0.3
+    assert ours["acc_10"] > raw["acc_10"] + 0.1
+    assert ours["mape"] < min(flops["mape"], raw["mape"])
+    assert ours["spearman"] > 0.95
+
+
+def test_model_split_per_kind_and_linear_target_fit_and_predict():
+    specs, y = device_table("edgegpu")
+    est = GBDTPredictor(split="per_kind", target="linear", min_kind_rows=100).fit(specs, y)
+    assert set(est.boosters_) == {"*", "fbnet_block"}  # 192 blocks get their own model
+    pred = est.predict(specs)
+    assert np.all(pred >= 0) and metrics.accuracy_within(pred, y, 0.15) > 0.8  # fits what it saw
+
+
+def test_power_law_base_recovers_a_known_power_law():
+    space = get_space("fbnet-imagenet")
+    ops = [op for op in space.ops() if op.kind == "skip" and not op.is_identity]
+    ops += [OpSpec("skip", c, h, h, 2 * c, kernel=1, stride=s, activation="none")
+            for c in (8, 24, 48, 96) for h in (7, 14, 28, 56) for s in (1, 2)]
+    macs = np.array([op.macs for op in ops], dtype=float)
+    y = 1e-5 * macs ** 0.8 + 0.02
+    fitted = PowerLawBase(reg=1e-4).fit(ops, y)
+    np.testing.assert_allclose(fitted.predict(ops), y, rtol=0.05)
+    again = PowerLawBase.from_dict(fitted.to_dict())
+    np.testing.assert_array_equal(again.predict(ops), fitted.predict(ops))
+
+
+def test_select_gbdt_tries_each_setting_and_returns_the_best():
+    xs, ys, _, _ = block_halves("eyeriss")
+    best, tried = selection.select_gbdt(xs[:60], ys[:60], folds=3, seed=1)
+    assert len(tried) == 1 + sum(len(v) - 1 for _, v in selection.SEARCH)
+    [chosen] = [t for t in tried if t["chosen"]]
+    assert all(chosen["settings"][k] == best[k] for k in selection.DEFAULT_CHOICE)
+    # nothing tried beat the choice by the margin a change needs
+    floor = chosen["metrics"]["log_error"] * (1 - selection.MIN_GAIN)
+    assert all(t["metrics"]["log_error"] >= floor for t in tried)
+    assert {t["settings"]["base"] for t in tried} == {"power", "blend", "loglinear", "none"}
+    assert selection.log_error(np.array([2.0, 0.5]), np.array([1.0, 1.0])) == pytest.approx(np.log(2))
+
+
+# ---- LUT, correction, composition ------------------------------------------------------------
+
+def test_lut_rows_coverage_and_lookup():
+    space = get_space("fbnet-cifar")
+    ops = space.ops()
+    rows = [{"key": op.key, "median_ms": 0.1 * (i + 1), "p10_ms": 0.09, "p90_ms": 0.2, "count": 30,
+             "round_spread": 0.01, "rounds": 3} for i, op in enumerate(ops[:-10])]
+    rows.append({"key": space.network([0] * 22).key, "median_ms": 5.0})
+    lut = LUT.from_rows(rows)
+    assert len(lut) == len(ops) - 10  # the network row is not an op
+    cov = lut.coverage(space)
+    assert (len(cov.measured), len(cov.missing), cov.total) == (len(ops) - 10, 10, len(ops))
+    assert set(cov.missing) == {op.key for op in ops[-10:]}
+    assert lut.get(ops[1]).median_ms == pytest.approx(0.2) and lut.get(ops[1]).count == 30
+    values = lut.lookup([ops[0], ops[-1]])
+    assert values[0] == pytest.approx(0.1) and np.isnan(values[1])
+    assert LUT.from_dict(lut.to_dict()).entries == lut.entries
+    with pytest.raises(ValueError, match="not an op key"):
+        LUT.from_rows([{"key": "conv:3x3", "median_ms": 1.0}])
+
+
+def test_network_correction_forms():
+    x = np.linspace(5, 50, 12)
+    affine = NetworkCorrection().fit(x, 0.9 * x - 0.3)
+    assert affine.form_ == "affine"
+    assert (affine.scale_, affine.offset_ms_) == (pytest.approx(0.9), pytest.approx(-0.3))
+    assert NetworkCorrection().fit(x, x).form_ == "none"  # the simplest form that fits
+    scale = NetworkCorrection().fit(x, 0.8 * x)
+    assert scale.form_ == "scale" and scale.scale_ == pytest.approx(0.8)
+    assert NetworkCorrection(form="affine").fit(x[:2], x[:2]).form_ == "scale"  # too few for affine
+    with pytest.raises(ValueError, match="The 'form' parameter of NetworkCorrection"):
+        NetworkCorrection(form="quadratic").fit(x, x)
+
+
+def test_latency_predictor_composes_lut_gbdt_and_correction():
+    specs, y = device_table("raspi4")
+    space = get_space("fbnet-cifar")
+    keep = [i for i, s in enumerate(specs) if not (s.kind == "fbnet_block" and i % 3 == 0)]
+    model = LatencyPredictor().fit([specs[i] for i in keep], y[keep])
+    assert not model.has_network_correction
+    measured = [specs[i] for i in keep]
+    np.testing.assert_array_equal(model.predict_ops(measured), y[keep])  # measured beats predicted
+    unmeasured = [s for i, s in enumerate(specs) if i not in set(keep)]
+    assert set(model.predict_sources(unmeasured)) == {"gbdt"}
+    rng = random.Random(0)
+    table, fixed = model.cost_table(space), model.fixed_cost(space)
+    assert table.shape == (22, 9) and np.all(table > 0)
+    for _ in range(20):
+        arch = space.sample_arch(rng)
+        plain = table[np.arange(22), arch].sum() + fixed
+        assert model.predict_network(space, arch) == pytest.approx(plain, rel=1e-12)
+        assert model.predict_network(space.network(arch).ops) == pytest.approx(plain, rel=1e-12)
+    archs = [space.sample_arch(rng) for _ in range(30)]
+    np.testing.assert_allclose(model.predict_networks(space, archs),
+                               [model.predict_network(space, a) for a in archs], rtol=1e-12)
+    # measured networks: 15% faster than their op sum, minus a fixed 0.2 ms
+    nets = [space.network(a) for a in archs]
+    sums = np.array([model.predict_ops(n.ops).sum() for n in nets])
+    corrected = LatencyPredictor(correction="affine").fit(
+        [specs[i] for i in keep], y[keep], networks=nets, network_ms=0.85 * sums - 0.2)
+    assert corrected.has_network_correction
+    assert corrected.correction_.scale_ == pytest.approx(0.85)
+    assert corrected.correction_.offset_ms_ == pytest.approx(-0.2)
+    arch = space.sample_arch(rng)
+    raw = corrected.cost_table(space)[np.arange(22), arch].sum() + corrected.fixed_cost(space)
+    assert corrected.predict_network(space, arch) == pytest.approx(0.85 * raw - 0.2)
+    with pytest.raises(TypeError, match="give the arch"):
+        corrected.predict_network(space)
+
+
+def test_analytic_costs_and_cost_specs():
+    space = get_space("fbnet-cifar")
+    arch = space.sample_arch(random.Random(3))
+    flops, params = predictors.load("flops"), predictors.load("params")
+    assert flops.unit == "flops" and params.unit == "params"
+    assert flops.predict_network(space, arch) == space.network(arch).flops
+    assert params.predict_network(space, arch) == space.network(arch).params
+    table = flops.cost_table(space)
+    assert table.shape == (space.num_layers, space.num_candidates)
+    assert table[3, 2] == space.candidate_op(3, 2).flops
+    assert flops.fixed_cost(space) == sum(op.flops for op in space.fixed_ops())
+    with pytest.raises(UsageError, match="unknown cost spec"):
+        predictors.load("latency")
+
+
+def test_load_of_an_unfitted_device_says_how_to_fit(latbench_home):
+    with pytest.raises(predictors.ArtifactError, match="latbench fit-predictor --device phone"):
+        predictors.load("latbench:phone")
+
+
+def test_import_needs_neither_torch_nor_onnxruntime():
+    code = ("import sys, predictors\n"
+            "from latbench.spaces import get_space\n"
+            "c = predictors.load('flops')\n"
+            "c.cost_table(get_space('fbnet-cifar'))\n"
+            "bad = [m for m in ('torch', 'onnxruntime') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_prediction_in_row_blocks_equals_one_pass(monkeypatch):
+    import predictors.gbdt as gbdt_module
+
+    xs, ys, xt, _ = block_halves("fpga")
+    model = GBDTPredictor(base="blend").fit(xs, ys)
+    whole = model.predict(xt)
+    monkeypatch.setattr(gbdt_module, "CHUNK_ROWS", 7)
+    np.testing.assert_allclose(model.predict(xt), whole, rtol=1e-12)  # BLAS may sum in another order

@@ -1,0 +1,156 @@
+"""Predictor artifacts: plain files with checksums; a damaged one is one clear error."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from latbench.ops import OpSpec
+from latbench.spaces import get_space
+
+pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e .[predict]")
+
+from predictors import artifact  # noqa: E402
+from predictors.artifact import ArtifactError  # noqa: E402
+from predictors.gbdt import GBDTPredictor  # noqa: E402
+from predictors.latency import LatencyPredictor  # noqa: E402
+from test_predictors import device_table  # noqa: E402
+
+INFO = {"device": "raspi4", "runtime": "imported", "runtime_version": "hwnasbench-raspi4",
+        "settings_hash": "0123456789abcdef", "settings": {"source": "hwnasbench-raspi4"},
+        "space": "fbnet-imagenet"}
+
+
+@pytest.fixture(scope="module")
+def fitted() -> LatencyPredictor:
+    specs, y = device_table("raspi4")
+    space = get_space("fbnet-imagenet")
+    keep = [i for i, s in enumerate(specs) if i % 4]  # a quarter left to the GBDT
+    nets = space.sample_networks(12, seed=5)
+    plain = LatencyPredictor(GBDTPredictor(base="blend")).fit([specs[i] for i in keep], y[keep])
+    sums = np.array([plain.predict_ops(n.ops).sum() for n in nets])
+    return LatencyPredictor(GBDTPredictor(base="blend"), correction="affine").fit(
+        [specs[i] for i in keep], y[keep], networks=nets, network_ms=0.9 * sums + 0.5)
+
+
+@pytest.fixture
+def saved(fitted, tmp_path) -> Path:
+    return artifact.save(fitted, tmp_path / "raspi4", info=INFO, reports={"report.json": b"{}\n"})
+
+
+def probe_ops() -> list[OpSpec]:
+    rng = random.Random(1)
+    ops = get_space("fbnet-imagenet").ops() + get_space("fbnet-cifar").ops()
+    ops += [OpSpec("fbnet_block", 8 * rng.randint(1, 40), s, s, 8 * rng.randint(1, 40),
+                   kernel=rng.choice([3, 5]), stride=rng.choice([1, 2]), expansion=rng.choice([1, 3, 6]))
+            for s in (5, 9, 20, 40, 80) for _ in range(20)]
+    return ops
+
+
+def test_round_trip_gives_the_same_predictions(fitted, saved):
+    loaded = artifact.load(saved)
+    ops = probe_ops()
+    # LightGBM's text model keeps leaf values to the last few ulps, not bit for bit
+    np.testing.assert_allclose(loaded.predict_ops(ops), fitted.predict_ops(ops), rtol=1e-12)
+    space = get_space("fbnet-imagenet")
+    np.testing.assert_allclose(loaded.cost_table(space), fitted.cost_table(space), rtol=1e-12)
+    arch = space.sample_arch(random.Random(2))
+    assert loaded.predict_network(space, arch) == pytest.approx(fitted.predict_network(space, arch), rel=1e-12)
+    assert loaded.has_network_correction and loaded.correction_.form_ == "affine"
+    assert loaded.gbdt_.get_params() == fitted.gbdt_.get_params()
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert manifest["device"] == "raspi4" and manifest["runtime_version"] == "hwnasbench-raspi4"
+    assert manifest["settings"] == INFO["settings"] and manifest["network_correction"] is True
+    assert manifest["feature_names"] == list(fitted.gbdt_.feature_names_in_)
+    assert {"lightgbm", "numpy", "scipy", "latbench", "python"} <= set(manifest["versions"])
+    on_disk = {p.name for p in saved.iterdir()} - {"manifest.json"}
+    assert on_disk == set(manifest["files"]) | set(manifest["reports"])
+    # plain files only: JSON documents and LightGBM text models
+    for name in manifest["files"]:
+        text = (saved / name).read_text()
+        if name.endswith(".json"):
+            json.loads(text)
+        else:
+            assert name.startswith("gbdt_") and text.startswith("tree")
+
+
+def test_saving_again_replaces_the_artifact_whole(fitted, saved):
+    (saved / "stray.txt").write_text("left over")
+    artifact.save(fitted, saved, info=INFO)
+    assert not (saved / "stray.txt").exists()
+    assert not [p for p in saved.parent.iterdir() if p.name.startswith(".")]
+    artifact.load(saved)
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["gbdt_pooled_0.txt", "lut.json", "gbdt.json", "correction.json"])
+def test_a_flipped_byte_is_one_clear_error(saved, name):
+    _flip_byte(saved / name, (saved / name).stat().st_size // 2)
+    with pytest.raises(ArtifactError) as info:
+        artifact.load(saved, "raspi4")
+    message = str(info.value)
+    assert name in message and "corrupt" in message
+    assert "re-run `latbench fit-predictor --device raspi4`" in message
+    assert "\n" not in message
+
+
+def test_missing_file_and_bad_manifest(saved):
+    (saved / "lut.json").unlink()
+    with pytest.raises(ArtifactError, match=r"lut\.json is missing.*fit-predictor"):
+        artifact.load(saved)
+    (saved / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"manifest\.json is corrupt.*fit-predictor"):
+        artifact.load(saved)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"format_version": 99}, "format version 99; this latbench reads version 1"),
+    ({"feature_names": ["cin", "h"]}, "feature list differs"),
+    ({"versions": {"lightgbm": "999.0.0"}}, "written with LightGBM 999.0.0"),
+    ({"format": "something-else"}, "not a latbench predictor manifest"),
+])
+def test_incompatible_manifest_is_one_clear_error(saved, change, match):
+    path = saved / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(change)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=match) as info:
+        artifact.load(saved)
+    assert "fit-predictor" in str(info.value)
+
+
+def test_a_model_file_whose_checksum_was_updated_still_fails_clearly(saved):
+    # Someone "fixes" the checksum of a broken model by hand: the text itself is checked.
+    path = saved / "gbdt_pooled_0.txt"
+    path.write_text("tree\nnot a model\n")
+    manifest = json.loads((saved / "manifest.json").read_text())
+    manifest["files"][path.name] = artifact._sha256(path.read_bytes())
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="cannot read the gbdt_.*txt models.*fit-predictor"):
+        artifact.load(saved)
+
+
+def test_loading_a_fitted_predictor_needs_no_torch(saved, tmp_path):
+    code = ("import sys\n"
+            "from pathlib import Path\n"
+            "from predictors import artifact\n"
+            "from latbench.spaces import get_space\n"
+            f"p = artifact.load(Path({str(saved)!r}))\n"
+            "t = p.cost_table(get_space('fbnet-cifar'))\n"
+            "assert t.shape == (22, 9) and (t > 0).all()\n"
+            "bad = [m for m in ('torch', 'onnxruntime') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,117 @@
+"""`latbench fit-predictor` on small real stores: imported tables and a local collection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA
+from latbench.ops import OpSpec
+
+pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e .[predict]")
+pytest.importorskip("matplotlib", reason="the fit report draws a PNG: pip install matplotlib")
+
+import predictors  # noqa: E402
+
+BLOCKS = SHARED_DATA / "fbnet-hwnasbench" / "blocks.csv"
+NETWORKS = SHARED_DATA / "fbnet-help" / "networks.csv"
+FILES = {"manifest.json", "lut.json", "gbdt.json", "gbdt_pooled_0.txt", "correction.json",
+         "report.json", "predicted_vs_measured.png"}
+
+
+@pytest.fixture
+def imported(latbench_home, latbench_cli):
+    if not BLOCKS.exists():
+        pytest.skip(f"shared data missing: {BLOCKS}")
+    done = latbench_cli("import", str(BLOCKS), "--device", "pi", "--source-device", "raspi4",
+                        "--source", "pi-tables")
+    assert done.returncode == 0, done.stderr
+    return latbench_home
+
+
+def test_fit_without_networks_saves_a_loadable_plain_sum_predictor(imported, latbench_cli):
+    done = latbench_cli("fit-predictor", "--device", "pi", "--space", "fbnet-imagenet", "--no-select",
+                        "--folds", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ops"] == 225 and report["networks"] == 0 and report["network_correction"] is False
+    assert report["networks_cv"] is None
+    ops = report["ops_cv"]
+    assert ops["folds"] == 3 and ops["rows"] == 225
+    for name in ("predictor", "flops_linear", "lightgbm_raw"):
+        assert {"acc_5", "acc_10", "acc_15", "rmse_ms", "mape", "spearman", "kendall"} <= set(ops[name])
+    assert ops["predictor"]["acc_10"] > ops["flops_linear"]["acc_10"]
+    assert report["coverage"]["fraction"] == 1.0
+    assert "no measured networks" in done.stderr and "plain sum" in done.stderr
+    folder = imported / "predictors" / "pi"
+    assert {p.name for p in folder.iterdir()} == FILES
+    assert (folder / "predicted_vs_measured.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((folder / "report.json").read_text())["ops_cv"] == ops
+    model = predictors.load("latbench:pi")
+    assert not model.has_network_correction and model.unit == "ms"
+    from latbench.importers import read_hwnasbench
+
+    rows = read_hwnasbench(BLOCKS, "raspi4").rows
+    specs = [OpSpec.from_key(r["key"]) for r in rows]
+    np.testing.assert_array_equal(model.predict_ops(specs), [r["median_ms"] for r in rows])
+    assert model.info_["runtime_version"] == "pi-tables" and model.info_["device"] == "pi"
+
+
+def test_fit_with_networks_reports_held_out_networks_and_baselines(imported, latbench_cli):
+    done = latbench_cli("import", str(NETWORKS), "--device", "pi", "--column", "raspi4",
+                        "--source", "pi-tables")
+    assert done.returncode == 0, done.stderr
+    done = latbench_cli("fit-predictor", "--device", "pi", "--folds", "2", timeout_s=300)
+    assert done.returncode == 0, done.stderr
+    for text in ("ops: 2-fold held-out", "networks: held-out", "lut+gbdt+correction", "flops_linear",
+                 "lut_sum (no correction)", "settings tried", "network correction"):
+        assert text in done.stdout + done.stderr, text
+    report = json.loads((imported / "predictors" / "pi" / "report.json").read_text())
+    nets = report["networks_cv"]
+    assert report["network_correction"] is True and nets["networks"] == nets["held_out"] == 5000
+    # the HELP raspi4 column is the table sum: the op sum needs no correction
+    assert nets["predictor"]["acc_5"] == 1.0 and nets["predictor"]["mape"] < 1e-9
+    assert nets["flops_linear"]["mape"] > 0.01
+    assert len(report["selection"]) == 8
+    model = predictors.load("latbench:pi")
+    assert model.has_network_correction and model.correction_.form_ == "none"
+
+
+def test_fit_predictor_errors(latbench_home, latbench_cli, imported):
+    done = latbench_cli("fit-predictor", "--device", "phone")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "no measurements for device 'phone'" in done.stderr and "pi" in done.stderr
+    done = latbench_cli("fit-predictor", "--device", "pi", "--folds", "1")
+    assert done.returncode == 2
+
+
+def test_fit_predictor_without_a_database(latbench_cli):
+    done = latbench_cli("fit-predictor", "--device", "local")
+    assert done.returncode == 1 and "no measurements yet" in done.stderr
+
+
+@pytest.mark.slow
+def test_fit_on_a_local_collection(warm_home, fast_profile, latbench_cli):
+    """Ops and two networks measured here with ONNX Runtime, then fitted and loaded."""
+    from conftest import CACHED_NETWORKS, CACHED_OPS
+
+    done = latbench_cli("collect", "--device", fast_profile, "--limit", str(CACHED_OPS),
+                        "--networks", str(CACHED_NETWORKS), timeout_s=600)
+    assert done.returncode == 0, done.stderr
+    done = latbench_cli("fit-predictor", "--device", fast_profile, "--no-select", "--folds", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ops"] == CACHED_OPS and report["networks"] == CACHED_NETWORKS
+    assert report["network_correction"] is True and report["networks_cv"]["held_out"] == CACHED_NETWORKS
+    assert report["runtime"] == "onnxruntime"
+    model = predictors.load(f"latbench:{fast_profile}")
+    from latbench.spaces import get_space
+
+    space = get_space("fbnet-cifar")
+    arch = [0] * space.num_layers
+    table = model.cost_table(space)
+    total = table[np.arange(space.num_layers), arch].sum() + model.fixed_cost(space)
+    assert model.predict_network(space, arch) == pytest.approx(float(model.correct(total)))
+    assert report["coverage"]["measured"] == CACHED_OPS
