@@ -167,7 +167,7 @@ class Collector:
         max_backoff_s = float(retry.get("max_backoff_s", 60.0))
         remaining = list(batch)
         for attempt in range(1, attempts + 1):
-            temp = self._wait_until_cool(report)
+            temp = self.wait_until_cool(report)
             started = time.time()
             ids = {f"{i}": pair for i, pair in enumerate(remaining)}
             try:
@@ -182,12 +182,12 @@ class Collector:
                 delay = min(backoff_s * 2 ** (attempt - 1), max_backoff_s)
                 self.on_event("retry", attempt, attempts, {"error": output.error, "delay_s": delay})
                 time.sleep(delay)
-                self._reconnect()
+                self.reconnect()
         report.batches_failed += 1
         for key, _ in remaining:
             report.failed.setdefault(key, f"run: {output.error}")
 
-    def _reconnect(self) -> None:
+    def reconnect(self) -> None:
         try:
             self.transport.close()
         except Exception:
@@ -198,7 +198,7 @@ class Collector:
         except DeviceError:
             pass  # the next attempt fails and is counted
 
-    def _wait_until_cool(self, report: Report) -> float | None:
+    def wait_until_cool(self, report: Report) -> float | None:
         """Device temperature before a batch; above the profile's limit, wait (bounded) to cool."""
         limit = self.profile.thermal.get("max_temp_c")
         if limit is None:

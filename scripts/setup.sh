@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up ./.venv with latbench and its dependencies; idempotent, safe to re-run.
 #   scripts/setup.sh          what `latbench` and `nas` need
-#   scripts/setup.sh --test   also the test tools, the TFLite extra, and (as root) Debian's
+#   scripts/setup.sh --test   also the test tools, the TFLite and farm extras, and (as root) Debian's
 #                             openssh-server and adb, which the SSH and ADB tests talk to
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +33,7 @@ pip install --upgrade pip
 # Set TORCH_SPEC to choose another build (e.g. TORCH_SPEC="torch==2.13.0+cpu").
 pip install "${TORCH_SPEC:-torch==2.13.0}"
 if [ "$test_deps" = 1 ]; then
-  pip install -e ".[test,tflite]"
+  pip install -e ".[test,tflite,farm]"
 else
   pip install -e .
 fi

@@ -11,6 +11,7 @@ examples:
   latbench collect --device local --space fbnet-cifar
   latbench collect --device local --space fbnet-cifar --networks 20 --rounds 5
   latbench collect --device local --limit 10 --json     # a quick partial run, machine-readable summary
+  latbench collect --device pixel3 --farm HEAD:6379      # on every pixel3 of a device farm (docs/farm.md)
 
 Re-running measures only what is missing; Ctrl-C keeps every finished batch."""
 
@@ -30,6 +31,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--trust-new-host", action="store_true",
                    help="SSH: accept and remember the host key of a board never connected to before")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--farm", metavar="ADDRESS", help="measure on the device's units of a Ray farm: HEAD:6379 "
+                   "or ray://HEAD:10001 (needs the `farm` extra; see `latbench farm --help`)")
 
 
 def _positive(text: str) -> int:
@@ -57,7 +60,13 @@ def run(args) -> int:
     space = get_space(args.space)
     home.writable_home()
     items = space_items(space, networks=args.networks, limit=args.limit, seed=args.seed)
-    collector = Collector(profile, store := Store(home.db_path()), rounds=args.rounds)
+    store = Store(home.db_path())
+    if args.farm:  # the same plan, export and store here; the batches run on the farm's units
+        from latbench.farm.dispatch import FarmCollector
+
+        collector = FarmCollector(profile, store, address=args.farm, rounds=args.rounds)
+    else:
+        collector = Collector(profile, store, rounds=args.rounds)
     if args.trust_new_host:  # never turns off a profile's trust_unknown_host
         collector.transport.trust_new_host = True
     with store, collector:
@@ -73,6 +82,8 @@ def run(args) -> int:
             f"{space.name}: {len(items)} items x {collector.rounds} rounds = "
             f"{len(plan.todo) + plan.already}; already stored {plan.already}; "
             f"to measure {len(plan.todo)} in {len(plan.batches)} batch(es)")
+        if args.farm:
+            output.note(collector.units_line())
         if not plan.todo:
             report = collector.run(plan)
         else:

@@ -1,0 +1,96 @@
+"""Reaching the Ray cluster of a farm and reading which units its live nodes offer."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from latbench.errors import LatbenchError
+from latbench.farm import NAMESPACE, require_ray
+from latbench.farm.units import Unit, unit_of_resource
+
+DEFAULT_PORT = 6379
+CLIENT_PORT = 10001  # Ray Client (ray://)
+
+
+def normalize_address(address: str | None) -> str | None:
+    """``ray://HEAD[:PORT]`` (Ray Client, port 10001 by default) and ``HEAD:PORT`` pass as
+    they are; a bare ``HEAD`` gets Ray's default port; None or ``auto`` means the cluster
+    started on this host (or RAY_ADDRESS)."""
+    if address is None or address == "auto":
+        return address
+    scheme = "ray://" if address.startswith("ray://") else ""
+    rest = address.removeprefix(scheme)
+    host, sep, port = rest.rpartition(":")
+    if sep and port.isdigit() and host and not host.endswith(":"):
+        return address
+    return f"{scheme}{rest}:{CLIENT_PORT if scheme else DEFAULT_PORT}"
+
+
+def probe(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast with a clear line when nothing listens at `address` (Ray itself would keep
+    retrying for minutes)."""
+    if not address or address == "auto":
+        return
+    host, _, port = normalize_address(address).removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise LatbenchError(f"nothing answers at {address} ({exc.strerror or exc})",
+                            "check the head's address and port (HEAD:6379 for its GCS, ray://HEAD:10001 for "
+                            "Ray Client) and that it runs: `latbench farm agent --head --unit ...` there") from None
+
+
+@contextlib.contextmanager
+def connected(address: str | None) -> Iterator[object]:
+    """This process connected to the farm at `address` as a Ray driver (reusing a connection
+    that is already open, which it then leaves open)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    target = normalize_address(address)
+    probe(target if target not in (None, "auto") else os.environ.get("RAY_ADDRESS"))
+    try:
+        ray.init(address=target or "auto", namespace=NAMESPACE, logging_level=logging.WARNING,
+                 log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = target or "this host (RAY_ADDRESS or a local `ray start --head`)"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LatbenchError(f"cannot reach the Ray head of the farm at {where}: {first[:200]}",
+                            "check the address (HEAD:6379 or ray://HEAD:10001) and that the head runs: "
+                            "`latbench farm agent --head` or `ray start --head` on it") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@dataclass(frozen=True)
+class NodeUnit:
+    unit: Unit
+    node_id: str
+    ip: str
+    hostname: str
+    alive: bool
+
+
+def node_units(nodes: list[dict]) -> list[NodeUnit]:
+    """Every unit the nodes of `ray.nodes()` offer, a unit on a live node winning over the same
+    unit on a dead one (an agent that restarted)."""
+    found: dict[str, NodeUnit] = {}
+    for node in nodes:
+        for resource in node.get("Resources") or {}:
+            unit = unit_of_resource(resource)
+            if unit is None:
+                continue
+            entry = NodeUnit(unit, node["NodeID"], node.get("NodeManagerAddress", ""),
+                             node.get("NodeManagerHostname", ""), bool(node.get("Alive")))
+            if unit.name not in found or (entry.alive and not found[unit.name].alive):
+                found[unit.name] = entry
+    return sorted(found.values(), key=lambda e: e.unit.name)

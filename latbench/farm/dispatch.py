@@ -1,0 +1,436 @@
+"""Head side of a farm collection: plan and export here, measure each batch on a free unit of
+the device's pool through Ray, store every result here.
+
+Each unit gets one Ray actor (a `UnitWorker`) that needs the unit's custom resource, so it runs
+on the host that owns the device and no other collection can use the unit meanwhile. Batches
+go, one at a time per unit, to whichever unit is free, so a pool of several phones of one model
+shares the work; the store's `unit` column records which one measured what. Ray restarts a
+crashed worker and retries its batch; a unit whose node has left the cluster is given up after
+`lost_after_s`, and whatever the store still lacks is planned again for the units left (the
+store's resume logic): nothing is lost, and the store's unique key keeps anything from being
+stored twice.
+
+Why not `ray.util.ActorPool`: it does not say which actor a failed call ran on, and it hands a
+dead actor further work; this loop needs both to give up a lost unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from latbench.collect import Collector, EventCallback, Plan, Report, plan_batches
+from latbench.errors import LatbenchError
+from latbench.farm import NAMESPACE
+from latbench.farm.cluster import connected, node_units
+from latbench.farm.queue import CollectionQueue, queue_name
+from latbench.farm.worker import UnitWorker
+from latbench.profiles import DeviceProfile
+from latbench.runners.base import BatchOutput, make_runner
+from latbench.store import Store
+
+#: re-planning rounds after units were lost, before the rest is reported as not measured
+MAX_PASSES = 5
+
+
+@dataclass
+class FarmReport(Report):
+    units: dict[str, dict] = field(default_factory=dict)  # unit -> host, batches, measured, lost
+    skipped: dict[str, str] = field(default_factory=dict)  # unit -> why it was not used
+    passes: int = 0  # 1, plus one per re-planning of what lost units left unmeasured
+
+    def to_dict(self) -> dict:
+        return super().to_dict() | {"units": self.units, "skipped_units": self.skipped, "passes": self.passes}
+
+
+@dataclass
+class Claimed:
+    """A unit this collection holds: its actor and what it said about itself."""
+
+    unit: str
+    actor: object
+    hostname: str
+    node_ip: str
+    transport: str
+    runtime_label: str
+    runner_info: dict
+    pid: int  # of its worker process now (Ray may restart it)
+    lost: str | None = None
+
+
+@dataclass
+class _Batch:
+    pairs: list[tuple[str, int]]
+    attempt: int = 1
+    not_before: float = 0.0
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def differences(here: dict, there: dict, prefix: str = "") -> list[str]:
+    """Settings that differ, as 'field: X there, Y here'."""
+    out = []
+    for key in sorted(set(here) | set(there)):
+        a, b = here.get(key), there.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {b!r} there, {a!r} here")
+    return out
+
+
+class FarmCollector(Collector):
+    """A Collector whose batches run on the farm's units of `profile.name` instead of one
+    device connected here. Use as a context manager: entering connects to the farm and claims
+    the free units of the pool."""
+
+    def __init__(self, profile: DeviceProfile, store: Store, *, address: str | None,
+                 rounds: int | None = None, cache_dir: Path | None = None,
+                 on_event: EventCallback | None = None, lost_after_s: float = 30.0,
+                 poll_s: float = 1.0, claim_timeout_s: float = 120.0, busy_wait_s: float = 5.0,
+                 max_restarts: int = 3):
+        super().__init__(profile, store, rounds=rounds, cache_dir=cache_dir, on_event=on_event)
+        self.address = address
+        self.lost_after_s = lost_after_s
+        self.poll_s = poll_s
+        self.claim_timeout_s = claim_timeout_s
+        self.busy_wait_s = busy_wait_s
+        self.max_restarts = max_restarts
+        self.units: dict[str, Claimed] = {}
+        self.skipped: dict[str, str] = {}
+        self._stack = contextlib.ExitStack()
+        self._ray = None
+        self._absent: dict[str, float] = {}
+        self._models: dict[str, tuple[str, str, object]] = {}
+        self._queue = None
+        self._report: FarmReport | None = None
+        self._total = 0
+        self._rounds_of: Counter = Counter()
+
+    # ---- claiming and releasing units ------------------------------------------------------
+
+    def __enter__(self) -> "FarmCollector":
+        try:
+            self._ray = self._stack.enter_context(connected(self.address))
+            self._stack.callback(self._release)
+            # never connected here: the head only reads runtime versions from the units' info
+            self.runner = make_runner(self.transport, self.profile)
+            self._claim()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def _pool(self) -> list:
+        return [nu for nu in node_units(self._ray.nodes()) if nu.alive and nu.unit.device == self.profile.name]
+
+    def _claim(self) -> None:
+        from latbench.export import exporter_tag
+
+        ray = self._ray
+        pool = self._pool()
+        if not pool:
+            raise LatbenchError(
+                f"no unit of device {self.profile.name} is on the farm",
+                f"start an agent on the host it hangs off, `latbench farm agent --address HEAD:6379 "
+                f"--unit {self.profile.name}@HOST`; `latbench farm status` lists the units")
+        free = self._free_units(pool)
+        for nu in pool:
+            if nu.unit.name not in free:
+                self.skipped[nu.unit.name] = "busy: another collection holds it"
+        if not free:
+            raise LatbenchError(f"every unit of {self.profile.name} is busy ({', '.join(sorted(self.skipped))})",
+                                "wait for the other collection to finish (see `latbench farm status`)")
+        exporter = exporter_tag(self.profile.format)
+        here = self.profile.settings(exporter)
+        worker = ray.remote(UnitWorker)
+        actors = {}
+        for nu in pool:
+            if nu.unit.name in free:
+                actors[nu.unit.name] = worker.options(
+                    num_cpus=0, resources={nu.unit.resource: 1}, max_restarts=self.max_restarts,
+                    max_task_retries=self.max_restarts).remote(nu.unit.name)
+        asked = {actor.describe.remote(exporter): unit for unit, actor in actors.items()}
+        ready, pending = ray.wait(list(asked), num_returns=len(asked), timeout=self.claim_timeout_s)
+        for ref in pending:
+            self.skipped[asked[ref]] = f"its worker did not start within {self.claim_timeout_s:g} s"
+        mismatched = []
+        for ref in ready:
+            unit = asked[ref]
+            try:
+                facts = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                self.skipped[unit] = f"its worker failed: {one_line(exc)}"
+                continue
+            if facts["error"]:
+                self.skipped[unit] = facts["error"]
+                continue
+            if facts["settings_hash"] != DeviceProfile.settings_hash(here):
+                mismatched.append((unit, facts))
+                continue
+            self.units[unit] = Claimed(unit, actors[unit], facts["hostname"], facts["node_ip"],
+                                       facts["transport"], facts["runtime_label"], facts["runner_info"],
+                                       facts["pid"])
+        for unit, actor in actors.items():
+            if unit not in self.units:
+                _kill(ray, actor)
+        if mismatched:
+            unit, facts = mismatched[0]
+            diff = "; ".join(differences(here, facts["settings"])[:4])
+            raise LatbenchError(
+                f"unit {unit} on {facts['hostname']} measures {self.profile.name} with other settings than "
+                f"this head ({diff}); its numbers would not be comparable",
+                f"make {facts['profile']} on {facts['hostname']} match {self.profile.source}, or the "
+                f"reverse; agents read their profile again at each collection")
+        if not self.units:
+            why = "; ".join(f"{u}: {w}" for u, w in sorted(self.skipped.items()))
+            raise LatbenchError(f"no unit of {self.profile.name} can measure now ({why})",
+                                "fix the device on its host (`latbench doctor --device NAME` there)")
+        labels = {c.runtime_label for c in self.units.values()}
+        if len(labels) > 1:
+            found = ", ".join(f"{c.unit}: {c.runtime_label}" for c in self.units.values())
+            raise LatbenchError(f"the units of {self.profile.name} run different runtime versions ({found})",
+                                "install the same runtime version on every unit of a pool")
+
+    def _free_units(self, pool: list) -> set[str]:
+        """Units whose resource is free; one just released can take a moment to show free."""
+        deadline = time.monotonic() + self.busy_wait_s
+        while True:
+            available = self._ray.available_resources()
+            free = {nu.unit.name for nu in pool if available.get(nu.unit.resource, 0) >= 1}
+            if len(free) == len(pool) or time.monotonic() >= deadline:
+                return free
+            time.sleep(0.2)
+
+    def _release(self) -> None:
+        """Give the units back at once (the actors would die with this driver anyway)."""
+        for claimed in self.units.values():
+            _kill(self._ray, claimed.actor)
+        if self._queue is not None:
+            _kill(self._ray, self._queue)
+            self._queue = None
+
+    def units_line(self) -> str:
+        """One line for the human: which units measure, and which were left out and why."""
+        parts = [f"{c.unit} ({c.hostname} {c.node_ip}, {c.transport})" for c in self.units.values()]
+        line = f"farm: {len(parts)} unit(s) of {self.profile.name}: {', '.join(parts)}"
+        if self.skipped:
+            line += "; not used: " + "; ".join(f"{u}: {w}" for u, w in sorted(self.skipped.items()))
+        return line
+
+    # ---- planning and running ----------------------------------------------------------------
+
+    def plan(self, items, runner_info: dict | None = None) -> Plan:
+        first = next(iter(self.units.values()))
+        return super().plan(items, runner_info=runner_info if runner_info is not None else first.runner_info)
+
+    def run(self, plan: Plan) -> FarmReport:
+        start = time.perf_counter()
+        report = FarmReport(planned=len(plan.todo), already=plan.already, skipped=dict(self.skipped))
+        self._report = report
+        for c in self.units.values():
+            report.units[c.unit] = {"hostname": c.hostname, "node_ip": c.node_ip, "batches": 0,
+                                    "measured": 0, "lost": None, "worker_pids": [c.pid]}
+        paths = self.export_all(plan)
+        for key, (stage, error) in self.store.failures(plan.context).items():
+            if stage == "export" and key in plan.items and key not in paths:
+                report.failed[key] = f"export: {error}"
+        wanted = [pair for pair in plan.todo if pair[0] in paths]
+        self._rounds_of = Counter(k for k, _ in wanted)
+        self._total = len(wanted)
+        batches = [b for b in ([p for p in batch if p[0] in paths] for batch in plan.batches) if b]
+        self._open_queue(plan)
+        for passes in range(1, MAX_PASSES + 1):
+            if not batches:
+                break
+            report.passes = passes
+            measured, lost = report.measured, sum(1 for c in self.units.values() if c.lost)
+            self._run_pass(plan, batches, paths, report)
+            done = self.store.measured(plan.context)
+            missing = [p for p in wanted if p not in done and p[0] not in report.failed]
+            if not missing:
+                break
+            progressed = report.measured > measured or sum(1 for c in self.units.values() if c.lost) > lost
+            if not self._live() or not progressed or passes == MAX_PASSES:
+                why = (f"no unit of {self.profile.name} left on the farm" if not self._live()
+                       else f"still not measured after {passes} pass(es) over the farm")
+                for key, _ in missing:
+                    report.failed.setdefault(key, f"run: {why}")
+                break
+            batches = plan_batches(missing, self.profile.protocol.batch_size, self.profile.protocol.seed)
+        report.wall_s = time.perf_counter() - start
+        self._publish(deque(), {}, report)
+        return report
+
+    def _live(self) -> list[str]:
+        return [u for u, c in self.units.items() if c.lost is None]
+
+    def _run_pass(self, plan: Plan, batches: list[list[tuple[str, int]]], paths: dict[str, Path],
+                  report: FarmReport) -> None:
+        """Hand the batches to free units one at a time per unit until all are stored or given up."""
+        ray = self._ray
+        queue = deque(_Batch(list(b)) for b in batches)
+        inflight: dict[object, tuple[str, _Batch, dict]] = {}
+        last_watch = time.monotonic()
+        while queue or inflight:
+            now = time.monotonic()
+            busy = {unit for unit, _, _ in inflight.values()}
+            for unit in self._live():
+                if unit in busy or unit in self._absent:
+                    continue
+                batch = _pop_ready(queue, now)
+                if batch is None:
+                    break
+                ids = {str(i): pair for i, pair in enumerate(batch.pairs)}
+                items, models = [], {}
+                for bid, (key, _) in ids.items():
+                    name, sha, ref = self._model(paths[key])
+                    items.append((bid, name, sha))
+                    models[name] = ref
+                inflight[self.units[unit].actor.run_batch.remote(items, models)] = (unit, batch, ids)
+            self._publish(queue, inflight, report)
+            if not self._live():
+                return  # the rest is re-planned (and reported) by run()
+            if time.monotonic() - last_watch >= self.poll_s:
+                self._watch(inflight)
+                last_watch = time.monotonic()
+            if not inflight:
+                wake = min((b.not_before for b in queue), default=now)
+                time.sleep(min(max(wake - time.monotonic(), 0.05), self.poll_s))
+                continue
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_s)
+            for ref in ready:
+                if ref in inflight:
+                    unit, batch, ids = inflight.pop(ref)
+                    self._finish(plan, ref, unit, batch, ids, queue, report)
+
+    def _finish(self, plan: Plan, ref, unit: str, batch: _Batch, ids: dict, queue: deque,
+                report: FarmReport) -> None:
+        """Store one batch's result; queue what is left for another attempt or give it up."""
+        ray = self._ray
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            self._lose(unit, f"its worker died: {one_line(exc)}")
+            return  # nothing came back: its pairs are planned again from the store
+        except ray.exceptions.RayError as exc:
+            result = {"started": time.time(), "temperature_c": None,
+                      "output": {"start": None, "error": f"the unit's worker failed: {one_line(exc)}"}}
+        output = BatchOutput(**result["output"])
+        temp = result["temperature_c"]
+        self.units[unit].pid = result.get("pid", self.units[unit].pid)
+        if temp is not None:
+            report.max_temperature_c = max(temp, report.max_temperature_c or temp)
+        before = report.measured
+        remaining = self.store_output(plan, ids, output, result["started"], temp, report, unit=unit)
+        report.units[unit]["batches"] += 1
+        if self.units[unit].pid not in report.units[unit]["worker_pids"]:  # Ray restarted it
+            report.units[unit]["worker_pids"].append(self.units[unit].pid)
+        report.units[unit]["measured"] += report.measured - before
+        retry = self.profile.retry
+        attempts = int(retry.get("attempts", 3))
+        if not remaining:
+            report.batches_ok += 1
+        elif batch.attempt < attempts:
+            delay = min(float(retry.get("backoff_s", 2.0)) * 2 ** (batch.attempt - 1),
+                        float(retry.get("max_backoff_s", 60.0)))
+            self.on_event("retry", batch.attempt, attempts, {"error": output.error, "delay_s": delay, "unit": unit})
+            queue.append(_Batch(remaining, batch.attempt + 1, time.monotonic() + delay))
+        else:
+            report.batches_failed += 1
+            for key, _ in remaining:
+                report.failed.setdefault(key, f"run: {output.error}")
+        settled = report.measured + sum(self._rounds_of[k] for k in report.failed if k in self._rounds_of)
+        self.on_event("measure", min(settled, self._total), self._total, {"report": report, "unit": unit})
+
+    def _watch(self, inflight: dict) -> None:
+        """Give up units whose node has been gone from the cluster for `lost_after_s`; until
+        then Ray may still bring their worker back (an agent that restarted) and retry."""
+        present = {nu.unit.name for nu in node_units(self._ray.nodes()) if nu.alive}
+        now = time.monotonic()
+        for unit in self._live():
+            if unit in present:
+                self._absent.pop(unit, None)
+                continue
+            since = self._absent.setdefault(unit, now)
+            if now - since >= self.lost_after_s:
+                for ref in [r for r, (u, _, _) in inflight.items() if u == unit]:
+                    del inflight[ref]  # its pairs are planned again from the store
+                self._lose(unit, f"its node left the farm (gone for {self.lost_after_s:g} s)")
+
+    def _lose(self, unit: str, why: str) -> None:
+        claimed = self.units[unit]
+        if claimed.lost is None:
+            claimed.lost = why
+            _kill(self._ray, claimed.actor)
+        if self._report is not None:
+            self._report.units[unit]["lost"] = claimed.lost
+
+    def _model(self, path: Path) -> tuple[str, str, object]:
+        """(file name the agents cache it under, sha256, Ray ref of the bytes): put once per file."""
+        key = str(path)
+        if key not in self._models:
+            data = path.read_bytes()
+            self._models[key] = (f"{path.parent.name}/{path.name}", hashlib.sha256(data).hexdigest(),
+                                 self._ray.put(data))
+        return self._models[key]
+
+    # ---- what `farm status` sees -----------------------------------------------------------
+
+    def _open_queue(self, plan: Plan) -> None:
+        ray = self._ray
+        options = {"name": queue_name(self.profile.name), "namespace": NAMESPACE, "num_cpus": 0,
+                   "max_restarts": 0}
+        try:  # on this driver's node (a soft affinity may land on an agent host that then leaves)
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            node = ray.get_runtime_context().get_node_id()
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
+        except Exception:
+            pass
+        try:
+            self._queue = ray.remote(CollectionQueue).options(**options).remote(
+                {"device": self.profile.name, "settings_hash": plan.context.settings_hash,
+                 "head": socket.gethostname(), "started_at": time.time(), "units": sorted(self.units)})
+        except Exception:  # status is a convenience; never fail a collection for it
+            self._queue = None
+
+    def _publish(self, queue: deque, inflight: dict, report: FarmReport) -> None:
+        if self._queue is None:
+            return
+        try:
+            self._queue.update.remote({
+                "queued_batches": len(queue), "queued_items": sum(len(b.pairs) for b in queue),
+                "running": {unit: len(ids) for unit, _, ids in inflight.values()},
+                "measured": report.measured, "total": self._total,
+                "units": self._live(), "lost": {u: c.lost for u, c in self.units.items() if c.lost},
+                "updated_at": time.time()})
+        except Exception:
+            pass
+
+
+def _pop_ready(queue: deque, now: float) -> _Batch | None:
+    """The first queued batch not waiting for its retry backoff."""
+    for i, batch in enumerate(queue):
+        if batch.not_before <= now:
+            del queue[i]
+            return batch
+    return None
+
+
+def _kill(ray, actor) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:
+        pass

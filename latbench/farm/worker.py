@@ -1,0 +1,125 @@
+"""The agent side of one unit: a Ray actor on the unit's host that holds its device connection
+and runner, and measures the batches the head sends it.
+
+It reads the unit's profile on its own host (the file its agent registered), keeps the models
+it is sent in a cache on that host by file name, and returns every batch's output as plain
+data; the head stores it. It keeps no store of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+from latbench import home
+from latbench.errors import DeviceError, LatbenchError
+from latbench.farm.units import registered_profile
+
+#: "<exporter tag>/<file>", as the head's model cache names a model file
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def model_cache_dir() -> Path:
+    """Where an agent host keeps the model files heads sent it."""
+    return home.home_dir() / "farm" / "models"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class UnitWorker:
+    """One unit's device session (created by the head as a Ray actor that needs the unit's
+    resource, so it runs on the unit's host and holds the unit while the collection lasts)."""
+
+    def __init__(self, unit: str):
+        self.unit = unit
+        self.collector = None  # a store-less Collector: its device connection, runner, thermal wait
+        self.profile = None
+        self.profile_path = registered_profile(unit)
+        self.reconnect = False
+        self.verified: set[str] = set()
+
+    def _open(self):
+        from latbench.collect import Collector
+        from latbench.profiles import parse_profile
+
+        if self.profile_path is None:
+            raise DeviceError(f"no agent on {socket.gethostname()} serves unit {self.unit}",
+                              f"start it there: latbench farm agent --address HEAD:6379 --unit {self.unit}")
+        if self.collector is None:
+            self.profile = parse_profile(Path(self.profile_path))
+            collector = Collector(self.profile, None)  # type: ignore[arg-type]  # no store here
+            collector.__enter__()
+            self.collector = collector
+        elif self.reconnect:
+            self.collector.reconnect()
+            self.reconnect = False
+        return self.collector
+
+    def describe(self, exporter: str) -> dict:
+        """Who and what this unit is: host, profile, settings (with the head's exporter), runtime."""
+        import ray
+
+        facts = {"unit": self.unit, "hostname": socket.gethostname(), "pid": os.getpid(),
+                 "node_ip": ray.util.get_node_ip_address(), "profile": self.profile_path, "error": None}
+        try:
+            collector = self._open()
+            info = collector.runner.info()
+            settings = self.profile.settings(exporter)
+            facts.update(settings=settings, settings_hash=self.profile.settings_hash(settings),
+                         runner_info=info, runtime_label=collector.runner.runtime_version(info),
+                         transport=self.profile.transport)
+        except LatbenchError as exc:
+            facts["error"] = str(exc)
+        return facts
+
+    def run_batch(self, items: list[tuple[str, str, str]], models: dict) -> dict:
+        """Measure one batch: `items` are (batch id, model file name, sha256), `models` maps
+        file names to Ray object refs of their bytes (fetched only when not cached here)."""
+        from latbench.collect import Report
+        from latbench.runners.base import BatchItem, BatchOutput
+
+        started = time.time()
+        temp = None
+        try:
+            collector = self._open()
+            paths = {name: self._model(name, sha, models) for _, name, sha in items}
+            temp = collector.wait_until_cool(Report())
+            started = time.time()
+            output = collector.runner.run_batch([BatchItem(bid, paths[name]) for bid, name, _ in items])
+        except (LatbenchError, OSError) as exc:
+            output = BatchOutput(start=None, error=str(exc))
+        if output.error is not None:
+            self.reconnect = True  # as the single-device loop does before its next attempt
+        return {"unit": self.unit, "pid": os.getpid(), "started": started, "temperature_c": temp,
+                "output": dataclasses.asdict(output)}
+
+    def _model(self, name: str, sha: str, models: dict) -> Path:
+        """The cached file for `name`, written from the head's bytes when missing or different."""
+        import ray
+
+        if not _MODEL_NAME.fullmatch(name) or ".." in name:
+            raise DeviceError(f"refusing model file name {name!r} from the head")
+        path = model_cache_dir() / name
+        if name in self.verified and path.exists():
+            return path
+        if not (path.exists() and sha256_file(path) == sha):
+            data = ray.get(models[name])
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise DeviceError(f"model {name} arrived damaged (checksum differs)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        self.verified.add(name)
+        return path

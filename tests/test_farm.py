@@ -1,0 +1,312 @@
+"""The device farm on a real multi-node Ray cluster on this host, built with Ray's own cluster
+test utilities: a head and two agent nodes, each offering one unit of the same device (one
+unit local, one over SSH to a real sshd). Collections split over the pool, survive a node
+killed midway with nothing lost or stored twice, refuse a unit with other settings; and
+`farm agent`, `farm status` and `collect --farm` run as real commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="the device farm needs Ray: pip install -e .[farm]")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+from conftest import FAST_PROFILE_NAME as DEVICE, write_profile  # noqa: E402
+
+from latbench import home  # noqa: E402
+from latbench.errors import LatbenchError, UsageError  # noqa: E402
+from latbench.farm.cluster import normalize_address  # noqa: E402
+from latbench.farm.dispatch import FarmCollector  # noqa: E402
+from latbench.farm.status import farm_status  # noqa: E402
+from latbench.farm.units import Unit, parse_unit, registry_env, unit_of_resource  # noqa: E402
+from latbench.profiles import load_profile  # noqa: E402
+from latbench.spaces import get_space  # noqa: E402
+from latbench.store import Store  # noqa: E402
+
+pytest_plugins = ["sshd"]
+
+MB = 2**20
+NODE = {"num_cpus": 1, "object_store_memory": 80 * MB}  # 2 cores here: keep every node small
+OPS = get_space("fbnet-cifar").ops()
+
+
+@dataclass
+class Farm:
+    cluster: object
+    local: Unit  # unit on agent node A: this host's CPU
+    ssh: Unit  # unit on agent node B: the sshd on 127.0.0.1
+    homes: dict  # unit name -> LATBENCH_HOME of its agent
+    ssh_workdir: Path
+    client_port: int
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def add_agent(self, unit: Unit, agent_home: Path, profile: Path):
+        """A node the way `latbench farm agent` makes one: the unit resource and the registry."""
+        return self.cluster.add_node(**NODE, resources={unit.resource: 1},
+                                     env_vars=registry_env({unit: str(profile)}) | {"LATBENCH_HOME": str(agent_home)})
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory, sshd):
+    from ray.cluster_utils import Cluster
+    from sshd import free_port
+
+    root = tmp_path_factory.mktemp("farm")
+    local, ssh = Unit(DEVICE, "agent-a"), Unit(DEVICE, "agent-b")
+    homes = {u.name: root / u.host for u in (local, ssh)}
+    known_hosts = root / "known_hosts"
+    known_hosts.write_text(sshd.host_key_line())
+    workdir = root / "ssh-board"
+    profiles = {
+        local: write_profile(homes[local.name], DEVICE),
+        ssh: write_profile(homes[ssh.name], DEVICE, transport="ssh", python=sys.executable, connection={
+            "host": sshd.host, "port": sshd.port, "user": sshd.user, "key_file": str(sshd.user_key),
+            "known_hosts": str(known_hosts), "connect_timeout_s": 5, "workdir": str(workdir)}),
+    }
+    client_port = free_port()
+    cluster = Cluster(initialize_head=True, head_node_args=dict(
+        NODE, include_dashboard=False, ray_client_server_port=client_port,
+        env_vars={"LATBENCH_HOME": str(root / "head-node")}))
+    farm = Farm(cluster, local, ssh, homes, workdir, client_port)
+    for unit, profile in profiles.items():
+        farm.add_agent(unit, homes[unit.name], profile)
+    ray.init(address=cluster.address, log_to_driver=False)  # this test process is the head's driver
+    yield farm
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def wait_for(predicate, timeout_s: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def unit_states() -> dict[str, str]:
+    return {u["unit"]: u["state"] for u in farm_status(ray)["units"]}
+
+
+def collect_on_farm(keys: int, on_event=None, **options):
+    """Collect the first `keys` ops of fbnet-cifar with the head's profile over the farm."""
+    profile = load_profile(DEVICE)
+    with Store(home.db_path()) as store, FarmCollector(profile, store, address=None, on_event=on_event,
+                                                      **options) as collector:
+        plan = collector.plan(OPS[:keys])
+        report = collector.run(plan)
+    return plan, report
+
+
+def check_each_pair_stored_once(plan, keys: int) -> dict[str, int]:
+    """Every (key, round) stored exactly once, by a batch whose item count equals the rows it
+    stored (a batch that measured an already-stored pair again would count more items than
+    rows); returns how many rows each unit measured."""
+    with sqlite3.connect(home.db_path()) as conn:
+        pairs = Counter(conn.execute("SELECT key, round FROM measurements").fetchall())
+        batches = conn.execute("SELECT id, unit, status, items FROM batches").fetchall()
+        rows = {(b, u): n for b, u, n in conn.execute(
+            "SELECT batch_id, unit, COUNT(*) FROM measurements GROUP BY batch_id, unit")}
+        by_unit = dict(conn.execute("SELECT unit, COUNT(*) FROM measurements GROUP BY unit").fetchall())
+    wanted = {(op.key, r) for op in OPS[:keys] for r in range(plan_rounds(plan))}
+    assert set(pairs) == wanted and set(pairs.values()) == {1}
+    assert all(status == "ok" for _, _, status, _ in batches), batches
+    assert all(rows.get((b, u)) == items for b, u, _, items in batches), (batches, rows)
+    assert sum(items for *_, items in batches) == len(wanted)
+    return by_unit
+
+
+def plan_rounds(plan) -> int:
+    return 1 + max(r for _, r in plan.todo)
+
+
+# ---- without a cluster ----------------------------------------------------------------------
+
+def test_unit_names_resources_and_addresses():
+    unit = parse_unit("pixel3@desk-a")
+    assert (unit.device, unit.host, unit.resource) == ("pixel3", "desk-a", "device:pixel3@desk-a")
+    assert unit_of_resource(unit.resource) == unit
+    assert parse_unit("rpi4", host="lab-1").name == "rpi4@lab-1"
+    for resource in ("CPU", "node:10.0.0.2", "device:nohost", "device:bad name@h"):
+        assert unit_of_resource(resource) is None
+    for bad in ("pixel3@", "@desk", "pi xel@h", "a@b@c", "x@../y"):
+        with pytest.raises(UsageError):
+            parse_unit(bad)
+    assert normalize_address("head") == "head:6379"
+    assert normalize_address("10.0.0.1:7000") == "10.0.0.1:7000"
+    assert normalize_address("ray://head") == "ray://head:10001"
+    assert normalize_address("ray://head:4000") == "ray://head:4000"
+
+
+def test_agent_errors_are_one_line_and_dry_run_uses_this_hosts_profile(latbench_cli, latbench_home):
+    bad = latbench_cli("farm", "agent", "--address", "127.0.0.1:1", "--unit", "nosuch@h")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown device 'nosuch'" in bad.stderr
+    client = latbench_cli("farm", "agent", "--address", "ray://head", "--unit", "local@h", "--no-check")
+    assert client.returncode == 2 and "HEAD:6379" in client.stderr and "Traceback" not in client.stderr
+    profile = write_profile(latbench_home, DEVICE)
+    dry = latbench_cli("farm", "agent", "--address", "head", "--unit", f"{DEVICE}@bench", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "onnxruntime" in dry.stderr  # the device was reached and its runtime found
+    variable, *argv = shlex.split(dry.stdout)
+    registry = json.loads(variable.removeprefix("LATBENCH_FARM_UNITS="))
+    assert registry == {f"{DEVICE}@bench": str(profile)}
+    assert argv[argv.index("--address") + 1] == "head:6379"
+    assert json.loads(argv[argv.index("--resources") + 1]) == {f"device:{DEVICE}@bench": 1}
+
+
+# ---- on the cluster -------------------------------------------------------------------------
+
+def test_a_collection_splits_over_the_pool_and_records_each_unit(farm, warm_home, make_profile):
+    make_profile(DEVICE, protocol={"batch_size": 2})  # the head's profile: 8 ops x 2 rounds = 8 batches
+    seen = {}
+
+    def on_event(stage, done, total, info):
+        if stage == "measure" and "status" not in seen:
+            seen["status"] = farm_status(ray)
+
+    plan, report = collect_on_farm(8, on_event=on_event)
+    by_unit = check_each_pair_stored_once(plan, 8)
+    assert set(by_unit) == {farm.local.name, farm.ssh.name}
+    assert {u: r["measured"] for u, r in report.units.items()} == by_unit
+    assert report.measured == 16 and not report.failed and report.batches_ok == 8
+    # models travelled as bytes into each agent's own cache (the keys it measured), and the ssh
+    # unit pushed them on to its board
+    with sqlite3.connect(home.db_path()) as conn:
+        keys = dict(conn.execute("SELECT unit, COUNT(DISTINCT key) FROM measurements GROUP BY unit").fetchall())
+    for unit in (farm.local, farm.ssh):
+        assert len(list((farm.homes[unit.name] / "farm" / "models").rglob("*.onnx"))) == keys[unit.name]
+    assert len(list((farm.ssh_workdir / "models").glob("*.onnx"))) == keys[farm.ssh.name]
+    # while it ran, status showed both units busy and the collection's queue
+    during = seen["status"]
+    states = {u["unit"]: (u["state"], u["hostname"], u["node_ip"]) for u in during["units"]}
+    assert {states[u.name][0] for u in (farm.local, farm.ssh)} == {"busy"}
+    assert all(states[u.name][1] and states[u.name][2] for u in (farm.local, farm.ssh))
+    (queue,) = [c for c in during["collections"] if c["device"] == DEVICE]
+    assert queue["total"] == 16 and queue["queued_batches"] + len(queue["running"]) <= 8
+    wait_for(lambda: set(unit_states().values()) == {"free"}, 10, "units released")
+
+
+def test_a_unit_with_other_settings_is_refused(farm, warm_home, make_profile):
+    make_profile(DEVICE, protocol={"runs": 7})  # the agents' profiles time 5 runs
+    with pytest.raises(LatbenchError) as err:
+        collect_on_farm(2)
+    text = str(err.value)
+    assert "protocol.runs: 5 there, 7 here" in text and "not be comparable" in text
+    assert DEVICE in text and "@agent-" in text
+    with sqlite3.connect(home.db_path()) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 0
+    wait_for(lambda: set(unit_states().values()) == {"free"}, 10, "units released")
+
+
+def test_a_crashed_unit_worker_is_restarted_and_its_batch_retried_by_ray(farm, warm_home, make_profile):
+    make_profile(DEVICE, protocol={"batch_size": 2})  # 6 ops x 2 rounds = 6 batches
+    crashed = {}
+
+    def crash_the_local_worker(pid: int):
+        os.kill(pid, signal.SIGKILL)  # a worker process dying, its node alive
+        crashed["pid"] = pid
+
+    def on_event(stage, done, total, info):
+        if stage == "measure" and info["unit"] == farm.local.name and "timer" not in crashed:
+            pid = info["report"].units[farm.local.name]["worker_pids"][0]
+            crashed["timer"] = threading.Timer(0.3, crash_the_local_worker, (pid,))  # into its next batch
+            crashed["timer"].start()
+
+    plan, report = collect_on_farm(6, on_event=on_event)
+    crashed["timer"].join()
+    by_unit = check_each_pair_stored_once(plan, 6)
+    local = report.units[farm.local.name]
+    assert crashed["pid"] == local["worker_pids"][0] and len(local["worker_pids"]) == 2  # restarted
+    assert local["lost"] is None and report.passes == 1 and not report.failed  # Ray retried, no re-plan
+    assert by_unit[farm.local.name] == local["measured"] > 2  # it measured after its restart
+
+
+def test_a_node_killed_midway_loses_nothing_and_stores_nothing_twice(farm, warm_home, make_profile, tmp_path):
+    make_profile(DEVICE, protocol={"batch_size": 2})  # 12 ops x 2 rounds = 12 batches over 3 units
+    doomed = Unit(DEVICE, "agent-c")
+    node = farm.add_agent(doomed, tmp_path / "agent-c", write_profile(tmp_path / "agent-c", DEVICE))
+    finished_one = threading.Event()
+    killed = {}
+
+    def on_event(stage, done, total, info):
+        if stage == "measure" and info["unit"] == doomed.name:
+            finished_one.set()
+        if stage == "measure" and done == total:  # what `farm status` showed at the end
+            killed["status"] = farm_status(ray)
+
+    def kill_while_it_measures():
+        finished_one.wait(60)
+        try:
+            wait_for(lambda: any(u["unit"] == doomed.name and u["measuring"] for u in farm_status(ray)["units"]),
+                     30, "the doomed unit measuring a batch")
+        finally:
+            farm.cluster.remove_node(node)
+            killed["at"] = time.monotonic()
+
+    killer = threading.Thread(target=kill_while_it_measures)
+    killer.start()
+    try:
+        plan, report = collect_on_farm(12, on_event=on_event, lost_after_s=2, poll_s=0.3)
+    finally:
+        killer.join(90)
+    assert "at" in killed
+    by_unit = check_each_pair_stored_once(plan, 12)
+    assert report.measured == 24 and not report.failed
+    assert report.units[doomed.name]["lost"] and by_unit[doomed.name] >= 2  # it measured, then was lost
+    assert by_unit[doomed.name] == report.units[doomed.name]["measured"]
+    assert {farm.local.name, farm.ssh.name} <= set(by_unit)
+    assert report.passes >= 2  # its batch in flight was planned again from the store
+    (queue,) = [c for c in killed["status"]["collections"] if c["device"] == DEVICE]
+    assert doomed.name in queue["lost"] and doomed.name not in queue["units"]
+
+
+def test_agent_status_and_collect_commands(farm, warm_home, make_profile, latbench_cli, tmp_path):
+    make_profile(DEVICE, protocol={"batch_size": 2})  # the head's: 6 ops, 1 round = 3 batches, 3 units
+    agent_home = tmp_path / "agent-d"
+    write_profile(agent_home, DEVICE)
+    env = dict(os.environ, LATBENCH_HOME=str(agent_home), COLUMNS="200")
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "latbench", "farm", "agent", "--address", farm.address, "--unit",
+         f"{DEVICE}@agent-d", "--object-store-mb", "80"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    unit_d = f"{DEVICE}@agent-d"
+    try:
+        wait_for(lambda: unit_states().get(unit_d) == "free" or agent.poll() is not None, 60, "the agent's unit")
+        assert agent.poll() is None, agent.stdout.read()
+        status = latbench_cli("farm", "status", "--address", f"ray://127.0.0.1:{farm.client_port}", "--json")
+        assert status.returncode == 0, status.stderr
+        units = {u["unit"]: u for u in json.loads(status.stdout)["units"]}
+        assert {farm.local.name, farm.ssh.name, unit_d} <= set(units)
+        assert all(units[u]["state"] == "free" and units[u]["node_ip"] for u in (farm.local.name, unit_d))
+        done = latbench_cli("collect", "--device", DEVICE, "--farm", farm.address, "--limit", "6",
+                            "--rounds", "1", "--json")
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)
+        assert summary["measured"] == 6 and not summary["failed"]
+        assert unit_d in summary["units"] and summary["units"][unit_d]["measured"] > 0
+        assert "farm: 3 unit(s)" in done.stderr
+        assert (agent_home / "farm" / "models").is_dir()  # it measured from its own cache
+    finally:
+        os.killpg(agent.pid, signal.SIGTERM)
+        agent.wait(30)
+    wait_for(lambda: unit_d not in unit_states(), 60, "the stopped agent's unit to leave the farm")
+    assert {farm.local.name, farm.ssh.name} <= set(unit_states())
