@@ -1,0 +1,118 @@
+"""`nas search`: argparse namespace -> SearchJob, a progress bar per epoch, and the final tables."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from latbench.cli import output
+from latbench.errors import UsageError
+
+
+def job_from_args(args):
+    from nas.flow import SearchJob
+    from nas.search import SearchConfig
+
+    try:
+        config = SearchConfig(
+            epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr,
+            momentum=args.momentum, weight_decay=args.weight_decay, theta_lr=args.theta_lr,
+            theta_weight_decay=args.theta_weight_decay, initial_temperature=args.temperature,
+            temperature_decay=args.temperature_decay, width_mult=args.width_mult, seed=args.seed,
+            torch_device=args.torch_device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    out = args.out or Path("nas-results") / f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return SearchJob(
+        costs=args.cost, space=args.space, form=args.form, alpha=args.alpha, beta=args.beta, lam=args.lam,
+        targets={"ms": args.target_ms, "flops": args.target_flops, "params": args.target_params},
+        data=args.data, input_size=args.input_size, limit_train=args.limit_train,
+        weight_fraction=args.weight_split, config=config, samples=args.samples,
+        pick=args.pick, tolerance=args.tolerance, retrain_epochs=args.retrain_epochs, out_dir=out,
+        export=not args.no_export,
+        verify=args.verify, verify_device=args.verify_device)
+
+
+def run(args) -> int:
+    import torch
+
+    from nas.flow import Hooks, run_job
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    job = job_from_args(args)
+    with output.progress() as bar:
+        tasks: dict[str, int] = {}
+        search_task = None
+
+        def stage(name: str) -> None:
+            nonlocal search_task
+            if name == "search":
+                search_task = bar.add_task(f"search ({job.config.epochs} epochs)", total=job.config.epochs)
+            elif name != "data":
+                bar.console.print(f"{name} ...")
+
+        def batch(stage_name: str, done: int, total: int) -> None:
+            if stage_name not in tasks:
+                tasks[stage_name] = bar.add_task(f"  {stage_name}", total=total)
+            bar.update(tasks[stage_name], completed=done, total=total)
+
+        def epoch(record: dict) -> None:
+            for name in ("weights", "theta"):  # a fresh bar per epoch
+                if name in tasks:
+                    bar.remove_task(tasks.pop(name))
+            costs = ", ".join(f"{k} {v:.4g}" for k, v in record["expected_cost"].items())
+            bar.update(search_task, advance=1, description=(
+                f"search: epoch {record['epoch'] + 1}/{job.config.epochs} tau {record['temperature']:.2f} "
+                f"acc {record['weights_accuracy']:.1%} E[cost] {costs}"
+                + (" (theta frozen)" if record["theta_frozen"] else "")))
+
+        def measure(stage_name: str, done: int, total: int, info: dict) -> None:
+            batch(stage_name, done, total)
+
+        result = run_job(job, Hooks(stage=stage, batch=batch, epoch=epoch, measure=measure))
+    if args.json:
+        output.print_json(result)
+    else:
+        print_summary(result)
+    return 0
+
+
+def print_summary(result: dict) -> None:
+    units = {c["spec"]: c["unit"] for c in result["costs"]}
+    targets = {c["spec"]: c["target"] for c in result["costs"]}
+    rows = []
+    final = result["final"]
+    entries = [("argmax", result["argmax"])] + [(f"sample {i + 1}", s) for i, s in enumerate(result["samples"])]
+    for label, entry in entries:
+        pred = "; ".join(f"{_num(v)} {units[k]}" for k, v in entry["predicted"].items())
+        mark = " *" if label == final["source"] else ""
+        rows.append([label + mark, "-".join(str(c) for c in entry["arch"]), pred,
+                     f"{entry['supernet_accuracy']:.1%}", f"{entry['skip_share']:.0%}", f"{entry['log_prob']:.1f}"])
+    output.table(f"{result['space']} on {result['data']['name']}: found archs (* = final)",
+                 ["", "arch", "predicted", "supernet acc", "skip", "log P"], rows)
+    if "retrained" in final:
+        r = final["retrained"]
+        output.note(f"final arch retrained alone for {r['epochs']} epochs: accuracy {r['accuracy']:.1%}")
+    if result["verify"]:
+        output.table("measured vs predicted (final arch)",
+                     ["device", "measured_ms", "predicted_ms", "error %", "target_ms"],
+                     [[v["device"], v["median_ms"], v["predicted_ms"],
+                       None if v["relative_error"] is None else f"{100 * v['relative_error']:+.1f}",
+                       v["target_ms"]] for v in result["verify"]])
+    for spec, target in targets.items():
+        if target is not None:
+            output.note(f"target {spec}: {_num(target)} {units[spec]}; final arch predicted "
+                        f"{_num(final['predicted'][spec])}")
+    for note in result["exports"].get("notes", []):
+        output.note(f"note: {note}")
+    exported = (result["exports"].get("onnx"), result["exports"].get("tflite"))
+    files = [result["result_file"]] + [p for p in exported if p]
+    output.note(f"search {result['search_s']:.0f} s ({result['epoch_s_mean']:.1f} s/epoch); wrote "
+                + ", ".join(files))
+
+
+def _num(value: float) -> str:
+    if value >= 1e6:
+        return f"{value / 1e6:.4g}M"
+    return f"{value:.4g}"

@@ -1,0 +1,256 @@
+"""The whole of `nas search`: costs and data in, searched network, scores, files and checks out.
+
+Kept apart from the CLI so benchmarks (and users' scripts) run the same flow.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from latbench.errors import UsageError
+from nas.cost import CostForm, LoadedCost, TARGET_OPTIONS, assign_targets, load_costs
+from nas.data import load_data
+from nas.result import RESULT_FILE, export_network, write_json
+from nas.search import SearchConfig, retrain, run_search, skip_share, supernet_accuracy
+from nas.verify import measure_networks
+
+
+PICKS = ("auto", "argmax", "target")
+
+
+@dataclass
+class SearchJob:
+    """Everything `nas search` was asked to do."""
+
+    costs: list[str]
+    space: str = "fbnet-cifar"
+    form: str = "fbnet"
+    alpha: float = 0.2
+    beta: float = 0.6
+    lam: float = 1.0
+    targets: dict[str, list[float]] = field(default_factory=dict)  # unit -> values
+    data: str = "digits"
+    input_size: int | None = None
+    limit_train: int | None = None
+    weight_fraction: float = 0.8
+    config: SearchConfig = field(default_factory=SearchConfig)
+    samples: int = 10
+    pick: str = "auto"
+    tolerance: float = 0.1
+    retrain_epochs: int = 5
+    out_dir: Path = Path("nas-results")
+    export: bool = True
+    verify: bool = False
+    verify_device: str | None = None
+
+
+@dataclass
+class Hooks:
+    """Progress callbacks: stage(name), batch(stage, done, total), epoch(record)."""
+
+    stage: Callable[[str], None] = lambda name: None
+    batch: Callable[[str, int, int], None] = lambda stage, done, total: None
+    epoch: Callable[[dict], None] = lambda record: None
+    measure: Callable | None = None
+
+
+def check_torch_device(name: str) -> None:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown torch device {name!r}", "use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--torch-device {name}: CUDA is not available in this torch build or host",
+                         "use --torch-device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--torch-device {name}: this host has {torch.cuda.device_count()} CUDA device(s)",
+                         "use cuda:0")
+
+
+def prepare(job: SearchJob, loader=None):
+    """Space, cost terms (with targets), cost form and pick, all checked before any training."""
+    from latbench.spaces import get_space
+
+    space = get_space(job.space)
+    if not job.costs:
+        raise UsageError("no cost given", "add --cost latbench:DEVICE, --cost flops or --cost params")
+    try:
+        costs = load_costs(job.costs, space, loader)
+        assign_targets(costs, job.targets)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if job.pick not in PICKS:
+        raise UsageError(f"unknown pick {job.pick!r}", f"use one of {', '.join(PICKS)}")
+    missing = [c for c in costs if c.target is None]
+    pick = job.pick
+    if pick == "auto":
+        pick = "argmax" if len(missing) == len(costs) else "target"
+    if missing and (job.form != "fbnet" or pick == "target"):
+        c = missing[0]
+        why = f"the {job.form} form" if job.form != "fbnet" else "--pick target"
+        raise UsageError(f"{why} needs a target for --cost {c.spec}",
+                         f"add {TARGET_OPTIONS.get(c.unit, '--target')} VALUE (in {c.unit})")
+    if job.form == "fbnet" and pick != "target" and len(missing) < len(costs):
+        raise UsageError("targets are not used by the fbnet form",
+                         "add --form hinge (or linear), or --pick target, or drop the target")
+    try:
+        form = CostForm(job.form, alpha=job.alpha, beta=job.beta, lam=job.lam,
+                        targets=tuple(c.target for c in costs) if job.form != "fbnet" else ())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if job.form == "fbnet":
+        for c in costs:
+            low = c.term.bounds()[0]
+            if low <= 1.0:
+                raise UsageError(f"the fbnet form takes log(cost), but {c.spec} can be as low as "
+                                 f"{low:.3g} {c.unit} (log <= 0)", "use --form linear or hinge with a target")
+    check_torch_device(job.config.torch_device)
+    return space, costs, form, pick
+
+
+def score_arch(space, arch, costs: list[LoadedCost], outcome, data, config, hooks: Hooks) -> dict:
+    network = space.network(arch)
+    return {
+        "arch": list(arch),
+        "names": [space.candidates[c].name for c in arch],
+        "network_key": network.key,
+        "predicted": {c.spec: c.predict(space, arch) for c in costs},
+        "units": {c.spec: c.unit for c in costs},
+        "skip_share": skip_share(arch),
+        "supernet_accuracy": supernet_accuracy(outcome, arch, data, config, on_batch=hooks.batch),
+    }
+
+
+def log_prob(probs: torch.Tensor, arch) -> float:
+    """log P(arch) under the candidate probabilities (layers independent)."""
+    return float(sum(torch.log(probs[l, c]) for l, c in enumerate(arch)))
+
+
+def pick_final(argmax: dict, samples: list[dict], costs: list[LoadedCost], pick: str,
+               tolerance: float) -> dict:
+    """The arch a search reports as its result.
+
+    ``argmax``: the most likely candidate of every layer (FBNet's reading of theta).
+    ``auto`` (resolved in `prepare`): ``target`` when a target is given, else ``argmax``.
+    ``target``: of the argmax and the K draws from theta, the most likely one whose predicted
+    cost is within +-`tolerance` of every target; if none is, the one closest to the targets.
+    While theta is still spread out, the argmax can sit far from the cost the distribution
+    was trained to (each layer's cheapest candidate wins its layer by a hair), whereas draws
+    from theta land where its mass is.
+    """
+    if pick not in PICKS:
+        raise UsageError(f"unknown pick {pick!r}", f"use one of {', '.join(PICKS)}")
+    targeted = [c for c in costs if c.target is not None]
+    if pick == "argmax":
+        return argmax | {"source": "argmax"}
+    if not targeted:
+        raise UsageError("--pick target needs a target", "add --target-ms (or --target-flops/--target-params)")
+    entries = [("argmax", argmax)] + [(f"sample {i + 1}", e) for i, e in enumerate(samples)]
+
+    def miss(entry: dict) -> float:
+        return max(abs(entry["predicted"][c.spec] / c.target - 1.0) for c in targeted)
+
+    within = [(src, e) for src, e in entries if miss(e) <= tolerance]
+    if within:
+        src, best = max(within, key=lambda se: se[1]["log_prob"])
+    else:
+        src, best = min(entries, key=lambda se: miss(se[1]))
+    return best | {"source": src, "within_tolerance": bool(within)}
+
+
+def score_candidates(space, costs: list[LoadedCost], outcome, data, job: SearchJob,
+                     hooks: Hooks) -> tuple[dict, list[dict]]:
+    """The argmax arch and `job.samples` draws from theta, each predicted and scored."""
+    gen = torch.Generator().manual_seed(job.config.seed + 2)
+    probs = outcome.supernet.probs().detach().cpu()
+    archs = [outcome.arch] + (outcome.supernet.sample_archs(job.samples, generator=gen) if job.samples else [])
+    scored = []
+    for arch in archs:
+        entry = score_arch(space, arch, costs, outcome, data, job.config, hooks)
+        entry["log_prob"] = log_prob(probs, arch)
+        scored.append(entry)
+    return scored[0], scored[1:]
+
+
+def verify_on(device: str, network, final: dict, costs: list[LoadedCost], hooks: Hooks) -> dict:
+    """Measure the final network on `device` through latbench; measured next to predicted."""
+    hooks.stage(f"verify:{device}")
+    measured = measure_networks([network], device, on_event=hooks.measure)[network.key]
+    cost = next((c for c in costs if c.device == device), None)
+    predicted = final["predicted"][cost.spec] if cost else None
+    error = None if predicted is None else (predicted - measured["median_ms"]) / measured["median_ms"]
+    return {"device": device, **measured, "predicted_ms": predicted, "relative_error": error,
+            "target_ms": cost.target if cost else None}
+
+
+def verify_devices(job: SearchJob, costs: list[LoadedCost]) -> list[str]:
+    if job.verify_device:
+        return [job.verify_device]
+    devices = [c.device for c in costs if c.device]
+    if not devices:
+        raise UsageError("--verify needs a device: no --cost is a latbench:DEVICE latency",
+                         "add --verify-device NAME (see `latbench devices`)")
+    return list(dict.fromkeys(devices))
+
+
+def run_job(job: SearchJob, hooks: Hooks | None = None, loader=None) -> dict:
+    """Run a search end to end; returns the result (also written to out_dir/result.json)."""
+    hooks = hooks or Hooks()
+    started = time.time()
+    space, costs, form, pick = prepare(job, loader)
+    devices = verify_devices(job, costs) if job.verify else []
+    input_size = job.input_size or space.input_size
+    hooks.stage("data")
+    data = load_data(job.data, input_size, seed=job.config.seed, weight_fraction=job.weight_fraction,
+                     limit=job.limit_train)
+    hooks.stage("search")
+    t0 = time.perf_counter()
+    outcome = run_search(space, data, [c.term for c in costs], form, job.config,
+                         on_batch=hooks.batch, on_epoch=hooks.epoch)
+    search_s = time.perf_counter() - t0
+    hooks.stage("score")
+    argmax, samples = score_candidates(space, costs, outcome, data, job, hooks)
+    final = dict(pick_final(argmax, samples, costs, pick, job.tolerance))
+    if job.retrain_epochs:
+        hooks.stage("retrain")
+        final["retrained"] = retrain(space, final["arch"], data, job.config, job.retrain_epochs,
+                                     on_batch=hooks.batch)
+    out_dir = Path(job.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    network = space.network(final["arch"])
+    exports = {}
+    if job.export:
+        hooks.stage("export")
+        exports = export_network(network, out_dir)
+    verified = [verify_on(device, network, final, costs, hooks) for device in devices]
+    epoch_s = [r["epoch_s"] for r in outcome.curves]
+    result = {
+        "space": space.name,
+        "data": {"spec": job.data, "name": data.name, "classes": data.num_classes, "input_size": input_size,
+                 "sizes": data.sizes()},
+        "costs": [c.to_dict() for c in costs],
+        "form": {"form": form.form, "alpha": form.alpha, "beta": form.beta, "lambda": form.lam},
+        "pick": pick,
+        "tolerance": job.tolerance,
+        "config": job.config.to_dict(),
+        "final": final,
+        "argmax": argmax,
+        "samples": samples,
+        "theta_probs": outcome.supernet.probs().detach().cpu().tolist(),
+        "curves": outcome.curves,
+        "exports": exports,
+        "verify": verified,
+        "search_s": search_s,
+        "epoch_s_mean": sum(epoch_s) / len(epoch_s),
+        "started_at": started,
+        "wall_s": time.time() - started,
+    }
+    result["result_file"] = str(out_dir / RESULT_FILE)
+    write_json(result, out_dir / RESULT_FILE)
+    return result
+

@@ -1,0 +1,124 @@
+"""`nas search` as users run it: help with examples, one-line errors with exit codes, and a whole
+small search that writes its result, exports the full-width network and measures it here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="nas needs torch (pip install -e .)")
+
+QUICK = ["--epochs", "2", "--warmup-epochs", "1", "--width-mult", "0.125", "--input-size", "8",
+         "--limit-train", "160"]
+
+
+def nas(*args: str, home: Path, timeout_s: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, LATBENCH_HOME=str(home), COLUMNS="200")
+    env.pop("LATBENCH_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "nas", *args], capture_output=True, text=True,
+                          timeout=timeout_s, env=env)
+
+
+def one_line_error(done: subprocess.CompletedProcess, code: int) -> str:
+    assert done.returncode == code, (done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("nas")
+    return lines[0]
+
+
+def test_help_has_examples(latbench_home):
+    done = nas("search", "--help", home=latbench_home)
+    assert done.returncode == 0
+    assert "nas search --cost latbench:" in done.stdout and "--target-ms" in done.stdout
+    top = nas("--help", home=latbench_home)
+    assert top.returncode == 0 and "search" in top.stdout
+
+
+@pytest.mark.parametrize("args, code, words", [
+    ([], 2, "--cost"),
+    (["--cost", "watts"], 2, "unknown cost spec"),
+    (["--cost", "flops", "--form", "hinge"], 2, "add --target-flops"),
+    (["--cost", "flops", "--target-ms", "5", "--form", "hinge"], 2, "no --cost is in ms"),
+    (["--cost", "latbench:nosuchdevice"], 1, "nosuchdevice"),
+    (["--cost", "flops", "--data", "mnist"], 2, "unknown data spec"),
+    (["--cost", "flops", "--data", "cifar10:/no/such/dir"], 1, "does not exist"),
+    (["--cost", "flops", "--target-flops", "lots"], 2, "not a number"),
+    (["--cost", "flops", "--verify"], 2, "--verify-device"),
+    (["--cost", "flops", "--width-mult", "9"], 2, "width_mult"),
+    (["--cost", "flops", "--target-flops", "80M", "--pick", "argmax"], 2, "not used by the fbnet form"),
+    (["--cost", "flops", "--pick", "target"], 2, "--pick target needs a target"),
+])
+def test_user_errors_are_one_line(latbench_home, args, code, words):
+    done = nas("search", *args, home=latbench_home)
+    assert words in one_line_error(done, code)
+
+
+def test_cuda_without_a_gpu_is_a_usage_error(latbench_home):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    done = nas("search", "--cost", "flops", "--torch-device", "cuda", home=latbench_home)
+    assert "CUDA is not available" in one_line_error(done, 2)
+
+
+@pytest.mark.slow
+def test_search_writes_result_exports_and_verifies(latbench_home, fast_profile, tmp_path):
+    pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn (pip install scikit-learn)")
+    import onnxruntime as ort
+
+    from latbench import home
+    from latbench.spaces import get_space
+    from latbench.store import Store
+
+    out = tmp_path / "run"
+    done = nas("search", "--cost", "flops", "--cost", "params", "--form", "hinge", "--target-flops", "80M",
+               "--target-params", "3M", *QUICK, "--samples", "4", "--pick", "target", "--retrain-epochs", "1",
+               "--out", str(out), "--verify", "--verify-device", fast_profile, "--json", home=latbench_home)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result == json.loads((out / "result.json").read_text())
+    space = get_space("fbnet-cifar")
+    final = result["final"]
+    assert len(final["arch"]) == 22 and final["source"] in ["argmax"] + [f"sample {i}" for i in range(1, 5)]
+    assert len(result["samples"]) == 4
+    network = space.network(final["arch"])
+    assert final["predicted"]["flops"] == pytest.approx(network.flops)
+    assert final["predicted"]["params"] == pytest.approx(network.params)
+    assert [r["theta_frozen"] for r in result["curves"]] == [True, False]
+    assert 0 <= final["retrained"]["accuracy"] <= 1 and 0 <= final["supernet_accuracy"] <= 1
+    # the exported network is the full-width one of the space, not the slim trained supernet
+    sess = ort.InferenceSession(result["exports"]["onnx"], providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == [1, 3, 32, 32]
+    y = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 3, 32, 32), np.float32)})[0]
+    assert y.shape == (1, space.num_classes)
+    if importlib.util.find_spec("litert_torch") and importlib.util.find_spec("ai_edge_litert"):
+        assert Path(result["exports"]["tflite"]).stat().st_size > 0
+    else:
+        assert result["exports"]["tflite"] is None and "tflite" in " ".join(result["exports"]["notes"])
+    (verified,) = result["verify"]
+    assert verified["device"] == fast_profile and verified["median_ms"] > 0
+    with Store(home.db_path()) as store:  # the measurement went through latbench into the store
+        ctx = store.latest_context(fast_profile).context
+        keys = {row["key"] for row in store.table(ctx)}
+    assert network.key in keys
+
+
+def test_human_output_and_no_export(latbench_home, tmp_path):
+    pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn (pip install scikit-learn)")
+    out = tmp_path / "run"
+    done = nas("search", "--cost", "flops", *QUICK, "--samples", "1", "--retrain-epochs", "0", "--no-export",
+               "--out", str(out), home=latbench_home)
+    assert done.returncode == 0, done.stderr
+    assert "found archs" in done.stdout and "argmax *" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["result.json"]
+    result = json.loads((out / "result.json").read_text())
+    assert result["final"]["source"] == "argmax" and "retrained" not in result["final"]
