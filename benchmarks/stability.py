@@ -61,6 +61,8 @@ def main() -> int:
         vals = np.array([rel[k] for k in small])
         print(f"ops <  {args.min_ms} ms: median relative difference {np.median(vals):.2%}, "
               f"p90 {np.percentile(vals, 90):.2%}")
+    drift = np.median([np.log(b[k]["median_ms"] / a[k]["median_ms"]) for k in keys])
+    print(f"machine drift between the two collections (median of b/a over all ops): {np.exp(drift) - 1:+.1%}")
     print(f"median coefficient of variation of the samples (std/mean): {np.median(cvs):.2%}")
     worst = sorted(big, key=lambda k: -rel[k])[:5]
     for k in worst:
