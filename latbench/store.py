@@ -337,3 +337,23 @@ def summarize_rounds(key: str, rows: list[Row]) -> dict:
         "round_spread": float((medians.max() - medians.min()) / median) if median > 0 else 0.0,
         "rounds": len(rows), "count": int(sum(r.count for r in rows)),
     }
+
+
+def latest_table(device: str, db_path: Path | None = None) -> tuple[ContextInfo, list[dict]]:
+    """The per-key table of a device's most recently measured context, or a LatbenchError
+    saying how to get measurements."""
+    from latbench import home
+    from latbench.errors import LatbenchError
+
+    db_path = db_path or home.db_path()
+    if not db_path.exists():
+        raise LatbenchError(f"no measurements yet ({db_path} does not exist)",
+                            f"run `latbench collect --device {device}` or `latbench import`")
+    with Store(db_path) as store:
+        info = store.latest_context(device)
+        if info is None:
+            known = sorted({c.context.device for c in store.contexts()})
+            raise LatbenchError(f"no measurements for device {device!r}",
+                                f"run `latbench collect --device {device}`"
+                                + (f"; measured devices: {', '.join(known)}" if known else ""))
+        return info, store.table(info.context)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from latbench import __version__
 from latbench.cli import exit_codes
-from latbench.errors import LatbenchError
 
 EXAMPLES = """\
 examples:
@@ -185,27 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return exit_codes.USAGE
-    debug = args.debug or bool(os.environ.get("LATBENCH_DEBUG"))
-    try:
+    from latbench.cli.main import guarded
+
+    def call() -> int:
         from nas.command import run
 
-        return run(args) or exit_codes.SUCCESS
-    except LatbenchError as exc:
-        if debug:
-            raise
-        sys.stderr.write(f"nas: error: {exc}\n")
-        return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("nas: cancelled; nothing was written for the unfinished search\n")
-        return exit_codes.CANCELLED
-    except BrokenPipeError:
-        return exit_codes.SUCCESS
-    except Exception as exc:  # a bug: one line unless --debug
-        if debug:
-            raise
-        sys.stderr.write(f"nas: internal error: {type(exc).__name__}: {exc} "
-                         f"(re-run with --debug for the traceback and please report it)\n")
-        return exit_codes.ERROR
+        return run(args)
+
+    return guarded("nas", call, debug=args.debug,
+                   cancelled="nothing was written for the unfinished search")
 
 
 if __name__ == "__main__":

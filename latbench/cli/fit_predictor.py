@@ -47,27 +47,16 @@ def _folds(text: str) -> int:
 
 
 def run(args) -> int:
-    from latbench import home
     from latbench.errors import LatbenchError
     from latbench.spaces import get_space
-    from latbench.store import Store
+    from latbench.store import latest_table
     from predictors import artifact, metrics, selection, training
     from predictors.gbdt import MIN_FIT_ROWS, GBDTPredictor
     from predictors.latency import LatencyPredictor
 
     artifact.check_device_name(args.device)
     space = get_space(args.space)
-    if not home.db_path().exists():
-        raise LatbenchError(f"no measurements yet ({home.db_path()} does not exist)",
-                            f"run `latbench collect --device {args.device}` or `latbench import`")
-    with Store(home.db_path()) as store:
-        info = store.latest_context(args.device)
-        if info is None:
-            known = sorted({c.context.device for c in store.contexts()})
-            raise LatbenchError(f"no measurements for device {args.device!r}",
-                                f"run `latbench collect --device {args.device}`"
-                                + (f"; measured devices: {', '.join(known)}" if known else ""))
-        rows = store.table(info.context)
+    info, rows = latest_table(args.device)
     ctx = info.context
     data = training.from_rows(rows)
     if len(data.specs) < max(MIN_FIT_ROWS, args.folds):

@@ -34,21 +34,9 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def run(args) -> int:
-    from latbench import home
-    from latbench.errors import LatbenchError
-    from latbench.store import Store
+    from latbench.store import latest_table
 
-    if not home.db_path().exists():
-        raise LatbenchError(f"no measurements yet ({home.db_path()} does not exist)",
-                            f"run `latbench collect --device {args.device}` first")
-    with Store(home.db_path()) as store:
-        info = store.latest_context(args.device)
-        if info is None:
-            known = sorted({c.context.device for c in store.contexts()})
-            raise LatbenchError(f"no measurements for device {args.device!r}",
-                                f"run `latbench collect --device {args.device}`"
-                                + (f"; measured devices: {', '.join(known)}" if known else ""))
-        rows = store.table(info.context)
+    info, rows = latest_table(args.device)
     if args.kind:
         rows = [r for r in rows if r["kind"] == args.kind]
     ctx = info.context

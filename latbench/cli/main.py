@@ -57,23 +57,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return exit_codes.USAGE
     module = importlib.import_module(COMMANDS[args.command][0])
-    debug = args.debug or bool(os.environ.get("LATBENCH_DEBUG"))
+    return guarded("latbench", lambda: module.run(args), debug=args.debug,
+                   cancelled="everything finished before Ctrl-C is kept")
+
+
+def guarded(prog: str, call, *, debug: bool, cancelled: str) -> int:
+    """Run `call` and turn what it raises into one line on stderr and an exit code
+    (the traceback only with --debug or LATBENCH_DEBUG). Shared by `latbench` and `nas`."""
+    debug = debug or bool(os.environ.get("LATBENCH_DEBUG"))
     try:
-        return module.run(args) or exit_codes.SUCCESS
+        return call() or exit_codes.SUCCESS
     except LatbenchError as exc:
         if debug:
             raise
-        sys.stderr.write(f"latbench: error: {exc}\n")
+        sys.stderr.write(f"{prog}: error: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("latbench: cancelled; everything finished before Ctrl-C is kept\n")
+        sys.stderr.write(f"{prog}: cancelled; {cancelled}\n")
         return exit_codes.CANCELLED
     except BrokenPipeError:
         return exit_codes.SUCCESS
     except Exception as exc:  # a bug: one line unless --debug
         if debug:
             raise
-        sys.stderr.write(f"latbench: internal error: {type(exc).__name__}: {exc} "
+        sys.stderr.write(f"{prog}: internal error: {type(exc).__name__}: {exc} "
                          f"(re-run with --debug for the traceback and please report it)\n")
         return exit_codes.ERROR
 
