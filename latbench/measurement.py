@@ -13,8 +13,24 @@ NOISY_IQR_RATIO = 0.10
 GROSS_IQR_RATIO = 0.25
 
 
+class _Summary:
+    """What stored rows and reports need of any measurement: the summary and the noise flag."""
+
+    @property
+    def relative_iqr(self) -> float:
+        return self.iqr_ms / self.median_ms if self.median_ms > 0 else float("inf")
+
+    @property
+    def is_noisy(self) -> bool:
+        return self.relative_iqr > NOISY_IQR_RATIO
+
+    def summary(self) -> dict:
+        return {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms,
+                "mean_ms": self.mean_ms, "std_ms": self.std_ms, "count": self.count}
+
+
 @dataclass
-class Measurement:
+class Measurement(_Summary):
     """Samples of one model on one device in one round, in milliseconds."""
 
     key: str
@@ -58,18 +74,6 @@ class Measurement:
     def iqr_ms(self) -> float:
         return self.percentile_ms(75) - self.percentile_ms(25)
 
-    @property
-    def relative_iqr(self) -> float:
-        return self.iqr_ms / self.median_ms if self.median_ms > 0 else float("inf")
-
-    @property
-    def is_noisy(self) -> bool:
-        return self.relative_iqr > NOISY_IQR_RATIO
-
-    def summary(self) -> dict:
-        return {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms,
-                "mean_ms": self.mean_ms, "std_ms": self.std_ms, "count": self.count}
-
     def __repr__(self) -> str:
         q1, q3 = self.percentile_ms(25), self.percentile_ms(75)
         text = (f"<Measurement {self.key}>\n  Median: {self.median_ms:.4g} ms, IQR: {q3 - q1:.3g} ms "
@@ -86,7 +90,7 @@ _NORMAL_Z = {10.0: -1.2816, 25.0: -0.6745, 75.0: 0.6745, 90.0: 1.2816}
 
 
 @dataclass
-class ReportedMeasurement:
+class ReportedMeasurement(_Summary):
     """A measurement from a tool that prints statistics instead of runs (benchmark_model).
 
     `samples_ms` is empty. The median and percentiles are the tool's where it printed them,
@@ -137,15 +141,3 @@ class ReportedMeasurement:
         p10, p90 = at(10.0, "p10_ms"), at(90.0, "p90_ms")
         q1, q3 = at(25.0, "q1_ms"), at(75.0, "q3_ms")
         return cls(key, count, float(mean), std, median, p10, p90, q3 - q1, tuple(estimated))
-
-    @property
-    def relative_iqr(self) -> float:
-        return self.iqr_ms / self.median_ms if self.median_ms > 0 else float("inf")
-
-    @property
-    def is_noisy(self) -> bool:
-        return self.relative_iqr > NOISY_IQR_RATIO
-
-    def summary(self) -> dict:
-        return {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms,
-                "mean_ms": self.mean_ms, "std_ms": self.std_ms, "count": self.count}
