@@ -281,14 +281,7 @@ def part3(args) -> dict | None:
                                                                      lut=data.lut)
     summed = np.array([predictor.predict_ops(n.ops).sum() for n in data.networks])
     flops = np.array([n.flops for n in data.networks], dtype=float)
-    line = selection.FlopsLinear().fit(selection.op_flops(data.specs), data.latency_ms)
-    lut_sum = []
-    for n in data.networks:
-        values = data.lut.lookup(list(n.ops))
-        miss = np.isnan(values)
-        if miss.any():
-            values[miss] = line.predict(selection.op_flops([o for o, m in zip(n.ops, miss) if m]))
-        lut_sum.append(values.sum())
+    lut_sum = selection.lut_sum_baseline(data.lut, data.specs, data.latency_ms, data.networks)
     for seed in range(args.seeds):
         train, _ = _half(len(data.networks), seed)
         mask = np.zeros(len(data.networks), dtype=bool)

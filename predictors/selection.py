@@ -178,3 +178,17 @@ def evaluate_networks(summed_ms: Sequence[float], network_flops: Sequence[float]
         "correction_forms": sorted(set(forms)),
         "pred": pred[test_mask], "true": y[test_mask],
     }
+
+
+def lut_sum_baseline(lut, specs: Sequence[OpSpec], latency_ms, networks) -> np.ndarray:
+    """The LUT-sum baseline for whole networks: measured medians, FLOPs-linear for ops never
+    measured, no network correction."""
+    line = FlopsLinear().fit(op_flops(specs), latency_ms)
+    sums = []
+    for net in networks:
+        values = lut.lookup(list(net.ops))
+        missing = np.isnan(values)
+        if missing.any():
+            values[missing] = line.predict(op_flops([op for op, m in zip(net.ops, missing) if m]))
+        sums.append(values.sum())
+    return np.array(sums)

@@ -153,24 +153,9 @@ def _network_eval(predictor, data, args, selection):
 
     summed = np.array([np.sum(predictor.predict_ops(n.ops)) for n in data.networks])
     flops = np.array([n.flops for n in data.networks], dtype=float)
-    lut_sum = _lut_sums(predictor, data, selection)
+    lut_sum = selection.lut_sum_baseline(predictor.lut_, data.specs, data.latency_ms, data.networks)
     return selection.evaluate_networks(summed, flops, lut_sum, data.network_ms,
                                        correction=args.correction, folds=args.folds, seed=args.seed)
-
-
-def _lut_sums(predictor, data, selection):
-    """Baseline network sums: measured medians, FLOPs-linear for ops never measured."""
-    import numpy as np
-
-    line = selection.FlopsLinear().fit(selection.op_flops(data.specs), data.latency_ms)
-    sums = []
-    for net in data.networks:
-        values = predictor.lut_.lookup(list(net.ops))
-        missing = np.isnan(values)
-        if missing.any():
-            values[missing] = line.predict(selection.op_flops([op for op, m in zip(net.ops, missing) if m]))
-        sums.append(values.sum())
-    return np.array(sums)
 
 
 def _notes(predictor, data, coverage, directory, args, stderr_only: bool = False) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from latbench import home
 from latbench.errors import DeviceError, LatbenchError
 from latbench.farm.units import registered_profile
+from latbench.transports.base import sha256_file
 
 #: "<exporter tag>/<file>", as the head's model cache names a model file
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -27,14 +28,6 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*/[A-Za-z0-9][A-Za-z0-9._-]
 def model_cache_dir() -> Path:
     """Where an agent host keeps the model files heads sent it."""
     return home.home_dir() / "farm" / "models"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class UnitWorker:

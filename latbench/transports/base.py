@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import abc
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from latbench.profiles import DeviceProfile
+
+
+def sha256_file(path: Path) -> str:
+    """Content hash that decides whether a device (or a farm agent) already has a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass

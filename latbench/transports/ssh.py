@@ -9,7 +9,6 @@ built with `shlex.join`, so paths and names reach the device literally.
 from __future__ import annotations
 
 import getpass
-import hashlib
 import logging
 import os
 import posixpath
@@ -23,7 +22,7 @@ from typing import Sequence
 
 from latbench.errors import DeviceError
 from latbench.profiles import DeviceProfile
-from latbench.transports.base import CommandResult, Transport
+from latbench.transports.base import CommandResult, Transport, sha256_file
 
 try:
     import paramiko
@@ -69,14 +68,6 @@ def _require_paramiko() -> None:
     if paramiko is None:
         raise DeviceError("the ssh transport needs paramiko, which is not installed",
                           "pip install -e .[remote] (or pip install paramiko)")
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _chunks(paths: Sequence[str]) -> list[list[str]]:
@@ -461,7 +452,7 @@ class SSHTransport(Transport):
             raise DeviceError(f"cannot read {local}: {exc.strerror}", "export the model again") from None
         key = (str(local.resolve()), st.st_size, st.st_mtime_ns)
         if key not in self._local_sha:
-            self._local_sha[key] = _sha256_file(local)
+            self._local_sha[key] = sha256_file(local)
         return self._local_sha[key]
 
     def _remote_hashes(self, remotes: list[str]) -> dict[str, str]:
