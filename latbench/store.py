@@ -273,7 +273,8 @@ class Store:
             "SELECT key, stage, error FROM failures WHERE device=? AND settings_hash=?",
             (ctx.device, ctx.settings_hash))}
 
-    def rows(self, ctx: Context, kind: str | None = None) -> list[Row]:
+    def rows(self, ctx: Context, kind: str | None = None, unit: str | None = None) -> list[Row]:
+        """Rows of `ctx`; `unit` keeps those one farm unit measured (None: every unit)."""
         sql = ("SELECT key, round, kind, median_ms, p10_ms, p90_ms, mean_ms, std_ms, count,"
                " temperature_c, measured_at FROM measurements WHERE device=? AND runtime=?"
                " AND runtime_version=? AND settings_hash=?")
@@ -281,6 +282,9 @@ class Store:
         if kind:
             sql += " AND kind=?"
             params.append(kind)
+        if unit is not None:
+            sql += " AND unit=?"
+            params.append(unit)
         return [Row(*r) for r in self._query(sql + " ORDER BY key, round", params)]
 
     def samples(self, ctx: Context, key: str, round: int) -> np.ndarray:
@@ -316,10 +320,17 @@ class Store:
         found = self.contexts(device)
         return found[0] if found else None
 
-    def table(self, ctx: Context) -> list[dict]:
-        """One row per key: the median over rounds of each round's median, and the spread."""
+    def units(self, ctx: Context) -> dict[str, int]:
+        """Rows of `ctx` per unit that measured them ('' for a device not on a farm)."""
+        return dict(self._query("SELECT unit, COUNT(*) FROM measurements WHERE device=? AND runtime=?"
+                                " AND runtime_version=? AND settings_hash=? GROUP BY unit ORDER BY unit",
+                                ctx.as_tuple()))
+
+    def table(self, ctx: Context, unit: str | None = None) -> list[dict]:
+        """One row per key: the median over rounds of each round's median, and the spread.
+        `unit`: only what that farm unit measured (None pools every unit)."""
         by_key: dict[str, list[Row]] = {}
-        for row in self.rows(ctx):
+        for row in self.rows(ctx, unit=unit):
             by_key.setdefault(row.key, []).append(row)
         return [summarize_rounds(key, rows) for key, rows in sorted(by_key.items())]
 
@@ -339,9 +350,10 @@ def summarize_rounds(key: str, rows: list[Row]) -> dict:
     }
 
 
-def latest_table(device: str, db_path: Path | None = None) -> tuple[ContextInfo, list[dict]]:
-    """The per-key table of a device's most recently measured context, or a LatbenchError
-    saying how to get measurements."""
+def latest_table(device: str, db_path: Path | None = None,
+                 unit: str | None = None) -> tuple[ContextInfo, list[dict]]:
+    """The per-key table of a device's most recently measured context (of one farm `unit`, or
+    of every unit pooled), or a LatbenchError saying how to get measurements."""
     from latbench import home
     from latbench.errors import LatbenchError
 
@@ -356,4 +368,11 @@ def latest_table(device: str, db_path: Path | None = None) -> tuple[ContextInfo,
             raise LatbenchError(f"no measurements for device {device!r}",
                                 f"run `latbench collect --device {device}`"
                                 + (f"; measured devices: {', '.join(known)}" if known else ""))
-        return info, store.table(info.context)
+        if unit is not None:
+            units = [u for u in store.units(info.context) if u]
+            if unit not in units:
+                raise LatbenchError(f"unit {unit!r} measured nothing for device {device!r} "
+                                    f"({info.context.runtime} {info.context.runtime_version})",
+                                    f"use one of: {', '.join(units)}" if units else
+                                    "these measurements were not made on a farm; drop --unit")
+        return info, store.table(info.context, unit=unit)

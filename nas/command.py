@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -36,11 +37,15 @@ def job_from_args(args):
 def run(args) -> int:
     import torch
 
+    from nas.distributed import launched_by_torchrun
     from nas.flow import Hooks, run_job
 
     if args.threads:
         torch.set_num_threads(args.threads)
     job = job_from_args(args)
+    if launched_by_torchrun() and int(os.environ["RANK"]) != 0:
+        run_job(job)  # a worker rank: trains its share; rank 0 shows progress and writes the result
+        return 0
     with output.progress() as bar:
         tasks: dict[str, int] = {}
         search_task = None

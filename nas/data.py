@@ -117,13 +117,24 @@ def load_data(spec: str, input_size: int, *, seed: int = 0, weight_fraction: flo
 
 def batches(data: ImageSet, batch_size: int, *, mean: torch.Tensor, std: torch.Tensor,
             device: torch.device | str = "cpu", shuffle: bool = False,
-            generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised float batches (x, y) on `device`; the images stay uint8 until then."""
+            generator: torch.Generator | None = None, world=None,
+            min_batch: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised float batches (x, y) on `device`; the images stay uint8 until then.
+
+    With a distributed `world` (nas.distributed.World), each rank gets its share of every
+    global batch of `batch_size`. A last batch that would leave some rank fewer than
+    `min_batch` samples is dropped on all ranks alike (so no rank waits on a step the others
+    skip); training passes 2, as BatchNorm cannot normalise a single sample."""
     order = torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))
     m = mean.view(1, -1, 1, 1).to(device)
     s = std.view(1, -1, 1, 1).to(device)
+    ranks = world.world_size if world is not None else 1
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
+        if len(idx) // ranks < min_batch:
+            break
+        if ranks > 1:
+            idx = world.shard(idx)
         x = data.images[idx].to(device).float().div_(255).sub_(m).div_(s)
         yield x, data.labels[idx].to(device)
 

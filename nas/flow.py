@@ -5,6 +5,7 @@ Kept apart from the CLI so benchmarks (and users' scripts) run the same flow.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from latbench.errors import UsageError
 from nas.cost import CostForm, LoadedCost, TARGET_OPTIONS, assign_targets, load_costs
 from nas.data import load_data
+from nas.distributed import init_world
 from nas.result import RESULT_FILE, export_network, write_json
 from nas.search import SearchConfig, retrain, run_search, skip_share, supernet_accuracy
 from nas.verify import measure_networks
@@ -198,12 +200,24 @@ def verify_devices(job: SearchJob, costs: list[LoadedCost]) -> list[str]:
     return list(dict.fromkeys(devices))
 
 
-def run_job(job: SearchJob, hooks: Hooks | None = None, loader=None) -> dict:
-    """Run a search end to end; returns the result (also written to out_dir/result.json)."""
+def run_job(job: SearchJob, hooks: Hooks | None = None, loader=None) -> dict | None:
+    """Run a search end to end; returns the result (also written to out_dir/result.json).
+
+    Under torchrun every rank trains its share; rank 0 alone goes on to score, export, verify
+    and write, and the other ranks return None once the search is done."""
     hooks = hooks or Hooks()
     started = time.time()
     space, costs, form, pick = prepare(job, loader)
     devices = verify_devices(job, costs) if job.verify else []
+    world, torch_device = init_world(job.config.torch_device)
+    try:
+        job = dataclasses.replace(job, config=dataclasses.replace(job.config, torch_device=torch_device))
+        return _run_job(job, hooks, world, space, costs, form, pick, devices, started)
+    finally:
+        world.close()
+
+
+def _run_job(job: SearchJob, hooks: Hooks, world, space, costs, form, pick, devices, started) -> dict | None:
     input_size = job.input_size or space.input_size
     hooks.stage("data")
     data = load_data(job.data, input_size, seed=job.config.seed, weight_fraction=job.weight_fraction,
@@ -211,8 +225,10 @@ def run_job(job: SearchJob, hooks: Hooks | None = None, loader=None) -> dict:
     hooks.stage("search")
     t0 = time.perf_counter()
     outcome = run_search(space, data, [c.term for c in costs], form, job.config,
-                         on_batch=hooks.batch, on_epoch=hooks.epoch)
+                         on_batch=hooks.batch, on_epoch=hooks.epoch, world=world)
     search_s = time.perf_counter() - t0
+    if not world.is_main:
+        return None
     hooks.stage("score")
     argmax, samples = score_candidates(space, costs, outcome, data, job, hooks)
     final = dict(pick_final(argmax, samples, costs, pick, job.tolerance))
@@ -238,6 +254,7 @@ def run_job(job: SearchJob, hooks: Hooks | None = None, loader=None) -> dict:
         "pick": pick,
         "tolerance": job.tolerance,
         "config": job.config.to_dict(),
+        "distributed": world.to_dict(),
         "final": final,
         "argmax": argmax,
         "samples": samples,

@@ -16,10 +16,12 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from latbench.errors import UsageError
 from latbench.spaces.fbnet import SKIP_INDEX
 from latbench.validation import Interval, check_params
 from nas.cost import CostForm
 from nas.data import ImageSet, SearchData, batches, num_batches
+from nas.distributed import World
 from nas.supernet import ArchNet, Supernet, temperature
 
 #: on_batch(stage, done, total): stage is "weights", "theta", "retrain" or "calibrate".
@@ -76,22 +78,34 @@ def skip_share(arch: Sequence[int]) -> float:
 
 
 def run_search(space, data: SearchData, costs: Sequence, form: CostForm, config: SearchConfig, *,
-               on_batch: BatchCallback | None = None, on_epoch: EpochCallback | None = None) -> SearchOutcome:
-    """Train a supernet of `space` on `data`; `costs` are CostTerms (predictors.cost_term)."""
+               on_batch: BatchCallback | None = None, on_epoch: EpochCallback | None = None,
+               world: World | None = None) -> SearchOutcome:
+    """Train a supernet of `space` on `data`; `costs` are CostTerms (predictors.cost_term).
+
+    Under torchrun (`world` from nas.distributed.init_world) every rank runs this with the
+    same seed and data; each takes its share of every batch, and all end with the same
+    weights and theta."""
     on_batch = on_batch or (lambda *a: None)
     on_epoch = on_epoch or (lambda r: None)
+    world = world or World()
+    for split in ("weights", "theta"):
+        if len(getattr(data, split)) < 2 * world.world_size:
+            raise UsageError(f"the {split} split has {len(getattr(data, split))} image(s); training needs at "
+                             f"least 2 per process ({world.world_size} process(es))",
+                             "use more training images (--limit-train) or fewer processes")
     device = torch.device(config.torch_device)
     torch.manual_seed(config.seed)
     net = Supernet(space, data.num_classes, width_mult=config.width_mult, seed=config.seed).to(device)
+    trained = world.wrap(net, device)  # DDP over the weights when distributed, else net itself
     costs = [c.to(device) for c in costs]
     opt_w = torch.optim.SGD(net.weight_parameters(), lr=config.lr, momentum=config.momentum,
                             weight_decay=config.weight_decay, nesterov=config.momentum > 0)
     sched_w = torch.optim.lr_scheduler.CosineAnnealingLR(opt_w, T_max=config.epochs)
     opt_t = torch.optim.Adam([net.theta], lr=config.theta_lr, weight_decay=config.theta_weight_decay)
     shuffle = torch.Generator().manual_seed(config.seed)
-    noise = torch.Generator(device=device).manual_seed(config.seed + 1)
+    noise = torch.Generator(device=device).manual_seed(world.noise_seed(config.seed))
     outcome = SearchOutcome(net)
-    norm = {"mean": data.mean, "std": data.std, "device": device}
+    norm = {"mean": data.mean, "std": data.std, "device": device, "world": world}
     n_w = num_batches(len(data.weights), config.batch_size)
     n_t = num_batches(len(data.theta), config.batch_size)
 
@@ -100,24 +114,27 @@ def run_search(space, data: SearchData, costs: Sequence, form: CostForm, config:
         tau = temperature(epoch, config.initial_temperature, config.temperature_decay)
         net.train()
         record = {"epoch": epoch, "temperature": tau, "theta_frozen": epoch < config.warmup_epochs}
-        record |= _weights_epoch(net, data, config, tau, opt_w, shuffle, noise, norm,
+        record |= _weights_epoch(trained, data, config, tau, opt_w, shuffle, noise, norm, world,
                                  lambda i: on_batch("weights", i, n_w))
         sched_w.step()
         if epoch >= config.warmup_epochs:
-            record |= _theta_epoch(net, data, config, tau, costs, form, opt_t, shuffle, noise, norm,
+            record |= _theta_epoch(net, data, config, tau, costs, form, opt_t, shuffle, noise, norm, world,
                                    lambda i: on_batch("theta", i, n_t))
         record |= describe_theta(net, costs)
         record["epoch_s"] = time.perf_counter() - start
         outcome.curves.append(record)
         on_epoch(record)
+    world.average_buffers_(net)
     return outcome
 
 
-def _weights_epoch(net, data, config, tau, opt, shuffle, noise, norm, tick) -> dict:
-    """One pass over the weight split: SGD on CE, theta held."""
-    net.theta.requires_grad_(False)
+def _weights_epoch(net, data, config, tau, opt, shuffle, noise, norm, world, tick) -> dict:
+    """One pass over the weight split: SGD on CE, theta held. `net` may be DDP-wrapped, which
+    averages the weight gradients over the ranks."""
+    theta = net.module.theta if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net.theta
+    theta.requires_grad_(False)
     total = correct = seen = 0.0
-    for i, (x, y) in enumerate(batches(data.weights, config.batch_size, shuffle=True, generator=shuffle, **norm)):
+    for i, (x, y) in enumerate(batches(data.weights, config.batch_size, shuffle=True, generator=shuffle, min_batch=2, **norm)):
         logits = net(x, tau, noise)
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
@@ -127,24 +144,28 @@ def _weights_epoch(net, data, config, tau, opt, shuffle, noise, norm, tick) -> d
         correct += float((logits.argmax(1) == y).sum())
         seen += len(y)
         tick(i + 1)
-    net.theta.requires_grad_(True)
-    return {"weights_loss": total / seen, "weights_accuracy": correct / seen}
+    theta.requires_grad_(True)
+    total, correct, seen = world.sum([total, correct, seen], norm["device"])
+    return {"weights_loss": total / seen, "weights_accuracy": correct / seen, "weights_samples": int(seen)}
 
 
-def _theta_epoch(net, data, config, tau, costs, form, opt, shuffle, noise, norm, tick) -> dict:
+def _theta_epoch(net, data, config, tau, costs, form, opt, shuffle, noise, norm, world, tick) -> dict:
     """One pass over the theta split: Adam on the cost form's loss, weights held (no weight
-    gradients are computed, which saves about half of each backward pass)."""
+    gradients are computed, which saves about half of each backward pass). Distributed,
+    theta's gradient is averaged over the ranks: the mean of their CE terms plus the cost
+    term, which every rank computes alike."""
     weights = net.weight_parameters()
     for p in weights:
         p.requires_grad_(False)
     ce_sum = loss_sum = seen = 0.0
     try:
-        for i, (x, y) in enumerate(batches(data.theta, config.batch_size, shuffle=True, generator=shuffle, **norm)):
+        for i, (x, y) in enumerate(batches(data.theta, config.batch_size, shuffle=True, generator=shuffle, min_batch=2, **norm)):
             ce = F.cross_entropy(net(x, tau, noise), y)
             probs = net.probs()
             loss = form.loss(ce, [c(probs) for c in costs])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            world.average_grad_([net.theta])
             opt.step()
             ce_sum += float(ce.detach()) * len(y)
             loss_sum += float(loss.detach()) * len(y)
@@ -153,7 +174,8 @@ def _theta_epoch(net, data, config, tau, costs, form, opt, shuffle, noise, norm,
     finally:
         for p in weights:
             p.requires_grad_(True)
-    return {"theta_ce": ce_sum / seen, "theta_loss": loss_sum / seen}
+    ce_sum, loss_sum, seen = world.sum([ce_sum, loss_sum, seen], norm["device"])
+    return {"theta_ce": ce_sum / seen, "theta_loss": loss_sum / seen, "theta_samples": int(seen)}
 
 
 @torch.no_grad()
@@ -181,7 +203,7 @@ def recalibrate_bn(model: torch.nn.Module, forward: Callable, data, config: Sear
             m.momentum = None  # a cumulative average over the calibration batches
     model.train()
     total = min(max_batches, num_batches(len(data), config.batch_size))
-    for i, (x, _) in enumerate(batches(data, config.batch_size, **norm)):
+    for i, (x, _) in enumerate(batches(data, config.batch_size, min_batch=2, **norm)):
         if i >= total:
             break
         forward(x)
@@ -246,7 +268,7 @@ def retrain(space, arch: Sequence[int], data: SearchData, config: SearchConfig, 
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
-        for i, (x, y) in enumerate(batches(train, config.batch_size, shuffle=True, generator=shuffle, **norm)):
+        for i, (x, y) in enumerate(batches(train, config.batch_size, shuffle=True, generator=shuffle, min_batch=2, **norm)):
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -37,7 +37,8 @@ from predictors.lut import LUT
 FORMAT = "latbench-predictor"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-_DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: A device, or one farm unit of it (DEVICE@HOST, see latbench.farm.units): it names a folder.
+_DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
 class ArtifactError(LatbenchError):
@@ -47,7 +48,8 @@ class ArtifactError(LatbenchError):
 def check_device_name(device: str) -> str:
     if not _DEVICE_NAME.match(device or ""):
         raise UsageError(f"bad device name {device!r}",
-                         "use letters, digits, '.', '_' and '-' (it names a folder)")
+                         "use letters, digits, '.', '_' and '-', or DEVICE@HOST for a farm unit "
+                         "(it names a folder)")
     return device
 
 
@@ -118,15 +120,22 @@ def save(predictor: LatencyPredictor, directory: Path, *, info: dict,
     return directory
 
 
+def fit_command(name: str) -> str:
+    """The command that fits the predictor `name` (a device, or a farm unit DEVICE@HOST)."""
+    device, sep, _ = name.partition("@")
+    return f"latbench fit-predictor --device {device}" + (f" --unit {name}" if sep else "")
+
+
 def load(directory: Path, device: str | None = None) -> LatencyPredictor:
     """The predictor saved in `directory`, after checking its manifest, checksums and versions."""
     directory = Path(directory)
     device = device or directory.name
-    refit = f"re-run `latbench fit-predictor --device {device}`"
+    fit = fit_command(device)
+    refit = f"re-run `{fit}`"
     manifest_path = directory / MANIFEST
     if not manifest_path.exists():
         raise ArtifactError(f"no fitted predictor for device {device!r} ({manifest_path} does not exist)",
-                            f"run `latbench fit-predictor --device {device}`")
+                            f"run `{fit}`")
     manifest = _read_json(manifest_path, refit)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{manifest_path} is not a latbench predictor manifest", refit)

@@ -115,3 +115,40 @@ def test_fit_on_a_local_collection(warm_home, fast_profile, latbench_cli):
     total = table[np.arange(space.num_layers), arch].sum() + model.fixed_cost(space)
     assert model.predict_network(space, arch) == pytest.approx(float(model.correct(total)))
     assert report["coverage"]["measured"] == CACHED_OPS
+
+
+def test_farm_units_are_pooled_by_default_and_fit_alone_with_unit(latbench_home, latbench_cli):
+    """Two units of one device, each measuring one round of every op (as `collect --farm`
+    splits the work); unit b is twice as slow as unit a."""
+    if not BLOCKS.exists():
+        pytest.skip(f"shared data missing: {BLOCKS}")
+    from latbench.importers import read_hwnasbench
+    from latbench.measurement import Measurement
+    from latbench.store import Store
+
+    table = {r["key"]: r["median_ms"] for r in read_hwnasbench(BLOCKS, "raspi4").rows}
+    with Store(latbench_home / "latbench.db") as store:
+        ctx = store.context("pi", "litert", "2.1", {"threads": 1})
+        for rnd, (unit, scale) in enumerate((("pi@a", 1.0), ("pi@b", 2.0))):
+            results = [(key, rnd, "op", Measurement(key, [scale * ms] * 5), {}) for key, ms in table.items()]
+            store.save_batch(ctx, results=results, status="ok", items=len(results), started_at=0.0, unit=unit)
+    specs = [OpSpec.from_key(k) for k in table]
+    expected = np.array(list(table.values()))
+
+    for args, name, scale in ((["--unit", "pi@a"], "pi@a", 1.0), (["--unit", "pi@b"], "pi@b", 2.0),
+                              ([], "pi", 1.5)):
+        done = latbench_cli("fit-predictor", "--device", "pi", "--space", "fbnet-imagenet", "--no-select",
+                            "--folds", "2", *args)
+        assert done.returncode == 0, done.stderr
+        model = predictors.load(f"latbench:{name}")
+        # The LUT holds the median over the rounds used: one unit's own, or both pooled.
+        np.testing.assert_allclose(model.predict_ops(specs), scale * expected, rtol=1e-9)
+        assert model.info_["unit"] == (args[1] if args else None)
+    assert "pooled 2 units: pi@a (225 measurements), pi@b (225 measurements)" in done.stderr
+    assert model.info_["units"] == {"pi@a": 225, "pi@b": 225}
+
+    done = latbench_cli("fit-predictor", "--device", "pi", "--unit", "pi@c")
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0 and "use one of: pi@a, pi@b" in done.stderr
+    with pytest.raises(Exception, match="--device pi --unit pi@c"):
+        predictors.load("latbench:pi@c")

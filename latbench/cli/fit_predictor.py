@@ -13,6 +13,7 @@ examples:
   latbench fit-predictor --device local
   latbench fit-predictor --device raspi4 --space fbnet-imagenet --json > raspi4-fit.json
   latbench fit-predictor --device local --no-select     # default GBDT settings, no search
+  latbench fit-predictor --device pixel3 --unit pixel3@desk-a   # one farm unit alone
 
 Fits on the device's most recently measured runtime version and settings (see
 `latbench lut --device X`): a LUT of the measured ops, a GBDT for ops never measured (its
@@ -21,7 +22,13 @@ network-level correction when whole networks were measured (`latbench collect --
 N`); without them a network is the plain sum of its ops. Prints held-out accuracy next to
 the FLOPs-linear and LUT-sum baselines, and saves manifest.json, lut.json, gbdt*.{json,txt},
 correction.json, report.json and predicted_vs_measured.png into
-$LATBENCH_HOME/predictors/<device>/, where `predictors.load("latbench:<device>")` finds them."""
+$LATBENCH_HOME/predictors/<device>/, where `predictors.load("latbench:<device>")` finds them.
+
+On a farm (`latbench collect --farm`), several units of one device share the work and the
+store records which unit measured what. By default every unit's measurements are pooled
+into one predictor; --unit DEVICE@HOST fits on that unit's alone and saves it as
+predictors/DEVICE@HOST/ (`predictors.load("latbench:DEVICE@HOST")`), to compare units or to
+predict one phone."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -36,6 +43,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--no-select", action="store_true",
                    help="skip the settings search; use the default GBDT settings")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and the models (default 0)")
+    p.add_argument("--unit", metavar="DEVICE@HOST", default=None,
+                   help="fit on one farm unit's measurements alone (default: pool every unit)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -55,9 +64,11 @@ def run(args) -> int:
     from predictors.latency import LatencyPredictor
 
     artifact.check_device_name(args.device)
+    name = args.device if args.unit is None else artifact.check_device_name(args.unit)
     space = get_space(args.space)
-    info, rows = latest_table(args.device)
+    info, rows = latest_table(args.device, unit=args.unit)
     ctx = info.context
+    units = _units(info.context)
     data = training.from_rows(rows)
     if len(data.specs) < max(MIN_FIT_ROWS, args.folds):
         raise LatbenchError(
@@ -68,6 +79,13 @@ def run(args) -> int:
     started = time.perf_counter()
     output.note(f"device [bold]{args.device}[/]: {ctx.runtime} {ctx.runtime_version}, settings "
                 f"{ctx.settings_hash}; {len(data.specs)} ops, {len(data.networks)} networks measured")
+    farm_units = {u: n for u, n in units.items() if u}
+    if args.unit is not None:
+        output.note(f"unit {args.unit} alone: {farm_units[args.unit]} of {sum(units.values())} measurements")
+    elif len(farm_units) > 1:
+        output.note(f"pooled {len(farm_units)} units: "
+                    + ", ".join(f"{u} ({n} measurements)" for u, n in farm_units.items())
+                    + "; fit one alone with --unit")
     for key, why in list(data.skipped.items())[:5]:
         output.note(f"  left out {key}: {why}")
     base_params = {"random_state": args.seed}
@@ -96,7 +114,8 @@ def run(args) -> int:
         net_eval = _network_eval(predictor, data, args, selection)
     coverage = predictor.lut_.coverage(space)
     report = {
-        "device": args.device, "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
+        "device": args.device, "unit": args.unit, "units": units if args.unit is None else
+        {args.unit: units[args.unit]}, "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
         "settings_hash": ctx.settings_hash, "settings": info.settings, "space": space.name,
         "ops": len(data.specs), "networks": len(data.networks),
         "network_correction": predictor.has_network_correction,
@@ -112,12 +131,12 @@ def run(args) -> int:
         panels.append(("networks, held out", net_eval["pred"], net_eval["true"]))
     from predictors.report import scatter_png
 
-    png = scatter_png(panels, title=f"{args.device}: predicted vs measured")
+    png = scatter_png(panels, title=f"{name}: predicted vs measured")
     report = _clean(report)
     report_bytes = (json.dumps(report, indent=1, allow_nan=False) + "\n").encode()
     directory = artifact.save(
-        predictor, artifact.predictor_dir(args.device),
-        info={"device": args.device, "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
+        predictor, artifact.predictor_dir(name),
+        info={"device": args.device, "unit": args.unit, "units": report["units"], "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
               "settings_hash": ctx.settings_hash, "settings": info.settings, "space": space.name,
               "ops": len(data.specs), "networks": len(data.networks)},
         reports={"report.json": report_bytes, "predicted_vs_measured.png": png})
@@ -148,6 +167,14 @@ def run(args) -> int:
     return 0
 
 
+def _units(ctx) -> dict[str, int]:
+    from latbench import home
+    from latbench.store import Store
+
+    with Store(home.db_path()) as store:
+        return store.units(ctx)
+
+
 def _network_eval(predictor, data, args, selection):
     import numpy as np
 
@@ -167,7 +194,7 @@ def _notes(predictor, data, coverage, directory, args, stderr_only: bool = False
                     f"`latbench collect --device {args.device} --networks 20`)")
     elif len(data.networks) < 2:
         output.note("note: one measured network: the correction is fitted but cannot be cross-validated")
-    output.note(f"saved {directory} (load with predictors.load(\"latbench:{args.device}\"))")
+    output.note(f"saved {directory} (load with predictors.load(\"latbench:{directory.name}\"))")
 
 
 def _strip(evaluation: dict | None) -> dict | None:
