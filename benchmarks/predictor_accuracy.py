@@ -63,7 +63,8 @@ def main() -> int:
                          "(default: $LATBENCH_HOME/predictor-accuracy.db)")
     ap.add_argument("--networks", type=int, default=40, help="part 3: networks to collect (default 40)")
     ap.add_argument("--min-networks", type=int, default=6, help="part 3: fewest usable networks")
-    ap.add_argument("--rounds", type=int, default=3, help="part 3 collection: rounds (default 3)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="part 3 collection: rounds (default: the device profile's)")
     ap.add_argument("--limit", type=int, default=None, help="part 3 collection: only the first K ops")
     ap.add_argument("--skip-local", action="store_true", help="skip part 3")
     ap.add_argument("--json-out", type=Path, help="also write every figure as JSON here")
@@ -268,7 +269,7 @@ def part3(args) -> dict | None:
         collect_path = args.collect_store or home.home_dir() / "predictor-accuracy.db"
         print(f"  {store_path} has fewer than {args.min_networks} measured {space.name} networks of "
               f"{args.device}; collecting {args.networks} networks and the space's ops into "
-              f"{collect_path} (reduced protocol, {args.rounds} rounds; resumes if interrupted)")
+              f"{collect_path} (the device profile's protocol; resumes if interrupted)")
         _collect(collect_path, args, space)
         data, where = _measured_networks(collect_path, args.device, space, args.min_networks)
         if data is None:
@@ -326,13 +327,9 @@ def _measured_networks(path: Path, device: str, space, minimum: int):
 def _collect(path: Path, args, space) -> None:
     from latbench.collect import Collector, space_items
     from latbench.profiles import load_profile
-    from latbench.protocol import Protocol
     from latbench.store import Store
 
-    profile = load_profile(args.device)
-    reduced = Protocol(warmup_runs=5, warmup_s=0.05, runs=20, min_time_s=0.1, max_runs=2000,
-                       rounds=args.rounds, batch_size=profile.protocol.batch_size, seed=0)
-    profile = dataclasses.replace(profile, protocol=reduced)
+    profile = load_profile(args.device)  # its own protocol: what `latbench collect` measures
     items = space_items(space, networks=args.networks, limit=args.limit, seed=0)
     with Store(path) as store, Collector(profile, store, rounds=args.rounds) as collector:
         last = [0.0]

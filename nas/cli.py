@@ -17,6 +17,11 @@ examples:
   nas search --cost latbench:pixel3 --cost latbench:rpi4 --form hinge --target-ms 20 --target-ms 90
   nas search --cost latbench:local --form hinge --target-ms 2 --data cifar10:./cifar-10-batches-bin \\
       --torch-device cuda
+  torchrun --standalone --nproc-per-node 4 -m nas search --cost latbench:pixel3 --torch-device cuda
+
+Under torchrun the search is data-parallel (DistributedDataParallel: NCCL on GPUs, one per
+process; gloo on CPUs): each --batch-size batch is split between the processes, and rank 0
+alone scores, exports, verifies and writes the result files.
 
 Costs: latbench:DEVICE (a fitted latency predictor, see `latbench fit-predictor`), flops, params.
 The cost term is the expected cost under theta's candidate probabilities, in the units of
