@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,13 @@ _SECTION_MIN = {("retry", "attempts"): 1, ("retry", "backoff_s"): 0, ("retry", "
                 ("thermal", "cool_timeout_s"): 0, ("thermal", "poll_s"): 0}
 
 #: transport -> connection field -> (types, required, description)
+_CPU_MASK = ((str,), False, "hex mask of the cores the benchmark runs on, e.g. f0 for cores 4-7 "
+             "(taskset for tools; the bundled runner pins itself)")
+
 CONNECTION_FIELDS: dict[str, dict[str, tuple[tuple, bool, str]]] = {
     "local": {
         "workdir": ((str,), False, "directory for runner files (default: LATBENCH_HOME/work/<device>)"),
+        "cpu_mask": _CPU_MASK,
     },
     "ssh": {
         "host": ((str,), True, "host name or address of the board"),
@@ -63,7 +68,7 @@ CONNECTION_FIELDS: dict[str, dict[str, tuple[tuple, bool, str]]] = {
         "trust_unknown_host": ((bool,), False, "accept and remember a host key never seen before (default false)"),
         "connect_timeout_s": (_NUM, False, "seconds to wait for the connection (default 10)"),
         "workdir": ((str,), False, "work directory on the board (default /tmp/latbench)"),
-        "cpu_mask": ((str,), False, "taskset mask pinning the benchmark tool to cores, e.g. f0"),
+        "cpu_mask": _CPU_MASK,
     },
     "adb": {
         "address": ((str,), False, "host:port of a phone in TCP mode (adb tcpip 5555)"),
@@ -73,7 +78,7 @@ CONNECTION_FIELDS: dict[str, dict[str, tuple[tuple, bool, str]]] = {
         "auth_timeout_s": (_NUM, False, "seconds to accept the key on the phone (default 30)"),
         "connect_timeout_s": (_NUM, False, "seconds to wait for the connection (default 10)"),
         "workdir": ((str,), False, "work directory on the phone (default /data/local/tmp/latbench)"),
-        "cpu_mask": ((str,), False, "taskset mask pinning the benchmark to cores, e.g. f0 for the big cores"),
+        "cpu_mask": _CPU_MASK,
     },
 }
 
@@ -96,9 +101,22 @@ class DeviceProfile:
     timeout_s: float = 600
     source: str = ""
 
+    @property
+    def cpus(self) -> list[int] | None:
+        """The cores of `connection.cpu_mask` (bit i = core i), or None when unpinned."""
+        mask = self.connection.get("cpu_mask")
+        if not mask:
+            return None
+        bits = int(mask, 16)
+        return [i for i in range(bits.bit_length()) if bits >> i & 1]
+
     def settings(self, exporter: str) -> dict:
-        """What defines the meaning of a number measured with this profile (stored with it)."""
-        return {
+        """What defines the meaning of a number measured with this profile (stored with it).
+
+        The cores a benchmark is pinned to belong here: a big and a little core of one phone
+        are different devices. Unpinned profiles keep the settings (and hash) they had."""
+        pinned = {"cpu_mask": format(int(self.connection["cpu_mask"], 16), "x")} if self.cpus else {}
+        return pinned | {
             "runner": self.runner, "runtime": self.runtime, "format": self.format,
             "threads": self.threads,
             # where the tool lives and its declared version (already in the runtime label)
@@ -231,6 +249,10 @@ def parse_profile(path: Path) -> DeviceProfile:
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise bad("connection", f"setting {key!r} must be {_type_name(types)}; got {value!r}",
                       f"set {key}: {doc}")
+    mask = values["connection"].get("cpu_mask")
+    if mask is not None and not (re.fullmatch(r"[0-9a-fA-F]+", mask) and int(mask, 16) > 0):
+        raise bad("connection", f"setting 'cpu_mask' is {mask!r}, not a hex mask of at least one core",
+                  "use e.g. f0 for cores 4-7 (the big cores of a Snapdragon 845), 1 for core 0")
     for key, (_, required, doc) in schema.items():
         if required and key not in values["connection"]:
             raise bad("connection", f"needs {key!r} for transport {values['transport']}",

@@ -154,6 +154,25 @@ def test_settings_change_with_what_a_number_means_only():
     assert h(base.settings("other-exporter")) != h(base.settings(tag))
 
 
+def test_pinned_cores_are_part_of_what_a_number_means():
+    base = DeviceProfile(name="d", transport="adb")
+    tag = "tflite-r1"
+    big = dataclasses.replace(base, connection={"cpu_mask": "f0"})
+    little = dataclasses.replace(base, connection={"cpu_mask": "0f"})
+    same_big = dataclasses.replace(base, connection={"cpu_mask": "F0", "address": "10.0.0.7:5555"})
+    h = DeviceProfile.settings_hash
+    assert big.cpus == [4, 5, 6, 7] and little.cpus == [0, 1, 2, 3] and base.cpus is None
+    assert len({h(p.settings(tag)) for p in (base, big, little)}) == 3
+    assert h(same_big.settings(tag)) == h(big.settings(tag))  # how it is written, or reached, is not
+    assert "cpu_mask" not in base.settings(tag)  # unpinned profiles keep the hash they had
+
+
+@pytest.mark.parametrize("mask", ["zz", "0", "0xf0", ""])
+def test_a_bad_cpu_mask_is_refused_for_every_transport(tmp_path, mask):
+    err = error_of(write(tmp_path, f"name: board\ntransport: local\nconnection: {{cpu_mask: '{mask}'}}\n"))
+    assert "cpu_mask" in err.message and "hex mask" in err.message and "f0" in err.hint
+
+
 # ---- lookup: ./device_profiles > $LATBENCH_HOME/devices > bundled -------------------------
 
 def profile_text(name: str, description: str) -> str:

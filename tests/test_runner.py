@@ -85,6 +85,23 @@ def test_a_batch_of_three_models_is_measured_in_one_process(fast_profile, model_
         assert rec["load_s"] >= 0
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="no CPU affinity here")
+def test_cpu_mask_pins_the_runner_and_the_start_event_says_where(make_profile, model_files):
+    import os
+
+    core = max(os.sched_getaffinity(0))
+    _, runner = open_runner(make_profile("pinned", connection={"cpu_mask": format(1 << core, "x")}))
+    out = runner.run_batch([BatchItem("a", model_files[0])])
+    assert out.error is None and out.results["a"]["ok"]
+    assert out.start["cpus"] == [core]
+    _, runner = open_runner(make_profile("unpinned"))
+    assert runner.run_batch([BatchItem("a", model_files[0])]).start["cpus"] == sorted(os.sched_getaffinity(0))
+    # a core the host does not have: one clear error, nothing measured
+    _, runner = open_runner(make_profile("nosuchcore", connection={"cpu_mask": format(1 << 200, "x")}))
+    out = runner.run_batch([BatchItem("a", model_files[0])])
+    assert not out.results and "cannot pin to cores [200]" in out.error and "cpu_mask" in out.error
+
+
 def test_a_missing_model_fails_alone_and_the_batch_goes_on(fast_profile, model_files, tmp_path):
     _, runner = open_runner(fast_profile)
     missing = tmp_path / "gone.onnx"

@@ -265,6 +265,29 @@ def measure(run, protocol: dict) -> tuple[list[float], int]:
     return samples, warm
 
 
+def pin(wanted: list | None) -> str | None:
+    """Run on the cores `wanted` (the profile's cpu_mask), before any runtime starts its
+    threads; returns an error message, or None."""
+    if not wanted:
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        return f"cpu_mask is set but this Python ({sys.platform}) cannot pin itself to cores; remove cpu_mask"
+    try:
+        os.sched_setaffinity(0, [int(c) for c in wanted])
+    except (OSError, ValueError) as exc:
+        return (f"cannot pin to cores {wanted} ({exc}); this device has cores "
+                f"{cpus() or list(range(os.cpu_count() or 1))}: fix connection.cpu_mask")
+    return None
+
+
+def cpus() -> list | None:
+    """The cores this process may run on (None where the OS does not say)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
 def _emit(record: dict) -> None:
     sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
@@ -281,7 +304,11 @@ def run_batch(batch: dict) -> int:
         _emit({"event": "error", "error": f"runtime {runtime} is not installed for {sys.executable} ({hint})"})
         return 3
     threads, options, protocol = int(batch["threads"]), batch.get("options", {}), batch["protocol"]
-    _emit({"event": "start", "runner_version": RUNNER_VERSION, "runtime": runtime,
+    error = pin(batch.get("cpus"))
+    if error:
+        _emit({"event": "error", "error": error})
+        return 3
+    _emit({"event": "start", "runner_version": RUNNER_VERSION, "runtime": runtime, "cpus": cpus(),
            "runtime_package": found[runtime]["package"], "runtime_version": found[runtime]["version"],
            "threads": threads, "python": platform.python_version(), "state": device_state()})
     model_cls = _MODELS[runtime]

@@ -54,6 +54,8 @@ class PythonRunner(Runner):
             "options": self.profile.runtime_options, "protocol": self.profile.protocol.timing(),
             "items": [{"id": it.id, "path": path} for it, path in zip(items, remotes)],
         }
+        if self.profile.cpus:
+            batch["cpus"] = self.profile.cpus
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / f"batch-{uuid.uuid4().hex[:12]}.json"
             local.write_text(json.dumps(batch))
