@@ -167,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="final arch: theta's argmax, or (target) the most likely of argmax and the K "
                         "draws whose predicted cost is within --tolerance of the targets; "
                         "auto (default): target when a target is given, else argmax")
-    o.add_argument("--tolerance", type=_fraction, default=0.1, metavar="F",
-                   help="--pick target: allowed relative miss of each target (default 0.1)")
+    o.add_argument("--tolerance", type=_fraction, default=0.05, metavar="F",
+                   help="--pick target: allowed relative miss of each target, as predicted (default 0.05, "
+                        "which leaves the rest of a +-10%% band for the predictor's own error)")
     o.add_argument("--retrain-epochs", type=_int_at_least(0), default=5, metavar="N",
                    help="train the final arch alone for N epochs and report its held-out accuracy "
                         "(default 5; 0: off)")

@@ -43,7 +43,7 @@ class SearchJob:
     config: SearchConfig = field(default_factory=SearchConfig)
     samples: int = 10
     pick: str = "auto"
-    tolerance: float = 0.1
+    tolerance: float = 0.05
     retrain_epochs: int = 5
     out_dir: Path = Path("nas-results")
     export: bool = True
