@@ -280,7 +280,7 @@ def part3(args) -> dict | None:
     forms = collections.Counter()
     predictor = LatencyPredictor(GBDTPredictor(random_state=0)).fit(data.specs, data.latency_ms,
                                                                      lut=data.lut)
-    summed = np.array([predictor.predict_ops(n.ops).sum() for n in data.networks])
+    summed = np.array([predictor.network_op_costs(n.ops).sum() for n in data.networks])
     flops = np.array([n.flops for n in data.networks], dtype=float)
     lut_sum = selection.lut_sum_baseline(data.lut, data.specs, data.latency_ms, data.networks)
     for seed in range(args.seeds):

@@ -3,6 +3,8 @@
 - ``predict_ops(specs) -> np.ndarray``: cost of each op (in `unit`);
 - ``predict_network(specs_or_space, arch=None) -> float``: a whole network, from its ops
   or from (space, arch), including the network-level correction where there is one;
+- ``network_op_costs(specs) -> np.ndarray``: what each op adds to a network it is part of
+  (``predict_ops``, but for ops a network does not run: see LatencyPredictor);
 - ``cost_table(space) -> np.ndarray`` of shape (space.num_layers, space.num_candidates);
 - ``fixed_cost(space) -> float``: stem + head conv + avgpool + fc;
 - ``correct(total)``: the network-level correction applied to a summed cost (identity
@@ -38,10 +40,15 @@ class CostModel:
             raise TypeError("predict_network(space, arch): give the arch of the space")
         return list(specs_or_space)
 
+    def network_op_costs(self, specs: Sequence[OpSpec]) -> np.ndarray:
+        """What each op adds to a network it is part of; the op's own cost unless a model
+        knows better."""
+        return self.predict_ops(specs)
+
     def predict_network(self, specs_or_space, arch: Sequence[int] | None = None) -> float:
-        """Cost of a whole network: its ops summed, then `correct`ed."""
+        """Cost of a whole network: its ops' `network_op_costs` summed, then `correct`ed."""
         ops = self._network_ops(specs_or_space, arch)
-        return float(self.correct(float(np.sum(self.predict_ops(ops)))))
+        return float(self.correct(float(np.sum(self.network_op_costs(ops)))))
 
     def predict_networks(self, space, archs: Sequence[Sequence[int]]) -> np.ndarray:
         """`predict_network` of many archs of one space at once (one table lookup per layer)."""
@@ -51,12 +58,12 @@ class CostModel:
         return np.asarray(self.correct(totals), dtype=np.float64)
 
     def cost_table(self, space) -> np.ndarray:
-        """Cost of candidate c at layer l, shape (num_layers, num_candidates), uncorrected."""
+        """What candidate c adds at layer l, shape (num_layers, num_candidates), uncorrected."""
         specs = [space.candidate_op(layer, cand) for layer in range(space.num_layers)
                  for cand in range(space.num_candidates)]
-        return np.asarray(self.predict_ops(specs), dtype=np.float64).reshape(
+        return np.asarray(self.network_op_costs(specs), dtype=np.float64).reshape(
             space.num_layers, space.num_candidates)
 
     def fixed_cost(self, space) -> float:
         """Cost of the ops every arch has: stem, head conv, avgpool, fc (uncorrected)."""
-        return float(np.sum(self.predict_ops(list(space.fixed_ops()))))
+        return float(np.sum(self.network_op_costs(list(space.fixed_ops()))))

@@ -1,7 +1,7 @@
 """LatencyPredictor: measured where measured (LUT), GBDT elsewhere, corrected per network.
 
     predict_ops(specs)          LUT median if the key was measured, else the GBDT
-    predict_network(...)        correction(sum of predict_ops over the network's ops)
+    predict_network(...)        correction(sum of network_op_costs: predict_ops, identities 0)
     cost_table / fixed_cost     per-op costs, uncorrected (see predictors.costmodel)
 
 Without measured networks there is no correction: a network is the plain sum of its ops,
@@ -69,7 +69,7 @@ class LatencyPredictor(CostModel, Estimator):
         if networks:
             if network_ms is None or len(network_ms) != len(networks):
                 raise ValueError("network_ms must give one latency per network")
-            sums = np.array([np.sum(self.predict_ops(_ops_of(n))) for n in networks])
+            sums = np.array([np.sum(self.network_op_costs(_ops_of(n))) for n in networks])
             self.correction_ = NetworkCorrection(self.correction).fit(sums, network_ms)
         return self
 
@@ -105,6 +105,16 @@ class LatencyPredictor(CostModel, Estimator):
                 cache = self._known()
             cache.update(zip(new, predicted.tolist()))
         return values[inverse]
+
+    def network_op_costs(self, specs) -> np.ndarray:
+        """Latency each op adds to a network: `predict_ops`, but 0 for an identity (a skip
+        with cin == cout and stride 1). An identity adds no node to an exported network, so
+        inside one it costs nothing; timed alone, all it measures is the runtime's call
+        overhead. HW-NAS-Bench's tables record identities as 0 ms for the same reason."""
+        specs = _as_specs(specs)
+        values = self.predict_ops(specs)
+        values[np.fromiter((s.is_identity for s in specs), dtype=bool, count=len(specs))] = 0.0
+        return values
 
     def clear_cache(self) -> None:
         """Forget remembered GBDT answers (e.g. to time prediction from scratch)."""

@@ -234,7 +234,8 @@ def test_latency_predictor_composes_lut_gbdt_and_correction():
     assert set(model.predict_sources(unmeasured)) == {"gbdt"}
     rng = random.Random(0)
     table, fixed = model.cost_table(space), model.fixed_cost(space)
-    assert table.shape == (22, 9) and np.all(table > 0)
+    identity = np.array([[space.candidate_op(l, c).is_identity for c in range(9)] for l in range(22)])
+    assert table.shape == (22, 9) and np.all(table[~identity] > 0) and np.all(table[identity] == 0)
     for _ in range(20):
         arch = space.sample_arch(rng)
         plain = table[np.arange(22), arch].sum() + fixed
@@ -245,7 +246,7 @@ def test_latency_predictor_composes_lut_gbdt_and_correction():
                                [model.predict_network(space, a) for a in archs], rtol=1e-12)
     # measured networks: 15% faster than their op sum, minus a fixed 0.2 ms
     nets = [space.network(a) for a in archs]
-    sums = np.array([model.predict_ops(n.ops).sum() for n in nets])
+    sums = np.array([model.network_op_costs(n.ops).sum() for n in nets])  # identities add 0
     corrected = LatencyPredictor(correction="affine").fit(
         [specs[i] for i in keep], y[keep], networks=nets, network_ms=0.85 * sums - 0.2)
     assert corrected.has_network_correction
@@ -297,3 +298,31 @@ def test_prediction_in_row_blocks_equals_one_pass(monkeypatch):
     whole = model.predict(xt)
     monkeypatch.setattr(gbdt_module, "CHUNK_ROWS", 7)
     np.testing.assert_allclose(model.predict(xt), whole, rtol=1e-12)  # BLAS may sum in another order
+
+
+def test_an_identity_keeps_its_own_time_but_adds_nothing_to_a_network():
+    """Timed alone, an identity skip measures only the runtime's call overhead; an exported
+    network has no node for it. The correction is fitted on, and applied to, network sums
+    without identities, and the DNAS cost table agrees with predict_network."""
+    space = get_space("fbnet-cifar")
+    ops = space.ops()
+    rng = np.random.default_rng(0)
+    ms = {op: (0.004 if op.is_identity else float(rng.uniform(0.02, 0.2))) for op in ops}
+    archs = [space.sample_arch(random.Random(i)) for i in range(12)]
+    nets = [space.network(a) for a in archs]
+    blocks = np.array([sum(ms[o] for o in n.ops if not o.is_identity) for n in nets])
+    measured = 1.2 * blocks  # the network: 1.2 x its non-identity ops, identities free
+    model = LatencyPredictor(GBDTPredictor(n_models=1, random_state=0), correction="scale").fit(
+        list(ms), list(ms.values()), networks=nets, network_ms=measured)
+    identities = [op for op in ops if op.is_identity]
+    assert identities
+    np.testing.assert_array_equal(model.predict_ops(identities), 0.004)  # the op table is as measured
+    np.testing.assert_array_equal(model.network_op_costs(identities), 0.0)
+    assert model.correction_.scale_ == pytest.approx(1.2)
+    all_skip = space.network([8] * space.num_layers)
+    expected = 1.2 * sum(ms[o] for o in all_skip.ops if not o.is_identity)
+    assert model.predict_network(all_skip) == pytest.approx(expected)
+    table, fixed = model.cost_table(space), model.fixed_cost(space)
+    for arch in archs + [[8] * space.num_layers]:
+        total = table[np.arange(space.num_layers), arch].sum() + fixed
+        assert model.predict_network(space, arch) == pytest.approx(float(model.correct(total)), rel=1e-12)

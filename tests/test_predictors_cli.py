@@ -71,12 +71,14 @@ def test_fit_with_networks_reports_held_out_networks_and_baselines(imported, lat
     report = json.loads((imported / "predictors" / "pi" / "report.json").read_text())
     nets = report["networks_cv"]
     assert report["network_correction"] is True and nets["networks"] == nets["held_out"] == 5000
-    # the HELP raspi4 column is the table sum: the op sum needs no correction
-    assert nets["predictor"]["acc_5"] == 1.0 and nets["predictor"]["mape"] < 1e-9
+    # The HELP raspi4 column is the table sum, identity skips included (raspi4 timed them
+    # alone: a copy); a network has no identity node, so the composed sum leaves them out and
+    # the correction is within a fraction of a percent of none.
+    assert nets["predictor"]["acc_5"] == 1.0 and nets["predictor"]["mape"] < 1e-3
     assert nets["flops_linear"]["mape"] > 0.01
     assert len(report["selection"]) == 8
     model = predictors.load("latbench:pi")
-    assert model.has_network_correction and model.correction_.form_ == "none"
+    assert model.has_network_correction and abs(model.correction_.scale_ - 1) < 0.005
 
 
 def test_fit_predictor_errors(latbench_home, latbench_cli, imported):

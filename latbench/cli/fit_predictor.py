@@ -178,7 +178,7 @@ def _units(ctx) -> dict[str, int]:
 def _network_eval(predictor, data, args, selection):
     import numpy as np
 
-    summed = np.array([np.sum(predictor.predict_ops(n.ops)) for n in data.networks])
+    summed = np.array([np.sum(predictor.network_op_costs(n.ops)) for n in data.networks])
     flops = np.array([n.flops for n in data.networks], dtype=float)
     lut_sum = selection.lut_sum_baseline(predictor.lut_, data.specs, data.latency_ms, data.networks)
     return selection.evaluate_networks(summed, flops, lut_sum, data.network_ms,
