@@ -115,7 +115,8 @@ class DeviceProfile:
 
         The cores a benchmark is pinned to belong here: a big and a little core of one phone
         are different devices. Unpinned profiles keep the settings (and hash) they had."""
-        pinned = {"cpu_mask": format(int(self.connection["cpu_mask"], 16), "x")} if self.cpus else {}
+        mask = self.connection.get("cpu_mask")
+        pinned = {"cpu_mask": format(int(mask, 16), "x")} if mask else {}
         return pinned | {
             "runner": self.runner, "runtime": self.runtime, "format": self.format,
             "threads": self.threads,

@@ -133,7 +133,7 @@ def batches(data: ImageSet, batch_size: int, *, mean: torch.Tensor, std: torch.T
         idx = order[i:i + batch_size]
         if len(idx) // ranks < min_batch:
             break
-        if ranks > 1:
+        if world is not None:
             idx = world.shard(idx)
         x = data.images[idx].to(device).float().div_(255).sub_(m).div_(s)
         yield x, data.labels[idx].to(device)

@@ -134,7 +134,8 @@ def _weights_epoch(net, data, config, tau, opt, shuffle, noise, norm, world, tic
     theta = net.module.theta if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net.theta
     theta.requires_grad_(False)
     total = correct = seen = 0.0
-    for i, (x, y) in enumerate(batches(data.weights, config.batch_size, shuffle=True, generator=shuffle, min_batch=2, **norm)):
+    for i, (x, y) in enumerate(batches(data.weights, config.batch_size, shuffle=True,
+                                       generator=shuffle, min_batch=2, **norm)):
         logits = net(x, tau, noise)
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
@@ -159,7 +160,8 @@ def _theta_epoch(net, data, config, tau, costs, form, opt, shuffle, noise, norm,
         p.requires_grad_(False)
     ce_sum = loss_sum = seen = 0.0
     try:
-        for i, (x, y) in enumerate(batches(data.theta, config.batch_size, shuffle=True, generator=shuffle, min_batch=2, **norm)):
+        for i, (x, y) in enumerate(batches(data.theta, config.batch_size, shuffle=True,
+                                           generator=shuffle, min_batch=2, **norm)):
             ce = F.cross_entropy(net(x, tau, noise), y)
             probs = net.probs()
             loss = form.loss(ce, [c(probs) for c in costs])
@@ -268,7 +270,8 @@ def retrain(space, arch: Sequence[int], data: SearchData, config: SearchConfig, 
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
-        for i, (x, y) in enumerate(batches(train, config.batch_size, shuffle=True, generator=shuffle, min_batch=2, **norm)):
+        for i, (x, y) in enumerate(batches(train, config.batch_size, shuffle=True,
+                                           generator=shuffle, min_batch=2, **norm)):
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

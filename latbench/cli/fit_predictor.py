@@ -136,7 +136,8 @@ def run(args) -> int:
     report_bytes = (json.dumps(report, indent=1, allow_nan=False) + "\n").encode()
     directory = artifact.save(
         predictor, artifact.predictor_dir(name),
-        info={"device": args.device, "unit": args.unit, "units": report["units"], "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
+        info={"device": args.device, "unit": args.unit, "units": report["units"],
+              "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
               "settings_hash": ctx.settings_hash, "settings": info.settings, "space": space.name,
               "ops": len(data.specs), "networks": len(data.networks)},
         reports={"report.json": report_bytes, "predicted_vs_measured.png": png})

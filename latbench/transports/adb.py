@@ -159,10 +159,7 @@ class ADBTransport(Transport):
         if not self._workdir.startswith("/"):
             raise ProfileError(f"{src}: connection setting 'workdir' is {self._workdir!r}, not an "
                                "absolute path", f"use an absolute path such as {DEFAULT_WORKDIR}")
-        self.cpu_mask: str | None = conn.get("cpu_mask")
-        if self.cpu_mask is not None and not re.fullmatch(r"[0-9a-fA-F]+", self.cpu_mask):
-            raise ProfileError(f"{src}: connection setting 'cpu_mask' is {self.cpu_mask!r}, not a "
-                               "hex mask", "use e.g. f0 for cores 4-7 (the big cores of a Snapdragon 845)")
+        self.cpu_mask: str | None = conn.get("cpu_mask")  # checked by latbench.profiles
         #: progress(remote, bytes_done, bytes_total) during each upload; the CLI sets it.
         self.progress: Callable[[str, int, int], None] | None = None
         #: on_auth_prompt(message) when the phone must accept our key; default: a log warning.
