@@ -175,6 +175,20 @@ def test_power_law_base_recovers_a_known_power_law():
     np.testing.assert_array_equal(again.predict(ops), fitted.predict(ops))
 
 
+def test_power_law_exponents_are_bounded_so_an_unseen_block_is_not_extrapolated_wildly():
+    # On this half of edgegpu's blocks an unbounded fit traded MACs^-12 against output^8 and
+    # put a 16x16 grouped block it never saw at 4.2 ms (measured 0.76 ms): 5.5x off.
+    xs, ys, xt, yt = block_halves("edgegpu", seed=3)
+    fitted = PowerLawBase().fit(xs, ys)
+    width = 5  # per sub-op: log-coefficient, then the exponents of MACs, in, out, weight bytes
+    exponents = np.concatenate([fitted.theta_[i * width + 1:(i + 1) * width] for i in range(5)])
+    assert exponents.min() >= 0.0 and exponents.max() <= fitted.max_exponent
+    worst = np.exp(np.max(np.abs(np.log(fitted.predict(xt) / yt))))
+    assert worst < 3.0, f"a held-out block is {worst:.1f}x off"
+    with pytest.raises(ValueError, match="'max_exponent' parameter of PowerLawBase"):
+        PowerLawBase(max_exponent=0.0).fit(xs, ys)
+
+
 def test_select_gbdt_tries_each_setting_and_returns_the_best():
     xs, ys, _, _ = block_halves("eyeriss")
     best, tried = selection.select_gbdt(xs[:60], ys[:60], folds=3, seed=1)
