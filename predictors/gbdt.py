@@ -29,8 +29,9 @@ class GBDTPredictor(Estimator):
     features : ``raw`` | ``opspec`` | ``derived`` (see `predictors.features`).
     target : ``log`` fits log latency (relative errors weigh the same at every size),
         ``linear`` fits milliseconds.
-    base : ``power`` | ``loglinear`` | ``blend`` (geometric mean of both) | ``none``: the
-        model whose prediction the trees start from (LightGBM init_score).
+    base : ``blend`` (geometric mean of ``power`` and ``loglinear``) | ``power`` |
+        ``loglinear`` | ``none``: the model whose prediction the trees start from
+        (LightGBM init_score).
     split : ``pooled`` (one model, op kind is a feature) or ``per_kind`` (one model per
         kind with at least `min_kind_rows` rows; the pooled model answers the others).
     n_estimators, learning_rate, num_leaves, min_data_in_leaf, extra_trees : LightGBM
@@ -58,7 +59,7 @@ class GBDTPredictor(Estimator):
         "random_state": Interval(int, 0),
     }
 
-    def __init__(self, features: str = "derived", *, target: str = "log", base: str = "power",
+    def __init__(self, features: str = "derived", *, target: str = "log", base: str = "blend",
                  split: str = "pooled", n_estimators: int = 150, learning_rate: float = 0.1,
                  num_leaves: int = 8, min_data_in_leaf: int = 3, extra_trees: bool = True,
                  n_models: int = 1, min_kind_rows: int = 40, floor_ms: float = 1e-3,

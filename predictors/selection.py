@@ -23,9 +23,9 @@ from predictors.features import as_spec_matrix, quantities
 from predictors.gbdt import GBDTPredictor
 
 #: The starting point of the search, and the values tried for each setting in turn.
-DEFAULT_CHOICE = {"features": "derived", "target": "log", "base": "power", "split": "pooled"}
+DEFAULT_CHOICE = {"features": "derived", "target": "log", "base": "blend", "split": "pooled"}
 SEARCH = (
-    ("base", ("power", "blend", "loglinear", "none")),
+    ("base", ("blend", "power", "loglinear", "none")),
     ("target", ("log", "linear")),
     ("features", ("derived", "opspec", "raw")),
     ("split", ("pooled", "per_kind")),
