@@ -157,6 +157,55 @@ def test_unit_names_resources_and_addresses():
     assert normalize_address("ray://head:4000") == "ray://head:4000"
 
 
+class _BusyHead:
+    """Stands in for the `ray` module where a real head's client proxy fails to start a
+    session (seen under CI load); everything else is the real code of `connected`."""
+    SERVER_MSG = ("Initialization failure from server:\nTraceback (most recent call last):\n"
+                  "  File \"proxier.py\", line 700, in Datapath\n"
+                  "RuntimeError: Starting Ray client server failed")
+
+    def __init__(self, failures: int):
+        self.failures, self.inits, self.shutdowns, self.up = failures, 0, 0, False
+
+    def is_initialized(self):
+        return self.up
+
+    def init(self, **kwargs):
+        self.inits += 1
+        if self.inits <= self.failures:
+            raise ConnectionAbortedError(self.SERVER_MSG)
+        self.up = True
+
+    def shutdown(self):
+        self.shutdowns += 1
+        self.up = False
+
+
+def test_a_client_session_the_head_could_not_start_is_asked_for_again(monkeypatch, capsys):
+    from latbench.farm import cluster
+
+    monkeypatch.setattr(cluster, "probe", lambda address: None)
+    monkeypatch.setattr(cluster, "CLIENT_RETRY_PAUSE_S", 0.0)
+    busy = _BusyHead(failures=cluster.CLIENT_INIT_ATTEMPTS - 1)
+    monkeypatch.setattr(cluster, "require_ray", lambda: busy)
+    with cluster.connected("ray://head:10001") as connected_ray:
+        assert connected_ray is busy and busy.up
+    assert busy.inits == cluster.CLIENT_INIT_ATTEMPTS
+    retries = [line for line in capsys.readouterr().err.splitlines() if "retrying" in line]
+    assert len(retries) == cluster.CLIENT_INIT_ATTEMPTS - 1
+    assert "Starting Ray client server failed" in retries[0]
+
+    hopeless = _BusyHead(failures=cluster.CLIENT_INIT_ATTEMPTS)
+    monkeypatch.setattr(cluster, "require_ray", lambda: hopeless)
+    with pytest.raises(LatbenchError) as err:
+        with cluster.connected("ray://head:10001"):
+            pass
+    assert hopeless.inits == cluster.CLIENT_INIT_ATTEMPTS
+    # one line that says what the server said, not just "Initialization failure from server:"
+    assert "Initialization failure from server: RuntimeError: Starting Ray client server failed" \
+        in str(err.value)
+
+
 def test_agent_errors_are_one_line_and_dry_run_uses_this_hosts_profile(latbench_cli, latbench_home):
     bad = latbench_cli("farm", "agent", "--address", "127.0.0.1:1", "--unit", "nosuch@h")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown device 'nosuch'" in bad.stderr

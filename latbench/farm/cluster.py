@@ -6,6 +6,8 @@ import contextlib
 import logging
 import os
 import socket
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,6 +17,8 @@ from latbench.farm.units import Unit, unit_of_resource
 
 DEFAULT_PORT = 6379
 CLIENT_PORT = 10001  # Ray Client (ray://)
+CLIENT_INIT_ATTEMPTS = 3
+CLIENT_RETRY_PAUSE_S = 2.0
 
 
 def normalize_address(address: str | None) -> str | None:
@@ -56,19 +60,44 @@ def connected(address: str | None) -> Iterator[object]:
         return
     target = normalize_address(address)
     probe(target if target not in (None, "auto") else os.environ.get("RAY_ADDRESS"))
-    try:
-        ray.init(address=target or "auto", namespace=NAMESPACE, logging_level=logging.WARNING,
-                 log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = target or "this host (RAY_ADDRESS or a local `ray start --head`)"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LatbenchError(f"cannot reach the Ray head of the farm at {where}: {first[:200]}",
-                            "check the address (HEAD:6379 or ray://HEAD:10001) and that the head runs: "
-                            "`latbench farm agent --head` or `ray start --head` on it") from None
+    for attempt in range(1, CLIENT_INIT_ATTEMPTS + 1):
+        try:
+            ray.init(address=target or "auto", namespace=NAMESPACE, logging_level=logging.WARNING,
+                     log_to_driver=False)
+            break
+        except ConnectionAbortedError as exc:
+            # Ray Client: the head's proxy starts a server process for each client, and on a
+            # busy head that start can time out (its own 30 s limit). The head is up; ask again.
+            if attempt == CLIENT_INIT_ATTEMPTS:
+                _cannot_reach(target, exc)
+            print(f"latbench: the Ray head at {target} could not start a client session "
+                  f"({_reason(exc)}); retrying ({attempt + 1}/{CLIENT_INIT_ATTEMPTS})",
+                  file=sys.stderr, flush=True)
+            ray.shutdown()
+            time.sleep(CLIENT_RETRY_PAUSE_S)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            _cannot_reach(target, exc)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of a Ray error: its first line, and for the head's "Initialization
+    failure from server:" the last line of the server's traceback (the exception itself)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    reason = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
+    return reason[:300]
+
+
+def _cannot_reach(target: str | None, exc: BaseException):
+    where = target or "this host (RAY_ADDRESS or a local `ray start --head`)"
+    raise LatbenchError(f"cannot reach the Ray head of the farm at {where}: {_reason(exc)}",
+                        "check the address (HEAD:6379 or ray://HEAD:10001) and that the head runs: "
+                        "`latbench farm agent --head` or `ray start --head` on it") from None
 
 
 @dataclass(frozen=True)
