@@ -1,7 +1,7 @@
 """Accuracy of the latency predictors: every figure of the issue's three parts.
 
     python benchmarks/predictor_accuracy.py [--seeds 5] [--quick] [--skip-local]
-        [--device local] [--store PATH] [--networks 40] [--collect-store PATH]
+        [--device local] [--store PATH] [--networks 40] [--collect-store PATH] [--diagnose]
 
 1. Real devices (HW-NAS-Bench ``blocks.csv``): per device, fit on a random half of the
    fbnet_block rows and predict the other half, over `--seeds` seeds. The GBDT settings
@@ -18,6 +18,11 @@
 
 Also printed: prediction throughput (target >= 100k ops/s) and the check that
 ``predict_network == correct(sum of cost_table + fixed_cost)``.
+
+``--diagnose`` adds, with the default settings: part 1's accuracy against the share of blocks
+trained on (is the predictor short of data, or of a model?), and part 2's accuracy when the
+blocks of one group of candidates are given their measured values instead of predictions
+(which blocks the network misses come from).
 """
 
 from __future__ import annotations
@@ -67,16 +72,21 @@ def main() -> int:
                     help="part 3 collection: rounds (default: the device profile's)")
     ap.add_argument("--limit", type=int, default=None, help="part 3 collection: only the first K ops")
     ap.add_argument("--skip-local", action="store_true", help="skip part 3")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="also: part 1 against the share trained on, part 2 by candidate group")
     ap.add_argument("--json-out", type=Path, help="also write every figure as JSON here")
     args = ap.parse_args()
     parts = {int(p) for p in args.parts.split(",") if p.strip()}
     results: dict = {}
-    tables = {dev: _device_table(args.data, dev) for dev in DEVICES} if parts & {1, 2} else {}
+    tables = ({dev: _device_table(args.data, dev) for dev in DEVICES}
+              if parts & {1, 2} or args.diagnose else {})
     if 1 in parts or 2 in parts:
         results["part1"], fits = part1(tables, args)
     if 2 in parts:
         results["part2"], predictor = part2(tables, fits, args)
         results["throughput"] = throughput(predictor)
+    if args.diagnose:
+        results["diagnosis"] = diagnose(tables, args)
     if 3 in parts:
         results["part3"] = part3(args)
     if args.json_out:
@@ -105,9 +115,11 @@ def _device_table(data: Path, device: str) -> DeviceTable:
     return DeviceTable(blocks, np.array(block_ms), others, np.array(other_ms))
 
 
-def _half(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _half(n: int, seed: int, train_share: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) row indices: a seeded random `train_share` of n rows, and the rest."""
     order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[: n // 2]), np.sort(order[n // 2:])
+    k = int(round(n * train_share))
+    return np.sort(order[:k]), np.sort(order[k:])
 
 
 # ---- part 1 ------------------------------------------------------------------------------------
@@ -162,26 +174,20 @@ def _label(params: dict) -> str:
 def part2(tables: dict[str, DeviceTable], fits: dict, args):
     print("\n" + "=" * 100)
     path = args.data / "fbnet-help" / "networks.csv"
-    space = get_space("fbnet-cifar")
-    help_rows = importers.read_help(path, "raspi4", space.name).rows
-    archs = [tuple(int(i) for i in r["key"].split(":")[2].split("-")) for r in help_rows]
+    space, archs = _help_archs(args)
     print(f"Part 2: whole networks: the {len(archs)} archs of networks.csv composed from the seen half "
           f"(LUT) and predicted blocks (GBDT), against the full-table sums ({args.seeds} seeds)")
     out, keep = {}, None
     for dev, table in tables.items():
-        full = {s.key: v for s, v in zip(table.blocks + table.others,
-                                         np.r_[table.block_ms, table.other_ms])}
-        truth = np.array([sum(full[op.key] for op in space.network(a).ops) for a in archs])
+        truth = _table_sums(table, space, archs)
         check = _check_help_column(path, dev, truth)
         runs = collections.defaultdict(list)
         for seed in range(args.seeds):
             train, _ = _half(len(table.blocks), seed)
             seen = [table.blocks[i] for i in train] + table.others
             seen_ms = np.r_[table.block_ms[train], table.other_ms]
-            lut = LUT.from_arrays(seen, seen_ms)
             params = fits.get((dev, seed), {**selection.DEFAULT_CHOICE, "random_state": seed})
-            predictor = LatencyPredictor(GBDTPredictor(**params)).fit(
-                [table.blocks[i] for i in train], table.block_ms[train], lut=lut)
+            predictor, lut = _composed(table, train, params)
             pred = predictor.predict_networks(space, archs)
             runs["lut+gbdt"].append(metrics.evaluate(pred, truth))
             line = selection.FlopsLinear().fit(selection.op_flops(seen), seen_ms)
@@ -206,6 +212,31 @@ def part2(tables: dict[str, DeviceTable], fits: dict, args):
                                      "unseen blocks with the FLOPs line")
         out[dev] = {"summary": summary, "runs": dict(runs)}
     return out, keep
+
+
+def _help_archs(args):
+    space = get_space("fbnet-cifar")
+    rows = importers.read_help(args.data / "fbnet-help" / "networks.csv", "raspi4", space.name).rows
+    return space, [tuple(int(i) for i in r["key"].split(":")[2].split("-")) for r in rows]
+
+
+def _full_table(table: DeviceTable) -> dict[str, float]:
+    return {s.key: v for s, v in zip(table.blocks + table.others, np.r_[table.block_ms, table.other_ms])}
+
+
+def _table_sums(table: DeviceTable, space, archs) -> np.ndarray:
+    full = _full_table(table)
+    return np.array([sum(full[op.key] for op in space.network(a).ops) for a in archs])
+
+
+def _composed(table: DeviceTable, train: np.ndarray, params: dict) -> tuple[LatencyPredictor, LUT]:
+    """Part 2's predictor: measured where the half was seen (and the non-block rows), GBDT
+    elsewhere."""
+    seen = [table.blocks[i] for i in train] + table.others
+    lut = LUT.from_arrays(seen, np.r_[table.block_ms[train], table.other_ms])
+    predictor = LatencyPredictor(GBDTPredictor(**params)).fit(
+        [table.blocks[i] for i in train], table.block_ms[train], lut=lut)
+    return predictor, lut
 
 
 def _check_help_column(path: Path, dev: str, truth: np.ndarray) -> str:
@@ -250,6 +281,54 @@ def throughput(predictor: LatencyPredictor) -> dict:
     print(f"  {len(ops)} ops of {len(nets)} random fbnet-cifar networks: {space_rate:,.0f} ops/s")
     print(f"  predict_network vs correct(sum of cost_table + fixed_cost), 1000 archs: max gap {gap:.2e} ms")
     return {"distinct_ops_per_s": distinct_rate, "network_ops_per_s": space_rate, "cost_table_gap_ms": gap}
+
+
+# ---- diagnosis ---------------------------------------------------------------------------------
+
+TRAIN_SHARES = (0.3, 0.5, 0.7, 0.9)
+#: Candidate groups of the fbnet spaces (index -> block, see ../shared/data/README.md).
+CANDIDATE_GROUPS = {"grouped 1x1 (k3_e1_g2, k5_e1_g2)": (1, 5),
+                    "ungrouped (e1, e3, e6)": (0, 2, 3, 4, 6, 7)}
+
+
+def diagnose(tables: dict[str, DeviceTable], args) -> dict:
+    print("\n" + "=" * 100)
+    print(f"Diagnosis (default settings, {args.seeds} seeds)")
+    print("  Part 1 against the share of the fbnet_block rows trained on (+-10% on the rest):")
+    out: dict = {"train_share": {}, "exact_group": {}}
+    for dev, table in tables.items():
+        line = {}
+        for share in TRAIN_SHARES:
+            accs = []
+            for seed in range(args.seeds):
+                train, test = _half(len(table.blocks), seed, share)
+                model = GBDTPredictor(**{**selection.DEFAULT_CHOICE, "random_state": seed}).fit(
+                    [table.blocks[i] for i in train], table.block_ms[train])
+                pred = model.predict([table.blocks[i] for i in test])
+                accs.append(metrics.accuracy_within(pred, table.block_ms[test], 0.10))
+            line[share] = float(np.mean(accs))
+        out["train_share"][dev] = line
+        print(f"    {dev:<8} " + "   ".join(f"{share:.0%}: {acc:.1%}" for share, acc in line.items()))
+    space, archs = _help_archs(args)
+    idx, rows = np.asarray(archs), np.arange(space.num_layers)[None, :]
+    print("  Part 2 (+-5%) when one group's blocks take their measured values instead of predictions:")
+    for dev, table in tables.items():
+        truth = _table_sums(table, space, archs)
+        full = _full_table(table)
+        exact = np.array([[full[space.candidate_op(layer, c).key] for c in range(space.num_candidates)]
+                          for layer in range(space.num_layers)])
+        accs = collections.defaultdict(list)
+        for seed in range(args.seeds):
+            train, _ = _half(len(table.blocks), seed)
+            predictor, _ = _composed(table, train, {**selection.DEFAULT_CHOICE, "random_state": seed})
+            costs, fixed = predictor.cost_table(space), predictor.fixed_cost(space)
+            for name, cands in {"as predicted": (), **CANDIDATE_GROUPS}.items():
+                mixed = costs.copy()
+                mixed[:, list(cands)] = exact[:, list(cands)]
+                accs[name].append(metrics.accuracy_within(mixed[rows, idx].sum(1) + fixed, truth, 0.05))
+        out["exact_group"][dev] = {k: float(np.mean(v)) for k, v in accs.items()}
+        print(f"    {dev:<8} " + "   ".join(f"{k}: {np.mean(v):.1%}" for k, v in accs.items()))
+    return out
 
 
 # ---- part 3 ------------------------------------------------------------------------------------
