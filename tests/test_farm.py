@@ -161,11 +161,13 @@ class _BusyHead:
     """Stands in for the `ray` module where a real head's client proxy fails to start a
     session (seen under CI load); everything else is the real code of `connected`."""
     SERVER_MSG = ("Initialization failure from server:\nTraceback (most recent call last):\n"
-                  "  File \"proxier.py\", line 700, in Datapath\n"
-                  "RuntimeError: Starting Ray client server failed")
+                  "  File \"proxier.py\", line 765, in Datapath\n"
+                  "RuntimeError: Starting Ray client server failed. See ray_client_server_23000.err "
+                  "for detailed logs.")
 
-    def __init__(self, failures: int):
-        self.failures, self.inits, self.shutdowns, self.up = failures, 0, 0, False
+    def __init__(self, failures: int, message: str = SERVER_MSG):
+        self.failures, self.message = failures, message
+        self.inits, self.shutdowns, self.up = 0, 0, False
 
     def is_initialized(self):
         return self.up
@@ -173,7 +175,7 @@ class _BusyHead:
     def init(self, **kwargs):
         self.inits += 1
         if self.inits <= self.failures:
-            raise ConnectionAbortedError(self.SERVER_MSG)
+            raise ConnectionAbortedError(self.message)
         self.up = True
 
     def shutdown(self):
@@ -186,24 +188,37 @@ def test_a_client_session_the_head_could_not_start_is_asked_for_again(monkeypatc
 
     monkeypatch.setattr(cluster, "probe", lambda address: None)
     monkeypatch.setattr(cluster, "CLIENT_RETRY_PAUSE_S", 0.0)
-    busy = _BusyHead(failures=cluster.CLIENT_INIT_ATTEMPTS - 1)
+    tries = cluster.CLIENT_INIT_ATTEMPTS
+
+    busy = _BusyHead(failures=tries - 1)
     monkeypatch.setattr(cluster, "require_ray", lambda: busy)
     with cluster.connected("ray://head:10001") as connected_ray:
         assert connected_ray is busy and busy.up
-    assert busy.inits == cluster.CLIENT_INIT_ATTEMPTS
+        assert (busy.inits, busy.shutdowns) == (tries, tries - 1)  # each failed try closed
+    assert busy.shutdowns == tries  # and the session, when done
     retries = [line for line in capsys.readouterr().err.splitlines() if "retrying" in line]
-    assert len(retries) == cluster.CLIENT_INIT_ATTEMPTS - 1
+    assert len(retries) == tries - 1
     assert "Starting Ray client server failed" in retries[0]
 
-    hopeless = _BusyHead(failures=cluster.CLIENT_INIT_ATTEMPTS)
+    hopeless = _BusyHead(failures=tries)
     monkeypatch.setattr(cluster, "require_ray", lambda: hopeless)
     with pytest.raises(LatbenchError) as err:
         with cluster.connected("ray://head:10001"):
             pass
-    assert hopeless.inits == cluster.CLIENT_INIT_ATTEMPTS
-    # one line that says what the server said, not just "Initialization failure from server:"
+    assert hopeless.inits == tries
+    # one line with what the server said, not just "Initialization failure from server:"
+    assert str(err.value).startswith("the Ray head at ray://head:10001 answered but could not start")
     assert "Initialization failure from server: RuntimeError: Starting Ray client server failed" \
         in str(err.value)
+
+    # a refusal that would only repeat (here: versions that differ) is not asked again
+    mismatch = _BusyHead(failures=tries, message="Initialization failure from server:\n"
+                                                 "RuntimeError: Python minor versions differ")
+    monkeypatch.setattr(cluster, "require_ray", lambda: mismatch)
+    with pytest.raises(LatbenchError, match="cannot reach the Ray head .*Python minor versions differ"):
+        with cluster.connected("ray://head:10001"):
+            pass
+    assert mismatch.inits == 1
 
 
 def test_agent_errors_are_one_line_and_dry_run_uses_this_hosts_profile(latbench_cli, latbench_home):

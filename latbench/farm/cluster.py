@@ -9,6 +9,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from typing import NoReturn
 from dataclasses import dataclass
 
 from latbench.errors import LatbenchError
@@ -19,6 +20,8 @@ DEFAULT_PORT = 6379
 CLIENT_PORT = 10001  # Ray Client (ray://)
 CLIENT_INIT_ATTEMPTS = 3
 CLIENT_RETRY_PAUSE_S = 2.0
+#: What the head's Ray Client proxy says when the server process of a session did not start.
+SESSION_START_FAILED = ("Starting Ray client server failed", "Proxy failed to Connect to backend")
 
 
 def normalize_address(address: str | None) -> str | None:
@@ -60,6 +63,7 @@ def connected(address: str | None) -> Iterator[object]:
         return
     target = normalize_address(address)
     probe(target if target not in (None, "auto") else os.environ.get("RAY_ADDRESS"))
+    where = target or "this host (RAY_ADDRESS or a local `ray start --head`)"
     for attempt in range(1, CLIENT_INIT_ATTEMPTS + 1):
         try:
             ray.init(address=target or "auto", namespace=NAMESPACE, logging_level=logging.WARNING,
@@ -67,35 +71,41 @@ def connected(address: str | None) -> Iterator[object]:
             break
         except ConnectionAbortedError as exc:
             # Ray Client: the head's proxy starts a server process for each client, and on a
-            # busy head that start can time out (its own 30 s limit). The head is up; ask again.
+            # busy head that start can fail or time out (its own 30 s limit). The head is up;
+            # ask again. Other refusals (a version or runtime_env mismatch) would only repeat.
+            if not any(sign in str(exc) for sign in SESSION_START_FAILED):
+                _cannot_reach(where, exc)
             if attempt == CLIENT_INIT_ATTEMPTS:
-                _cannot_reach(target, exc)
-            print(f"latbench: the Ray head at {target} could not start a client session "
-                  f"({_reason(exc)}); retrying ({attempt + 1}/{CLIENT_INIT_ATTEMPTS})",
+                raise LatbenchError(
+                    f"the Ray head at {where} answered but could not start a client session "
+                    f"({CLIENT_INIT_ATTEMPTS} tries): {one_line(exc)}",
+                    "see ray_client_server*.err in the head's Ray logs (/tmp/ray/session_latest/logs "
+                    "by default); a head busy starting up may need a minute") from None
+            print(f"latbench: the Ray head at {where} could not start a client session "
+                  f"({one_line(exc)}); retrying ({attempt + 1}/{CLIENT_INIT_ATTEMPTS})",
                   file=sys.stderr, flush=True)
             ray.shutdown()
             time.sleep(CLIENT_RETRY_PAUSE_S)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            _cannot_reach(target, exc)
+            _cannot_reach(where, exc)
     try:
         yield ray
     finally:
         ray.shutdown()
 
 
-def _reason(exc: BaseException) -> str:
-    """The informative line of a Ray error: its first line, and for the head's "Initialization
-    failure from server:" the last line of the server's traceback (the exception itself)."""
+def one_line(exc: BaseException) -> str:
+    """An error as one line: its first line, and where that only introduces a traceback (Ray
+    Client's "Initialization failure from server:"), the traceback's last line too."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
-    reason = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
-    return reason[:300]
+    text = f"{lines[0]} {lines[-1]}" if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+    return text[:300]
 
 
-def _cannot_reach(target: str | None, exc: BaseException):
-    where = target or "this host (RAY_ADDRESS or a local `ray start --head`)"
-    raise LatbenchError(f"cannot reach the Ray head of the farm at {where}: {_reason(exc)}",
+def _cannot_reach(where: str, exc: BaseException) -> NoReturn:
+    raise LatbenchError(f"cannot reach the Ray head of the farm at {where}: {one_line(exc)}",
                         "check the address (HEAD:6379 or ray://HEAD:10001) and that the head runs: "
                         "`latbench farm agent --head` or `ray start --head` on it") from None
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from latbench.collect import Collector, EventCallback, Plan, Report, plan_batches
 from latbench.errors import LatbenchError
 from latbench.farm import NAMESPACE
-from latbench.farm.cluster import connected, node_units
+from latbench.farm.cluster import connected, node_units, one_line
 from latbench.farm.queue import CollectionQueue, queue_name
 from latbench.farm.worker import UnitWorker
 from latbench.profiles import DeviceProfile
@@ -68,11 +68,6 @@ class _Batch:
     pairs: list[tuple[str, int]]
     attempt: int = 1
     not_before: float = 0.0
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def differences(here: dict, there: dict, prefix: str = "") -> list[str]:
