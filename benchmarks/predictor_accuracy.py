@@ -118,7 +118,7 @@ def _device_table(data: Path, device: str) -> DeviceTable:
 def _half(n: int, seed: int, train_share: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) row indices: a seeded random `train_share` of n rows, and the rest."""
     order = np.random.default_rng(seed).permutation(n)
-    k = int(round(n * train_share))
+    k = int(n * train_share)  # n // 2 at the default, as before
     return np.sort(order[:k]), np.sort(order[k:])
 
 
@@ -184,10 +184,8 @@ def part2(tables: dict[str, DeviceTable], fits: dict, args):
         runs = collections.defaultdict(list)
         for seed in range(args.seeds):
             train, _ = _half(len(table.blocks), seed)
-            seen = [table.blocks[i] for i in train] + table.others
-            seen_ms = np.r_[table.block_ms[train], table.other_ms]
             params = fits.get((dev, seed), {**selection.DEFAULT_CHOICE, "random_state": seed})
-            predictor, lut = _composed(table, train, params)
+            predictor, lut, (seen, seen_ms) = _composed(table, train, params)
             pred = predictor.predict_networks(space, archs)
             runs["lut+gbdt"].append(metrics.evaluate(pred, truth))
             line = selection.FlopsLinear().fit(selection.op_flops(seen), seen_ms)
@@ -229,14 +227,15 @@ def _table_sums(table: DeviceTable, space, archs) -> np.ndarray:
     return np.array([sum(full[op.key] for op in space.network(a).ops) for a in archs])
 
 
-def _composed(table: DeviceTable, train: np.ndarray, params: dict) -> tuple[LatencyPredictor, LUT]:
+def _composed(table: DeviceTable, train: np.ndarray, params: dict):
     """Part 2's predictor: measured where the half was seen (and the non-block rows), GBDT
-    elsewhere."""
+    elsewhere; returns (predictor, its LUT, (the seen ops, their ms))."""
     seen = [table.blocks[i] for i in train] + table.others
-    lut = LUT.from_arrays(seen, np.r_[table.block_ms[train], table.other_ms])
+    seen_ms = np.r_[table.block_ms[train], table.other_ms]
+    lut = LUT.from_arrays(seen, seen_ms)
     predictor = LatencyPredictor(GBDTPredictor(**params)).fit(
         [table.blocks[i] for i in train], table.block_ms[train], lut=lut)
-    return predictor, lut
+    return predictor, lut, (seen, seen_ms)
 
 
 def _check_help_column(path: Path, dev: str, truth: np.ndarray) -> str:
@@ -320,7 +319,7 @@ def diagnose(tables: dict[str, DeviceTable], args) -> dict:
         accs = collections.defaultdict(list)
         for seed in range(args.seeds):
             train, _ = _half(len(table.blocks), seed)
-            predictor, _ = _composed(table, train, {**selection.DEFAULT_CHOICE, "random_state": seed})
+            predictor, *_ = _composed(table, train, {**selection.DEFAULT_CHOICE, "random_state": seed})
             costs, fixed = predictor.cost_table(space), predictor.fixed_cost(space)
             for name, cands in {"as predicted": (), **CANDIDATE_GROUPS}.items():
                 mixed = costs.copy()

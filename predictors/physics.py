@@ -60,8 +60,8 @@ def _power_predict(theta: np.ndarray, design) -> np.ndarray:
 
 def _borrow_unseen_roles(theta: np.ndarray, terms, width: int) -> np.ndarray:
     """Sub-op kinds with no row in the fit get the row-weighted mean law of those that have
-    rows: their own parameters only felt the penalty, which pulls them to a flat 1 ms (an
-    avgpool held out of a fold on this host came out 175x too slow)."""
+    rows: their own parameters only felt the penalty, which pulls them to a flat 1 ms
+    (HW-NAS-Bench raspi4 without its two avgpools: 37x and 12x too slow)."""
     counts = np.array([present.sum() for present, _ in terms], dtype=np.float64)
     if not counts.any() or counts.all():
         return theta
@@ -76,12 +76,13 @@ class PowerLawBase(Estimator):
 
     Parameters
     ----------
-    reg : L2 penalty on the parameters, so sub-ops rare in the data stay near their start.
+    reg : L2 penalty on the parameters (towards 0: a flat 1 ms), so the laws of sub-ops rare
+        in the data stay tame; a sub-op with no row at all borrows the others' law.
     max_exponent : each power law's exponents lie in [0, max_exponent]: a sub-op's time does
         not fall as its work or its bytes grow. Unbounded, the four logs (MACs, input, output
         and weight bytes) are nearly collinear in a hundred rows, and a fit may trade
         MACs^-12 against output^8: exact on the rows it saw, several times off one layer
-        further (HW-NAS-Bench edgegpu, half of the blocks: 4.7x on a block never seen).
+        further (HW-NAS-Bench edgegpu, half of the blocks: 5.5x on a block never seen).
     floor_ms : latencies below this (identity ops timed as 0) are raised to it before logs.
     max_nfev : evaluation budget of the least-squares solver.
     """

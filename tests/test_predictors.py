@@ -187,6 +187,9 @@ def test_power_law_exponents_are_bounded_so_an_unseen_block_is_not_extrapolated_
     assert worst < 3.0, f"a held-out block is {worst:.1f}x off"
     with pytest.raises(ValueError, match="'max_exponent' parameter of PowerLawBase"):
         PowerLawBase(max_exponent=0.0).fit(xs, ys)
+    saved = fitted.to_dict()  # as saved before the bound existed: loads, predicts the same
+    del saved["params"]["max_exponent"]
+    np.testing.assert_array_equal(PowerLawBase.from_dict(saved).predict(xt), fitted.predict(xt))
 
 
 def test_a_sub_op_kind_absent_from_the_fit_borrows_the_law_of_the_measured_ones():
