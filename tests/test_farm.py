@@ -211,6 +211,15 @@ def test_a_client_session_the_head_could_not_start_is_asked_for_again(monkeypatc
     assert "Initialization failure from server: RuntimeError: Starting Ray client server failed" \
         in str(err.value)
 
+    # the other way CI saw that child die: the proxy caught it as a zombie while starting it
+    zombie = _BusyHead(failures=1, message=(
+        "Initialization failure from server:\nTraceback (most recent call last):\n"
+        "  File \"proxier.py\", line 396, in start_specific_server\n    cmd = psutil_proc.cmdline()\n"
+        "psutil.ZombieProcess: PID still exists but it's a zombie (pid=12697)"))
+    monkeypatch.setattr(cluster, "require_ray", lambda: zombie)
+    with cluster.connected("ray://head:10001"):
+        assert zombie.inits == 2
+
     # a refusal that would only repeat (here: versions that differ) is not asked again
     mismatch = _BusyHead(failures=tries, message="Initialization failure from server:\n"
                                                  "RuntimeError: Python minor versions differ")

@@ -20,8 +20,11 @@ DEFAULT_PORT = 6379
 CLIENT_PORT = 10001  # Ray Client (ray://)
 CLIENT_INIT_ATTEMPTS = 3
 CLIENT_RETRY_PAUSE_S = 2.0
-#: What the head's Ray Client proxy says when the server process of a session did not start.
-SESSION_START_FAILED = ("Starting Ray client server failed", "Proxy failed to Connect to backend")
+#: What the head's Ray Client proxy says when the server process of a session did not start:
+#: its own two messages, or any error raised while it started that process (a traceback
+#: through its start_specific_server, e.g. psutil.ZombieProcess of the process that died).
+SESSION_START_FAILED = ("Starting Ray client server failed", "Proxy failed to Connect to backend",
+                        "in start_specific_server")
 
 
 def normalize_address(address: str | None) -> str | None:
@@ -70,9 +73,11 @@ def connected(address: str | None) -> Iterator[object]:
                      log_to_driver=False)
             break
         except ConnectionAbortedError as exc:
-            # Ray Client: the head's proxy starts a server process for each client, and on a
-            # busy head that start can fail or time out (its own 30 s limit). The head is up;
-            # ask again. Other refusals (a version or runtime_env mismatch) would only repeat.
+            # Ray Client: the head's proxy forks a server process for each client while its
+            # own gRPC threads run; on a busy host that child can die at once (gRPC "Check
+            # failed: next_worker->state == KICKED" in the head's ray_client_server.err), and
+            # the next one usually lives. The head is up: ask again. Other refusals (a version
+            # or runtime_env mismatch) would only repeat.
             if not any(sign in str(exc) for sign in SESSION_START_FAILED):
                 _cannot_reach(where, exc)
             if attempt == CLIENT_INIT_ATTEMPTS:
