@@ -365,7 +365,9 @@ def test_agent_status_and_collect_commands(farm, warm_home, make_profile, latben
     try:
         wait_for(lambda: unit_states().get(unit_d) == "free" or agent.poll() is not None, 60, "the agent's unit")
         assert agent.poll() is None, agent.stdout.read()
-        status = latbench_cli("farm", "status", "--address", f"ray://127.0.0.1:{farm.client_port}", "--json")
+        # Ray Client: each failed session start on a busy head costs about 40 s before the retry
+        status = latbench_cli("farm", "status", "--address", f"ray://127.0.0.1:{farm.client_port}", "--json",
+                              timeout_s=300)
         assert status.returncode == 0, status.stderr
         units = {u["unit"]: u for u in json.loads(status.stdout)["units"]}
         assert {farm.local.name, farm.ssh.name, unit_d} <= set(units)
