@@ -9,8 +9,8 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from typing import NoReturn
 from dataclasses import dataclass
+from typing import NoReturn
 
 from latbench.errors import LatbenchError
 from latbench.farm import NAMESPACE, require_ray
