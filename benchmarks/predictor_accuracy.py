@@ -397,7 +397,7 @@ def _measured_networks(path: Path, device: str, space, minimum: int):
                 ctx = info.context
                 noise = {kind: np.median([r["round_spread"] for r in rows if r["kind"] == kind] or [np.nan])
                          for kind in ("op", "network")}
-                return data, (f"{path} ({ctx.runtime} {ctx.runtime_version}, settings {ctx.settings_hash}; "
+                return data, (f"{path} ({ctx.runtime_label}, settings {ctx.settings_hash}; "
                               f"median round spread: ops {noise['op']:.1%}, networks {noise['network']:.1%})")
     return None, str(path)
 

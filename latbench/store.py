@@ -63,6 +63,14 @@ class Context:
     def as_tuple(self) -> tuple[str, str, str, str]:
         return (self.device, self.runtime, self.runtime_version, self.settings_hash)
 
+    @property
+    def runtime_label(self) -> str:
+        """The runtime as printed: "onnxruntime 1.32.0", but "tflite (benchmark_model 2.16.1)"
+        when the version label names another program than the runtime."""
+        if self.runtime_version.split(" ", 1)[0] == self.runtime:
+            return self.runtime_version
+        return f"{self.runtime} ({self.runtime_version})"
+
 
 @dataclass(frozen=True)
 class Row:
@@ -372,7 +380,7 @@ def latest_table(device: str, db_path: Path | None = None,
             units = [u for u in store.units(info.context) if u]
             if unit not in units:
                 raise LatbenchError(f"unit {unit!r} measured nothing for device {device!r} "
-                                    f"({info.context.runtime} {info.context.runtime_version})",
+                                    f"({info.context.runtime_label})",
                                     f"use one of: {', '.join(units)}" if units else
                                     "these measurements were not made on a farm; drop --unit")
         return info, store.table(info.context, unit=unit)

@@ -92,6 +92,13 @@ def test_a_context_is_the_same_for_the_same_settings(store):
     assert a == b
 
 
+def test_the_runtime_label_names_the_runtime_once():
+    assert Context("d", "onnxruntime", "onnxruntime 1.32.0", "h").runtime_label == "onnxruntime 1.32.0"
+    assert (Context("d", "tflite", "benchmark_model 2.16.1", "h").runtime_label
+            == "tflite (benchmark_model 2.16.1)")
+    assert Context("d", "imported", "hwnasbench-raspi4", "h").runtime_label == "imported (hwnasbench-raspi4)"
+
+
 def test_table_takes_the_median_over_rounds(store):
     ctx = ctx_of(store)
     for rnd, median in enumerate([1.0, 5.0, 2.0]):

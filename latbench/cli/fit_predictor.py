@@ -73,11 +73,11 @@ def run(args) -> int:
     if len(data.specs) < max(MIN_FIT_ROWS, args.folds):
         raise LatbenchError(
             f"only {len(data.specs)} ops measured for {args.device!r} "
-            f"({ctx.runtime} {ctx.runtime_version}); a predictor needs at least "
+            f"({ctx.runtime_label}); a predictor needs at least "
             f"{max(MIN_FIT_ROWS, args.folds)}",
             f"run `latbench collect --device {args.device} --space {space.name}`")
     started = time.perf_counter()
-    output.note(f"device [bold]{args.device}[/]: {ctx.runtime} {ctx.runtime_version}, settings "
+    output.note(f"device [bold]{args.device}[/]: {ctx.runtime_label}, settings "
                 f"{ctx.settings_hash}; {len(data.specs)} ops, {len(data.networks)} networks measured")
     farm_units = {u: n for u, n in units.items() if u}
     if args.unit is not None:

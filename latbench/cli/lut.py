@@ -49,7 +49,7 @@ def run(args) -> int:
         writer.writerows(rows)
         text = buf.getvalue()
     else:
-        output.table(f"{ctx.device}: {ctx.runtime_version}, settings {ctx.settings_hash}, {len(rows)} keys",
+        output.table(f"{ctx.device}: {ctx.runtime_label}, settings {ctx.settings_hash}, {len(rows)} keys",
                      COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
         return 0
     if args.out:
