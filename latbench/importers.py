@@ -83,8 +83,13 @@ def _read(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]:
         handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}", "check the file name") from None
-    text = handle.read()
-    handle.close()
+    try:
+        text = handle.read()
+    except UnicodeDecodeError as exc:
+        raise ImportFormatError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                                f"{exc.start})", "save it as a UTF-8 CSV file") from None
+    finally:
+        handle.close()
     reader = csv.DictReader(text.splitlines())
     header = [h.strip() for h in (reader.fieldnames or [])]
     if not header:
@@ -107,6 +112,11 @@ def detect_format(path: Path) -> str:
     if "arch" in cols and "space" not in cols and not ({"median_ms", "latency_ms"} & cols):
         return "help"
     return "csv"
+
+
+def _format_hint(path: Path) -> str:
+    return (f"its header reads as --format {detect_format(path)}: drop --format to detect it "
+            "(see `latbench import --help` for the formats)")
 
 
 def read(path: Path, fmt: str | None = None, *, source_device: str | None = None,
@@ -151,6 +161,10 @@ def read_generic(path: Path) -> Imported:
             for stat in OPTIONAL_STATS:
                 if row.get(stat):
                     item[stat] = _ms(row[stat], stat)
+            low, high = item.get("p10_ms", item["median_ms"]), item.get("p90_ms", item["median_ms"])
+            if not low <= item["median_ms"] <= high:
+                raise ValueError(f"p10_ms <= median_ms <= p90_ms must hold; got {low:g}, "
+                                 f"{item['median_ms']:g}, {high:g}")
             if row.get("count"):
                 item["count"] = _int(row["count"], "count", 1)
             if row.get("round"):
@@ -207,7 +221,7 @@ def read_hwnasbench(path: Path, source_device: str | None) -> Imported:
     missing = [c for c in HWNASBENCH_COLUMNS if c not in header]
     if missing:
         raise ImportFormatError(f"{path} is not an HW-NAS-Bench block table (no {', '.join(missing)} column)",
-                                "use --format csv for latbench's own schema")
+                                _format_hint(path))
     rows = list(rows)
     devices = sorted({r["device"] for _, r in rows})
     if source_device is None:
@@ -269,7 +283,7 @@ def read_help(path: Path, column: str | None, space_name: str = "fbnet-cifar") -
     header, rows = _read(path)
     if "arch" not in header:
         raise ImportFormatError(f"{path} is not a HELP network table (no arch column)",
-                                "use --format csv for latbench's own schema")
+                                _format_hint(path))
     columns = [c for c in header if c != "arch"]
     if column is None:
         raise UsageError(f"pick the latency column of {path} with --column",
@@ -296,6 +310,8 @@ def read_help(path: Path, column: str | None, space_name: str = "fbnet-cifar") -
 # ---- helpers --------------------------------------------------------------------------------
 
 def _ms(value, name: str) -> float:
+    if value is None:  # csv.DictReader: the row has fewer cells than the header
+        raise ValueError(f"no {name} cell (the row has fewer cells than the header)")
     try:
         ms = float(value)
     except (TypeError, ValueError):
@@ -306,6 +322,8 @@ def _ms(value, name: str) -> float:
 
 
 def _int(value, name: str, low: int) -> int:
+    if value is None:
+        raise ValueError(f"no {name} cell (the row has fewer cells than the header)")
     try:
         number = float(value)
     except (TypeError, ValueError):

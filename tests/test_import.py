@@ -106,11 +106,33 @@ def test_latbench_csv_schema(tmp_path):
     (",fbnet_block,16,32,32,24,fast", "line 2: median_ms must be a number"),
     (",fbnet_block,16,32,32,24,-1", "line 2: median_ms must be a finite number >= 0"),
     (",fbnet_block,16,0,32,24,1.0", "line 2: h must be a whole number >= 1"),
+    (",fbnet_block,16,32,32", "line 2: no cout cell"),
 ])
 def test_a_bad_row_stops_the_import_with_its_line(tmp_path, line, match):
     path = _write(tmp_path / "bad.csv", "key,kind,cin,h,w,cout,median_ms\n" + line + "\n")
     with pytest.raises(importers.ImportFormatError, match=match):
         importers.read(path)
+
+
+def test_spread_columns_must_bracket_the_median(tmp_path):
+    path = _write(tmp_path / "p.csv", "key,median_ms,p10_ms,p90_ms\n"
+                  f"{OpSpec('fbnet_block', 16, 32, 32, 24).key},0.5,0.9,0.1\n")
+    with pytest.raises(importers.ImportFormatError, match="line 2: p10_ms <= median_ms <= p90_ms"):
+        importers.read(path)
+
+
+def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path):
+    path = tmp_path / "bin.csv"
+    path.write_bytes(b"\xff\xfekey,median_ms\n")
+    with pytest.raises(importers.ImportFormatError, match="not UTF-8 text") as err:
+        importers.read(path)
+    assert "UTF-8 CSV" in err.value.hint
+
+
+def test_a_wrong_format_says_which_the_header_reads_as():
+    with pytest.raises(importers.ImportFormatError, match="not a HELP network table") as err:
+        importers.read(BLOCKS, "help")
+    assert "--format hwnasbench" in err.value.hint
 
 
 def test_csv_without_latency_or_item_columns(tmp_path):
@@ -141,6 +163,24 @@ def test_import_command_stores_rows_once(latbench_home, latbench_cli):
         table = store.table(info.context)
     assert sum(r["kind"] == "op" for r in table) == 225
     assert sum(r["kind"] == "network" for r in table) == 5000
+
+
+def test_an_import_does_not_hide_the_devices_other_table(latbench_home, latbench_cli, tmp_path):
+    done = latbench_cli("import", str(BLOCKS), "--device", "pi", "--source-device", "raspi4")
+    assert done.returncode == 0, done.stderr
+    one = _write(tmp_path / "one.csv", f"key,median_ms\n{OpSpec('fbnet_block', 16, 32, 32, 24).key},1.0\n")
+    done = latbench_cli("import", str(one), "--device", "pi")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "already has 225 keys measured with imported (hwnasbench-raspi4)" in done.stderr
+    assert "--source hwnasbench-raspi4" in done.stderr and "--alongside" in done.stderr
+    with Store(latbench_home / "latbench.db") as store:
+        assert len(store.contexts("pi")) == 1  # nothing stored
+    done = latbench_cli("import", str(one), "--device", "pi", "--source", "hwnasbench-raspi4")
+    assert done.returncode == 0 and "imported 1 row (1 op, 0 networks)" in done.stderr, done.stderr
+    done = latbench_cli("import", str(one), "--device", "pi", "--alongside")
+    assert done.returncode == 0, done.stderr
+    with Store(latbench_home / "latbench.db") as store:
+        assert [c.keys for c in store.contexts("pi")] == [1, 226]  # 225 + the key added with --source
 
 
 def test_import_command_errors_are_one_line(latbench_cli, tmp_path):

@@ -33,8 +33,10 @@ examples:
   latbench fit-predictor --device raspi4 --space fbnet-imagenet
 
 Rows are stored with runtime "imported" and the source label as runtime version (e.g.
-hwnasbench-raspi4). fit-predictor uses the device's latest context: to fit ops and whole
-networks of one device together, import both files with the same --source LABEL."""
+hwnasbench-raspi4). fit-predictor and lut read the device's newest table (runtime, version
+and settings): to fit ops and whole networks of one device together, import both files with
+the same --source LABEL. An import that would make a new table for a device that already has
+one is refused (nothing is stored) unless --alongside is given."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -49,6 +51,10 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--space", default="fbnet-cifar", help="help: the space of the archs (default fbnet-cifar)")
     p.add_argument("--source", metavar="LABEL",
                    help="source label stored as the runtime version (default: from the format)")
+    p.add_argument("--alongside", action="store_true",
+                   help="store the rows even though DEVICE already has measurements from another "
+                        "runtime or source (the import becomes its newest table, the one "
+                        "fit-predictor and lut use)")
     p.add_argument("--dry-run", action="store_true", help="parse and report, store nothing")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
@@ -71,6 +77,8 @@ def run(args) -> int:
         with Store(home.db_path()) as store:
             ctx = store.context(args.device, runtime="imported", runtime_version=result.source,
                                 settings=settings)
+            if not args.alongside:
+                _check_no_other_table(store, ctx)
             summary["stored_new"] = store.save_imported(ctx, result.rows, source=str(args.file))
             summary["settings_hash"] = ctx.settings_hash
             summary["ops_in_context"] = len({k for k, _ in store.measured(ctx) if not is_network_key(k)})
@@ -78,9 +86,10 @@ def run(args) -> int:
         output.print_json(summary)
         return 0
     verb = "parsed" if args.dry_run else "imported"
-    output.note(f"{verb} {len(result.rows)} rows ({result.ops} ops, {result.networks} networks) from "
-                f"{args.file} [{result.format}] for device [bold]{args.device}[/] as source "
-                f"{result.source}" + ("" if args.dry_run else f"; {summary['stored_new']} new"))
+    output.note(f"{verb} {_count(len(result.rows), 'row')} ({_count(result.ops, 'op')}, "
+                f"{_count(result.networks, 'network')}) from {args.file} (format {result.format}) for "
+                f"device [bold]{args.device}[/] as source {result.source}"
+                + ("" if args.dry_run else f"; {summary['stored_new']} new"))
     if not args.dry_run:
         hint = (f"fit a predictor: latbench fit-predictor --device {args.device}"
                 if summary["ops_in_context"]
@@ -88,3 +97,26 @@ def run(args) -> int:
                      f"{result.source} to fit a predictor")
         output.note(hint)
     return 0
+
+
+def _check_no_other_table(store, ctx) -> None:
+    """Refuse an import that would hide the device's other measurements: fit-predictor and lut
+    read a device's newest table, and a small CSV would become it."""
+    from latbench.errors import UsageError
+
+    others = [c for c in store.contexts(ctx.device) if c.context != ctx]
+    if not others:
+        return
+    newest = others[0]
+    same_tool = newest.context.runtime == "imported"
+    raise UsageError(
+        f"device {ctx.device!r} already has {newest.keys} keys measured with "
+        f"{newest.context.runtime_label} (settings {newest.context.settings_hash}); this import "
+        "would become its newest table, the one fit-predictor and lut read",
+        (f"pass --source {newest.context.runtime_version} to add to that table, " if same_tool else "")
+        + f"import under another name (--device {ctx.device}-{ctx.runtime_version}), "
+          "or pass --alongside to store it anyway")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
