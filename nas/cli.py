@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=_int_at_least(1), default=10, help="search epochs (default 10)")
     t.add_argument("--warmup-epochs", type=_int_at_least(0), default=2,
-                   help="epochs with theta frozen, weights only (default 2)")
+                   help="epochs with theta frozen, weights only (default 2; --epochs must be more)")
     t.add_argument("--batch-size", type=_int_at_least(1), default=64, help="default 64")
     t.add_argument("--lr", type=_nonneg_float, default=0.1,
                    help="SGD learning rate of the weights (default 0.1, cosine)")

@@ -23,6 +23,10 @@ def job_from_args(args):
             torch_device=args.torch_device)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.epochs <= args.warmup_epochs:
+        raise UsageError(f"--epochs {args.epochs} leaves no epoch to train theta after "
+                         f"--warmup-epochs {args.warmup_epochs}: the search would return its starting point",
+                         f"give --epochs {args.warmup_epochs + 1} or more, or lower --warmup-epochs")
     out = args.out or Path("nas-results") / f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
     return SearchJob(
         costs=args.cost, space=args.space, form=args.form, alpha=args.alpha, beta=args.beta, lam=args.lam,

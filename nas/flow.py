@@ -6,6 +6,8 @@ Kept apart from the CLI so benchmarks (and users' scripts) run the same flow.
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +202,27 @@ def verify_devices(job: SearchJob, costs: list[LoadedCost]) -> list[str]:
     return list(dict.fromkeys(devices))
 
 
+def check_after_search(job: SearchJob, devices: list[str]) -> bool:
+    """Fail now, not after minutes of training, on what the steps after the search need: a
+    profile for every --verify device, and an --out that can be written (made here, on the
+    rank that writes). True when this made the --out folder."""
+    from latbench.profiles import load_profile
+
+    for device in devices:
+        load_profile(device)
+    if os.environ.get("RANK", "0") != "0":
+        return False
+    out = Path(job.out_dir)
+    made = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        raise UsageError(f"cannot write the results under --out {out}: {exc.strerror or exc}",
+                         "give a folder you can write with --out") from None
+    return made
+
+
 def run_job(job: SearchJob, hooks: Hooks | None = None, loader=None) -> dict | None:
     """Run a search end to end; returns the result (also written to out_dir/result.json).
 
@@ -209,12 +232,19 @@ def run_job(job: SearchJob, hooks: Hooks | None = None, loader=None) -> dict | N
     started = time.time()
     space, costs, form, pick = prepare(job, loader)
     devices = verify_devices(job, costs) if job.verify else []
-    world, torch_device = init_world(job.config.torch_device)
+    made_out = check_after_search(job, devices)
     try:
-        job = dataclasses.replace(job, config=dataclasses.replace(job.config, torch_device=torch_device))
-        return _run_job(job, hooks, world, space, costs, form, pick, devices, started)
-    finally:
-        world.close()
+        world, torch_device = init_world(job.config.torch_device)
+        try:
+            job = dataclasses.replace(job, config=dataclasses.replace(job.config, torch_device=torch_device))
+            return _run_job(job, hooks, world, space, costs, form, pick, devices, started)
+        finally:
+            world.close()
+    except BaseException:
+        out = Path(job.out_dir)
+        if made_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a search that stopped leaves no empty result folder behind
+        raise
 
 
 def _run_job(job: SearchJob, hooks: Hooks, world, space, costs, form, pick, devices, started) -> dict | None:

@@ -52,6 +52,10 @@ def test_help_has_examples(latbench_home):
     (["--cost", "flops", "--data", "cifar10:/no/such/dir"], 1, "does not exist"),
     (["--cost", "flops", "--target-flops", "lots"], 2, "not a number"),
     (["--cost", "flops", "--verify"], 2, "--verify-device"),
+    (["--cost", "flops", "--epochs", "2"], 2, "no epoch to train theta after --warmup-epochs 2"),
+    (["--cost", "flops", "--verify", "--verify-device", "nope"], 2, "unknown device 'nope'"),
+    (["--cost", "flops", "--out", "/proc/latbench-results"], 2, "cannot write the results under --out"),
+    (["--cost", "flops", "--out", "/etc/hostname/results"], 2, "Not a directory"),
     (["--cost", "flops", "--width-mult", "9"], 2, "width_mult"),
     (["--cost", "flops", "--target-flops", "80M", "--pick", "argmax"], 2, "not used by the fbnet form"),
     (["--cost", "flops", "--pick", "target"], 2, "--pick target needs a target"),
@@ -59,6 +63,14 @@ def test_help_has_examples(latbench_home):
 def test_user_errors_are_one_line(latbench_home, args, code, words):
     done = nas("search", *args, home=latbench_home)
     assert words in one_line_error(done, code)
+
+
+def test_a_search_that_stops_leaves_no_empty_result_folder(latbench_home, tmp_path):
+    out = tmp_path / "results" / "run"
+    done = nas("search", "--cost", "flops", "--data", "cifar10:/no/such/dir", "--out", str(out),
+               home=latbench_home)
+    assert "does not exist" in one_line_error(done, 1)
+    assert not out.exists() and (tmp_path / "results").is_dir()
 
 
 def test_cuda_without_a_gpu_is_a_usage_error(latbench_home):
