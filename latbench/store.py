@@ -358,6 +358,25 @@ def summarize_rounds(key: str, rows: list[Row]) -> dict:
     }
 
 
+def _no_measurements(device: str, measured: list[str]) -> Exception:
+    """The error for a device with nothing stored: collect it if a profile has that name,
+    else (a typo, or an import under another name) a usage error naming what there is."""
+    import difflib
+
+    from latbench.errors import LatbenchError, UsageError
+    from latbench.profiles import list_profiles
+
+    listed = f"; measured devices: {', '.join(measured)}" if measured else ""
+    if device in list_profiles():
+        return LatbenchError(f"no measurements for device {device!r}",
+                             f"run `latbench collect --device {device}`{listed}")
+    close = difflib.get_close_matches(device, measured, n=1)
+    return UsageError(f"no measurements and no device profile named {device!r}",
+                      (f"did you mean {close[0]!r}? " if close else "")
+                      + f"measure it with `latbench collect` (see `latbench devices`) or bring its "
+                        f"measurements with `latbench import`{listed}")
+
+
 def latest_table(device: str, db_path: Path | None = None,
                  unit: str | None = None) -> tuple[ContextInfo, list[dict]]:
     """The per-key table of a device's most recently measured context (of one farm `unit`, or
@@ -373,9 +392,7 @@ def latest_table(device: str, db_path: Path | None = None,
         info = store.latest_context(device)
         if info is None:
             known = sorted({c.context.device for c in store.contexts()})
-            raise LatbenchError(f"no measurements for device {device!r}",
-                                f"run `latbench collect --device {device}`"
-                                + (f"; measured devices: {', '.join(known)}" if known else ""))
+            raise _no_measurements(device, known)
         if unit is not None:
             units = [u for u in store.units(info.context) if u]
             if unit not in units:

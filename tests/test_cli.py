@@ -142,6 +142,18 @@ def test_lut_of_a_device_never_measured_is_one_line(cli, collected):
     assert "test-local" in line  # names the devices that were measured
 
 
+def test_lut_of_a_name_with_no_profile_and_no_measurements_is_a_usage_error(cli, collected):
+    code, _, err = cli("lut", "--device", "test-locall")
+    assert code == 2
+    line = one_line(err)
+    assert "no device profile named 'test-locall'" in line and "did you mean 'test-local'?" in line
+
+
+def test_lut_out_in_a_missing_folder_is_one_line(cli, collected, fast_profile, tmp_path):
+    code, _, err = cli("lut", "--device", fast_profile, "--csv", "--out", str(tmp_path / "no" / "lut.csv"))
+    assert code == 2 and "cannot write" in one_line(err)
+
+
 def test_lut_with_no_database_is_one_line(latbench_cli):
     res = latbench_cli("lut", "--device", "local")
     assert res.returncode == 1

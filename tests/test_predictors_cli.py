@@ -45,6 +45,8 @@ def test_fit_without_networks_saves_a_loadable_plain_sum_predictor(imported, lat
     assert ops["predictor"]["acc_10"] > ops["flops_linear"]["acc_10"]
     assert report["coverage"]["fraction"] == 1.0
     assert "no measured networks" in done.stderr and "plain sum" in done.stderr
+    words = " ".join(done.stderr.split())  # rich wraps long notes
+    assert "latbench import ... --device pi --source pi-tables" in words  # no collect: no profile
     folder = imported / "predictors" / "pi"
     assert {p.name for p in folder.iterdir()} == FILES
     assert (folder / "predicted_vs_measured.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -83,10 +85,13 @@ def test_fit_with_networks_reports_held_out_networks_and_baselines(imported, lat
 
 def test_fit_predictor_errors(latbench_home, latbench_cli, imported):
     done = latbench_cli("fit-predictor", "--device", "phone")
-    assert done.returncode == 1 and done.stderr.count("\n") == 1
-    assert "no measurements for device 'phone'" in done.stderr and "pi" in done.stderr
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "no device profile named 'phone'" in done.stderr and "measured devices: pi" in done.stderr
     done = latbench_cli("fit-predictor", "--device", "pi", "--folds", "1")
     assert done.returncode == 2
+    done = latbench_cli("fit-predictor", "--device", "pi", "--folds", "500")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "--folds 500 is more than the 225 ops" in done.stderr and "--folds 5 or fewer" in done.stderr
 
 
 def test_fit_predictor_without_a_database(latbench_cli):

@@ -56,7 +56,7 @@ def _folds(text: str) -> int:
 
 
 def run(args) -> int:
-    from latbench.errors import LatbenchError
+    from latbench.errors import LatbenchError, UsageError
     from latbench.spaces import get_space
     from latbench.store import latest_table
     from predictors import artifact, metrics, selection, training
@@ -70,12 +70,15 @@ def run(args) -> int:
     ctx = info.context
     units = _units(info.context)
     data = training.from_rows(rows)
-    if len(data.specs) < max(MIN_FIT_ROWS, args.folds):
+    if len(data.specs) < MIN_FIT_ROWS:
         raise LatbenchError(
             f"only {len(data.specs)} ops measured for {args.device!r} "
-            f"({ctx.runtime_label}); a predictor needs at least "
-            f"{max(MIN_FIT_ROWS, args.folds)}",
-            f"run `latbench collect --device {args.device} --space {space.name}`")
+            f"({ctx.runtime_label}); a predictor needs at least {MIN_FIT_ROWS}",
+            f"run `latbench collect --device {args.device} --space {space.name}`"
+            if ctx.runtime != "imported" else "import the device's op measurements (`latbench import`)")
+    if len(data.specs) < args.folds:
+        raise UsageError(f"--folds {args.folds} is more than the {len(data.specs)} ops measured for "
+                         f"{args.device!r}", f"give --folds {min(5, len(data.specs))} or fewer")
     started = time.perf_counter()
     output.note(f"device [bold]{args.device}[/]: {ctx.runtime_label}, settings "
                 f"{ctx.settings_hash}; {len(data.specs)} ops, {len(data.networks)} networks measured")
@@ -144,7 +147,7 @@ def run(args) -> int:
     report["artifact"] = str(directory)
     if args.json:
         output.print_json(report)
-        _notes(predictor, data, coverage, directory, args, stderr_only=True)
+        _notes(predictor, data, coverage, directory, args, ctx, stderr_only=True)
         return 0
     rows = [metrics.format_row("gbdt (chosen)", ops_eval["predictor"]),
             metrics.format_row("flops_linear", ops_eval["flops_linear"]),
@@ -164,7 +167,7 @@ def run(args) -> int:
                        t["settings"]["base"], t["settings"]["split"], f"{t['metrics']['log_error']:.4f}",
                        f"{100 * t['metrics']['acc_10']:.1f}", f"{100 * t['metrics']['mape']:.1f}"]
                       for t in tried])
-    _notes(predictor, data, coverage, directory, args)
+    _notes(predictor, data, coverage, directory, args, ctx)
     return 0
 
 
@@ -186,13 +189,15 @@ def _network_eval(predictor, data, args, selection):
                                        correction=args.correction, folds=args.folds, seed=args.seed)
 
 
-def _notes(predictor, data, coverage, directory, args, stderr_only: bool = False) -> None:
+def _notes(predictor, data, coverage, directory, args, ctx, stderr_only: bool = False) -> None:
     output.note(f"coverage: {coverage}")
     output.note(predictor.describe())
     if not data.networks:
         output.note(f"note: no measured networks for {args.device}: a network's latency is the plain "
-                    f"sum of its ops' latencies, without network-level correction (measure some with "
-                    f"`latbench collect --device {args.device} --networks 20`)")
+                    f"sum of its ops' latencies, without network-level correction ("
+                    + (f"import measured networks with `latbench import ... --device {args.device} "
+                       f"--source {ctx.runtime_version}`)" if ctx.runtime == "imported" else
+                       f"measure some with `latbench collect --device {args.device} --networks 20`)"))
     elif len(data.networks) < 2:
         output.note("note: one measured network: the correction is fitted but cannot be cross-validated")
     output.note(f"saved {directory} (load with predictors.load(\"latbench:{directory.name}\"))")

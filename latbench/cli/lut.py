@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from latbench.cli import output
+from latbench.errors import UsageError
 
 COLUMNS = ["key", "kind", "median_ms", "p10_ms", "p90_ms", "round_spread", "rounds", "count"]
 EXAMPLES = """\
@@ -53,7 +54,11 @@ def run(args) -> int:
                      COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
         return 0
     if args.out:
-        args.out.write_text(text)
+        try:
+            args.out.write_text(text)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}",
+                             "give --out a path in a folder that exists and you can write") from None
         output.note(f"wrote {len(rows)} rows to {args.out}")
     else:
         sys.stdout.write(text)

@@ -81,7 +81,7 @@ def guarded(prog: str, call, *, debug: bool, cancelled: str) -> int:
         if debug:
             raise
         sys.stderr.write(f"{prog}: internal error: {type(exc).__name__}: {exc} "
-                         f"(re-run with --debug for the traceback and please report it)\n")
+                         f"(re-run with LATBENCH_DEBUG=1 for the traceback, and please report it)\n")
         return exit_codes.ERROR
 
 
