@@ -16,6 +16,7 @@ raises one `ArtifactError` that names the file and says to re-run fit-predictor.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import platform
@@ -134,8 +135,11 @@ def load(directory: Path, device: str | None = None) -> LatencyPredictor:
     refit = f"re-run `{fit}`"
     manifest_path = directory / MANIFEST
     if not manifest_path.exists():
+        fitted = sorted(m.parent.name for m in directory.parent.glob(f"*/{MANIFEST}"))
+        close = difflib.get_close_matches(directory.name, fitted, n=1)
         raise ArtifactError(f"no fitted predictor for device {device!r} ({manifest_path} does not exist)",
-                            f"run `{fit}`")
+                            (f"did you mean {close[0]!r}? " if close else "")
+                            + (f"fitted: {', '.join(fitted)}; or " if fitted else "") + f"run `{fit}`")
     manifest = _read_json(manifest_path, refit)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{manifest_path} is not a latbench predictor manifest", refit)

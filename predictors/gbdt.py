@@ -212,8 +212,21 @@ class GBDTPredictor(Estimator):
         if list(meta["feature_names"]) != expected:
             raise ValueError(f"its feature list differs from this version's {est.features!r} features")
         est.bases_ = [base_from_dict(d) for d in meta["bases"]]
-        est.boosters_ = {name: [lgb.Booster(model_str=models[f]) for f in files]
+        est.boosters_ = {name: [lgb.Booster(model_str=_model_text(f, models[f])) for f in files]
                          for name, files in meta["models"].items()}
         est.feature_names_in_ = tuple(expected)
         est.n_features_in_ = len(expected)
         return est
+
+
+#: Header lines every LightGBM text model has; LightGBM itself prints "[LightGBM] [Fatal]" to
+#: the C stdout before it raises on a text without them.
+_MODEL_HEADER = ("tree", "num_class=", "num_tree_per_iteration=", "label_index=", "max_feature_idx=")
+
+
+def _model_text(name: str, text: str) -> str:
+    head = text[:4096].splitlines()
+    for line in _MODEL_HEADER:
+        if not any(h.startswith(line) for h in head):
+            raise ValueError(f"{name} is not a LightGBM text model (no {line.rstrip('=')!r} line)")
+    return text

@@ -115,6 +115,12 @@ def test_missing_file_and_bad_manifest(saved):
         artifact.load(saved)
 
 
+def test_a_name_never_fitted_suggests_the_close_one(saved):
+    with pytest.raises(ArtifactError, match="no fitted predictor for device 'raspi' ") as err:
+        artifact.load(saved.parent / "raspi")
+    assert "did you mean 'raspi4'?" in err.value.hint and "fitted: raspi4" in err.value.hint
+
+
 @pytest.mark.parametrize("change, match", [
     ({"format_version": 99}, "format version 99; this latbench reads version 1"),
     ({"feature_names": ["cin", "h"]}, "feature list differs"),
@@ -138,8 +144,13 @@ def test_a_model_file_whose_checksum_was_updated_still_fails_clearly(saved):
     manifest = json.loads((saved / "manifest.json").read_text())
     manifest["files"][path.name] = artifact._sha256(path.read_bytes())
     (saved / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="cannot read the gbdt_.*txt models.*fit-predictor"):
+    with pytest.raises(ArtifactError, match="cannot read the gbdt_.*txt models.*not a LightGBM text "
+                                            "model.*fit-predictor"):
         artifact.load(saved)
+    # LightGBM would print "[LightGBM] [Fatal] ..." on the C stdout (seen only at exit) first.
+    code = f"from predictors import artifact\ntry: artifact.load({str(saved)!r})\nexcept Exception: pass\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "[LightGBM]" not in done.stdout + done.stderr
 
 
 def test_loading_a_fitted_predictor_needs_no_torch(saved, tmp_path):
