@@ -224,13 +224,18 @@ def parse_profile(path: Path) -> DeviceProfile:
         raise bad("threads", f"must be an int >= 1; got {values['threads']}", "set threads: 1 or more")
     if values["timeout_s"] <= 0:
         raise bad("timeout_s", f"must be > 0; got {values['timeout_s']}", "set timeout_s: seconds a batch may take")
+    known_protocol = list(Protocol().to_dict())
+    for key in values["protocol"]:
+        if key not in known_protocol:
+            close = difflib.get_close_matches(str(key), known_protocol, n=1)
+            raise bad("protocol", f"has an unknown setting {key!r}",
+                      f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known_protocol)}")
     try:
         values["protocol"] = Protocol(**values["protocol"])
-    except TypeError as exc:
-        raise bad("protocol", f"has an unknown setting ({exc})",
-                  f"known: {', '.join(Protocol().to_dict())}") from None
-    except ValueError as exc:
-        raise bad("protocol", str(exc), "fix that setting in the profile") from None
+    except (TypeError, ValueError) as exc:
+        # Protocol's own check reads "The 'rel_ci' parameter of Protocol must be ... Got -1."
+        text = re.sub(r"^The '(\w+)' parameter of Protocol", r"setting '\1'", str(exc)).rstrip(".")
+        raise bad("protocol", text[:1].lower() + text[1:], "fix that setting in the profile") from None
     for section, known in (("thermal", _THERMAL_FIELDS), ("retry", _RETRY_FIELDS)):
         for key, value in values[section].items():
             if key not in known:

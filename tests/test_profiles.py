@@ -79,19 +79,23 @@ def test_bad_choice_suggests_the_close_one(tmp_path, field, value, suggestion):
 
 
 @pytest.mark.parametrize("protocol, words", [
-    ("{runs: 0}", ["'runs' parameter of Protocol must be an int >= 1", "Got 0"]),
+    ("{runs: 0}", ["setting 'runs' must be an int >= 1", "Got 0"]),
     ("{warmup_s: -1}", ["'warmup_s'", ">= 0"]),
     ("{runs: 10, max_runs: 5}", ["'max_runs'", ">= runs"]),
     ("{rounds: 1.5}", ["'rounds'", "an int"]),
     ("{warmups: 3}", ["unknown setting", "warmups"]),
+    ("{rouns: 5}", ["unknown setting 'rouns'"]),
 ])
 def test_bad_protocol_values_name_the_setting(tmp_path, protocol, words):
     err = error_of(write(tmp_path, f"transport: local\nprotocol: {protocol}\n"))
     assert "'protocol'" in err.message
     for word in words:
         assert word in err.message
-    if "unknown" in words[0]:
-        assert "warmup_runs" in err.hint  # lists the known settings
+    assert "Protocol" not in err.message and "__init__" not in err.message
+    if protocol == "{warmups: 3}":
+        assert "did you mean 'warmup_s'?" in err.hint or "did you mean 'warmup_runs'?" in err.hint
+    if protocol == "{rouns: 5}":
+        assert "did you mean 'rounds'?" in err.hint
 
 
 def test_ssh_without_host_says_to_add_it(tmp_path):
