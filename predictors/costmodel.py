@@ -6,6 +6,7 @@
 - ``network_op_costs(specs) -> np.ndarray``: what each op adds to a network it is part of
   (``predict_ops``, but for ops a network does not run: see LatencyPredictor);
 - ``cost_table(space) -> np.ndarray`` of shape (space.num_layers, space.num_candidates);
+  everywhere, ``space`` is a `latbench.spaces` space or its name (``"fbnet-cifar"``);
 - ``fixed_cost(space) -> float``: stem + head conv + avgpool + fc;
 - ``correct(total)``: the network-level correction applied to a summed cost (identity
   for analytic costs). For every arch,
@@ -33,7 +34,9 @@ class CostModel:
 
     def _network_ops(self, specs_or_space, arch) -> Sequence[OpSpec]:
         if arch is not None:
-            return specs_or_space.network(arch).ops
+            return as_space(specs_or_space).network(arch).ops
+        if isinstance(specs_or_space, str):
+            raise TypeError("predict_network(space, arch): give the arch of the space")
         if isinstance(specs_or_space, Network):
             return specs_or_space.ops
         if hasattr(specs_or_space, "network"):
@@ -52,6 +55,7 @@ class CostModel:
 
     def predict_networks(self, space, archs: Sequence[Sequence[int]]) -> np.ndarray:
         """`predict_network` of many archs of one space at once (one table lookup per layer)."""
+        space = as_space(space)
         archs = np.asarray([space.check_arch(a) for a in archs], dtype=np.int64).reshape(-1, space.num_layers)
         table = self.cost_table(space)
         totals = table[np.arange(space.num_layers)[None, :], archs].sum(axis=1) + self.fixed_cost(space)
@@ -59,6 +63,7 @@ class CostModel:
 
     def cost_table(self, space) -> np.ndarray:
         """What candidate c adds at layer l, shape (num_layers, num_candidates), uncorrected."""
+        space = as_space(space)
         specs = [space.candidate_op(layer, cand) for layer in range(space.num_layers)
                  for cand in range(space.num_candidates)]
         return np.asarray(self.network_op_costs(specs), dtype=np.float64).reshape(
@@ -66,4 +71,13 @@ class CostModel:
 
     def fixed_cost(self, space) -> float:
         """Cost of the ops every arch has: stem, head conv, avgpool, fc (uncorrected)."""
-        return float(np.sum(self.network_op_costs(list(space.fixed_ops()))))
+        return float(np.sum(self.network_op_costs(list(as_space(space).fixed_ops()))))
+
+
+def as_space(space):
+    """A search space from itself or its name (`latbench.spaces.get_space`)."""
+    if isinstance(space, str):
+        from latbench.spaces import get_space
+
+        return get_space(space)
+    return space

@@ -298,6 +298,13 @@ def test_analytic_costs_and_cost_specs():
     assert table.shape == (space.num_layers, space.num_candidates)
     assert table[3, 2] == space.candidate_op(3, 2).flops
     assert flops.fixed_cost(space) == sum(op.flops for op in space.fixed_ops())
+    # The space's name does as well as the space.
+    assert flops.predict_network("fbnet-cifar", arch) == space.network(arch).flops
+    np.testing.assert_array_equal(flops.cost_table("fbnet-cifar"), table)
+    assert flops.fixed_cost("fbnet-cifar") == flops.fixed_cost(space)
+    np.testing.assert_array_equal(flops.predict_networks("fbnet-cifar", [arch]), [space.network(arch).flops])
+    with pytest.raises(TypeError, match="give the arch"):
+        flops.predict_network("fbnet-cifar")
     with pytest.raises(UsageError, match="unknown cost spec"):
         predictors.load("latency")
 
