@@ -129,7 +129,9 @@ def assign_targets(costs: list[LoadedCost], targets: dict[str, list[float]]) -> 
         mine = [c for c in costs if c.unit == unit]
         option = TARGET_OPTIONS.get(unit, f"--target for {unit}")
         if values and not mine:
-            raise ValueError(f"{option} was given but no --cost is in {unit}")
+            raise ValueError(f"{option} was given but no --cost is in {unit} (costs given: "
+                             f"{', '.join(c.spec + ' in ' + c.unit for c in costs)}); add a --cost in "
+                             f"{unit} ({'latbench:DEVICE' if unit == 'ms' else unit}) or drop {option}")
         if len(values) == 1:
             for c in mine:
                 c.target = values[0]

@@ -57,7 +57,7 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
             add(check, "skipped", "not logged in" if answered else "device not reachable")
         return rows
     try:
-        add("reachable", "ok", f"{profile.transport} {where}")
+        add("reachable", "ok", "this host" if profile.transport == "local" else f"{profile.transport} {where}")
         trusted = getattr(transport, "trusted_new_key", None)
         add("auth", "ok", "not needed" if profile.transport == "local" else
             "logged in" + (f"; trusted and remembered the new host key {trusted}" if trusted else ""))
