@@ -241,7 +241,7 @@ def test_connection_failures_are_one_line_with_the_fix(tmp_path, adb_key):
         address = f"127.0.0.1:{other.getsockname()[1]}"
         with pytest.raises(DeviceError) as err:
             open_transport(make_profile(tmp_path, address, adb_key, connect_timeout_s=1)).connect()
-        assert "does not speak the adb protocol" in err.value.message
+        assert "does not speak the adb protocol (it answered 'SSH-'..., not an adb message)" in err.value.message
 
 
 def test_profile_mistakes_name_the_setting(tmp_path, adb_key):

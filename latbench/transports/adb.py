@@ -316,7 +316,7 @@ class ADBTransport(Transport):
             err = DeviceError(f"{self.where} closed the adb connection during the handshake",
                               "the phone may be rebooting; wait, check `adb devices`, then re-run")
         elif isinstance(exc, (ae.InvalidResponseError, ae.InvalidCommandError, ae.InvalidChecksumError)):
-            err = DeviceError(f"{self.where} does not speak the adb protocol ({exc})"[:300],
+            err = DeviceError(f"{self.where} does not speak the adb protocol ({_not_adb(exc)})",
                               f"check connection.address in {self._src}: the adb port is 5555 "
                               "unless `adb tcpip` was given another")
         elif isinstance(exc, (ae.UsbReadFailedError, ae.UsbWriteFailedError)):
@@ -594,3 +594,16 @@ def parse_device_info(text: str) -> dict:
     temps = out["temperatures_c"].values()
     out["max_temperature_c"] = max(temps) if temps else None
     return out
+
+
+def _not_adb(exc: Exception) -> str:
+    """What answered instead of adb, readably: adb-shell reports the first 4 bytes as an int
+    ("Unknown command: 1347703880 = 'b'HTTP'' (arg0 = ...)")."""
+    found = re.search(r"Unknown command: (\d+)", str(exc))
+    if found:
+        head = int(found.group(1)).to_bytes(4, "little", signed=False) if int(found.group(1)) < 2**32 else b""
+        text = head.decode("ascii", "replace") if head else ""
+        if text.isprintable() and text.strip():
+            return f"it answered {text!r}..., not an adb message" + (" (an HTTP server?)" if text == "HTTP" else "")
+        return "its answer is not an adb message"
+    return (str(exc) or type(exc).__name__)[:200]
