@@ -163,7 +163,7 @@ def read_generic(path: Path) -> Imported:
                     item[stat] = _ms(row[stat], stat)
             low, high = item.get("p10_ms", item["median_ms"]), item.get("p90_ms", item["median_ms"])
             if not low <= item["median_ms"] <= high:
-                raise ValueError(f"p10_ms <= median_ms <= p90_ms must hold; got {low:g}, "
+                raise ValueError(f"p10_ms <= {latency_col} <= p90_ms must hold; got {low:g}, "
                                  f"{item['median_ms']:g}, {high:g}")
             if row.get("count"):
                 item["count"] = _int(row["count"], "count", 1)

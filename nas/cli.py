@@ -56,8 +56,7 @@ def _amount(text: str) -> float:
     try:
         value = float(t) * scale
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r} (e.g. 1.5 for ms; 150M or 1.2G for "
-                                         "FLOPs and params)") from None
+        raise argparse.ArgumentTypeError(f"not a number: {text!r} (e.g. 1.5, 3e8, 150M, 1.2G)") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value

@@ -102,7 +102,7 @@ def print_summary(result: dict) -> None:
                  ["", "arch", "predicted", "supernet acc", "skip", "log P"], rows)
     if "retrained" in final:
         r = final["retrained"]
-        output.note(f"final arch retrained alone for {r['epochs']} epoch{'' if r['epochs'] == 1 else 's'}: "
+        output.note(f"final arch retrained alone for {output.plural(r['epochs'], 'epoch')}: "
                     f"accuracy {r['accuracy']:.1%}")
     if result["verify"]:
         output.table("measured vs predicted (final arch)",

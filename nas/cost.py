@@ -130,8 +130,8 @@ def assign_targets(costs: list[LoadedCost], targets: dict[str, list[float]]) -> 
         option = TARGET_OPTIONS.get(unit, f"--target for {unit}")
         if values and not mine:
             raise ValueError(f"{option} was given but no --cost is in {unit} (costs given: "
-                             f"{', '.join(c.spec + ' in ' + c.unit for c in costs)}); add a --cost in "
-                             f"{unit} ({'latbench:DEVICE' if unit == 'ms' else unit}) or drop {option}")
+                             f"{', '.join(c.spec for c in costs)}); add --cost "
+                             f"{'latbench:DEVICE' if unit == 'ms' else unit} or drop {option}")
         if len(values) == 1:
             for c in mine:
                 c.target = values[0]

@@ -18,7 +18,7 @@ import torch
 from latbench.errors import UsageError
 from nas.cost import CostForm, LoadedCost, TARGET_OPTIONS, assign_targets, load_costs
 from nas.data import load_data
-from nas.distributed import init_world
+from nas.distributed import init_world, launched_by_torchrun
 from nas.result import RESULT_FILE, export_network, write_json
 from nas.search import SearchConfig, retrain, run_search, skip_share, supernet_accuracy
 from nas.verify import measure_networks
@@ -210,9 +210,12 @@ def check_after_search(job: SearchJob, devices: list[str]) -> bool:
 
     for device in devices:
         load_profile(device)
-    if os.environ.get("RANK", "0") != "0":
+    if launched_by_torchrun() and int(os.environ["RANK"]) != 0:
         return False
     out = Path(job.out_dir)
+    if (out / RESULT_FILE).exists():
+        raise UsageError(f"--out {out} already holds the result of a search ({RESULT_FILE})",
+                         "give a new --out, or move that result away")
     made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)

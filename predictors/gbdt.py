@@ -219,14 +219,14 @@ class GBDTPredictor(Estimator):
         return est
 
 
-#: Header lines every LightGBM text model has; LightGBM itself prints "[LightGBM] [Fatal]" to
-#: the C stdout before it raises on a text without them.
-_MODEL_HEADER = ("tree", "num_class=", "num_tree_per_iteration=", "label_index=", "max_feature_idx=")
+#: Header lines LightGBM needs in a text model: without one, it prints "[LightGBM] [Fatal]" to
+#: the C stdout before it raises.
+_MODEL_HEADER = ("num_class=", "label_index=", "max_feature_idx=")
 
 
 def _model_text(name: str, text: str) -> str:
     head = text[:4096].splitlines()
     for line in _MODEL_HEADER:
         if not any(h.startswith(line) for h in head):
-            raise ValueError(f"{name} is not a LightGBM text model (no {line.rstrip('=')!r} line)")
+            raise ValueError(f"{name} is not a LightGBM text model (no {line[:-1]!r} line)")
     return text

@@ -175,12 +175,18 @@ def test_an_import_does_not_hide_the_devices_other_table(latbench_home, latbench
     assert "--source hwnasbench-raspi4" in done.stderr and "--alongside" in done.stderr
     with Store(latbench_home / "latbench.db") as store:
         assert len(store.contexts("pi")) == 1  # nothing stored
+    dry = latbench_cli("import", str(one), "--device", "pi", "--dry-run")
+    assert dry.returncode == 2 and "already has 225 keys" in dry.stderr  # says what the import would
     done = latbench_cli("import", str(one), "--device", "pi", "--source", "hwnasbench-raspi4")
     assert done.returncode == 0 and "imported 1 row (1 op, 0 networks)" in done.stderr, done.stderr
     done = latbench_cli("import", str(one), "--device", "pi", "--alongside")
     assert done.returncode == 0, done.stderr
     with Store(latbench_home / "latbench.db") as store:
         assert [c.keys for c in store.contexts("pi")] == [1, 226]  # 225 + the key added with --source
+    again = latbench_cli("import", str(one), "--device", "pi")  # into the newest table: allowed
+    assert again.returncode == 0, again.stderr
+    older = latbench_cli("import", str(BLOCKS), "--device", "pi", "--source-device", "raspi4")
+    assert older.returncode == 2 and "already has 1 key measured with imported (csv-one)" in older.stderr
 
 
 def test_import_command_errors_are_one_line(latbench_cli, tmp_path):

@@ -55,7 +55,6 @@ def test_help_has_examples(latbench_home):
     (["--cost", "flops", "--epochs", "2"], 2, "no epoch to train theta after --warmup-epochs 2"),
     (["--cost", "flops", "--verify", "--verify-device", "nope"], 2, "unknown device 'nope'"),
     (["--cost", "flops", "--out", "/proc/latbench-results"], 2, "cannot write the results under --out"),
-    (["--cost", "flops", "--out", "/etc/hostname/results"], 2, "Not a directory"),
     (["--cost", "flops", "--width-mult", "9"], 2, "width_mult"),
     (["--cost", "flops", "--target-flops", "80M", "--pick", "argmax"], 2, "not used by the fbnet form"),
     (["--cost", "flops", "--pick", "target"], 2, "--pick target needs a target"),
@@ -63,6 +62,17 @@ def test_help_has_examples(latbench_home):
 def test_user_errors_are_one_line(latbench_home, args, code, words):
     done = nas("search", *args, home=latbench_home)
     assert words in one_line_error(done, code)
+
+
+def test_an_out_that_cannot_take_the_result_fails_before_training(latbench_home, tmp_path):
+    (tmp_path / "file").write_text("")
+    done = nas("search", "--cost", "flops", "--out", str(tmp_path / "file" / "run"), home=latbench_home)
+    assert "cannot write the results under --out" in one_line_error(done, 2)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "result.json").write_text("{}")
+    done = nas("search", "--cost", "flops", "--out", str(tmp_path / "old"), home=latbench_home)
+    assert "already holds the result of a search" in one_line_error(done, 2)
+    assert (tmp_path / "old" / "result.json").read_text() == "{}"
 
 
 def test_a_search_that_stops_leaves_no_empty_result_folder(latbench_home, tmp_path):

@@ -153,6 +153,19 @@ def test_a_model_file_whose_checksum_was_updated_still_fails_clearly(saved):
     assert done.returncode == 0 and "[LightGBM]" not in done.stdout + done.stderr
 
 
+def test_the_model_header_check_takes_what_lightgbm_loads(saved):
+    import lightgbm as lgb
+
+    from predictors.gbdt import _model_text
+
+    text = (saved / "gbdt_pooled_0.txt").read_text()
+    older = "".join(line for line in text.splitlines(keepends=True)
+                    if not line.startswith("num_tree_per_iteration="))  # LightGBM defaults it
+    lgb.Booster(model_str=_model_text("m.txt", older))
+    with pytest.raises(ValueError, match="no 'label_index' line"):
+        _model_text("m.txt", text.replace("label_index=", "label=", 1))
+
+
 def test_loading_a_fitted_predictor_needs_no_torch(saved, tmp_path):
     code = ("import sys\n"
             "from pathlib import Path\n"

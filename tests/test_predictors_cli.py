@@ -91,7 +91,7 @@ def test_fit_predictor_errors(latbench_home, latbench_cli, imported):
     assert done.returncode == 2
     done = latbench_cli("fit-predictor", "--device", "pi", "--folds", "500")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
-    assert "--folds 500 is more than the 225 ops" in done.stderr and "--folds 5 or fewer" in done.stderr
+    assert "--folds 500 is more than the 225 ops" in done.stderr and "--folds 225 or fewer" in done.stderr
 
 
 def test_fit_predictor_without_a_database(latbench_cli):

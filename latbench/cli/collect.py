@@ -74,11 +74,11 @@ def run(args) -> int:
         p = profile.protocol
         output.note(
             f"device [bold]{profile.name}[/] ({profile.transport}, {profile.source})\n"
-            f"runtime {plan.runtime_label}, {profile.threads} thread(s), format {profile.format}, "
+            f"runtime {plan.context.runtime_label}, {profile.threads} thread(s), format {profile.format}, "
             f"runner {profile.runner}\n"
             f"protocol: warm-up >= {p.warmup_runs} runs and {p.warmup_s:g} s; timed >= {p.runs} runs and "
             f"{p.min_time_s:g} s (max {p.max_runs})"
-            + (f", then on until the median is within +-{p.rel_ci:.0%} (95% CI) or {p.max_time_s:g} s"
+            + (f", then on until the median is within +-{100 * p.rel_ci:g}% (95% CI) or {p.max_time_s:g} s"
                if p.rel_ci > 0 else "")
             + f"; {collector.rounds} round(s), shuffled; "
             f"settings {plan.context.settings_hash}\n"

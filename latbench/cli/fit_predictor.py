@@ -78,7 +78,7 @@ def run(args) -> int:
             if ctx.runtime != "imported" else "import the device's op measurements (`latbench import`)")
     if len(data.specs) < args.folds:
         raise UsageError(f"--folds {args.folds} is more than the {len(data.specs)} ops measured for "
-                         f"{args.device!r}", f"give --folds {min(5, len(data.specs))} or fewer")
+                         f"{args.device!r}", f"give --folds {len(data.specs)} or fewer (default 5)")
     started = time.perf_counter()
     output.note(f"device [bold]{args.device}[/]: {ctx.runtime_label}, settings "
                 f"{ctx.settings_hash}; {len(data.specs)} ops, {len(data.networks)} networks measured")

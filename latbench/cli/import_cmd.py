@@ -72,7 +72,12 @@ def run(args) -> int:
                "file": str(args.file), "rows": len(result.rows), "ops": result.ops,
                "networks": result.networks, "details": result.details, "stored_new": 0,
                "dry_run": bool(args.dry_run)}
-    if not args.dry_run:
+    if args.dry_run:
+        if not args.alongside and home.db_path().exists():
+            with Store(home.db_path()) as store:  # would the real import be refused?
+                _check_no_other_table(store, store.context(args.device, runtime="imported",
+                                                           runtime_version=result.source, settings=settings))
+    else:
         home.writable_home()
         with Store(home.db_path()) as store:
             ctx = store.context(args.device, runtime="imported", runtime_version=result.source,
@@ -86,8 +91,8 @@ def run(args) -> int:
         output.print_json(summary)
         return 0
     verb = "parsed" if args.dry_run else "imported"
-    output.note(f"{verb} {_count(len(result.rows), 'row')} ({_count(result.ops, 'op')}, "
-                f"{_count(result.networks, 'network')}) from {args.file} (format {result.format}) for "
+    output.note(f"{verb} {output.plural(len(result.rows), 'row')} ({output.plural(result.ops, 'op')}, "
+                f"{output.plural(result.networks, 'network')}) from {args.file} (format {result.format}) for "
                 f"device [bold]{args.device}[/] as source {result.source}"
                 + ("" if args.dry_run else f"; {summary['stored_new']} new"))
     if not args.dry_run:
@@ -104,19 +109,14 @@ def _check_no_other_table(store, ctx) -> None:
     read a device's newest table, and a small CSV would become it."""
     from latbench.errors import UsageError
 
-    others = [c for c in store.contexts(ctx.device) if c.context != ctx]
-    if not others:
+    newest = store.latest_context(ctx.device)
+    if newest is None or newest.context == ctx:  # nothing there yet, or adding to the newest table
         return
-    newest = others[0]
     same_tool = newest.context.runtime == "imported"
     raise UsageError(
-        f"device {ctx.device!r} already has {newest.keys} keys measured with "
+        f"device {ctx.device!r} already has {output.plural(newest.keys, 'key')} measured with "
         f"{newest.context.runtime_label} (settings {newest.context.settings_hash}); this import "
         "would become its newest table, the one fit-predictor and lut read",
         (f"pass --source {newest.context.runtime_version} to add to that table, " if same_tool else "")
         + f"import under another name (--device {ctx.device}-{ctx.runtime_version}), "
           "or pass --alongside to store it anyway")
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"

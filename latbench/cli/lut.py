@@ -58,7 +58,7 @@ def run(args) -> int:
             args.out.write_text(text)
         except OSError as exc:
             raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}",
-                             "give --out a path in a folder that exists and you can write") from None
+                             "give --out a file path you can write") from None
         output.note(f"wrote {len(rows)} rows to {args.out}")
     else:
         sys.stdout.write(text)

@@ -22,6 +22,11 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def plural(n: int, noun: str) -> str:
+    """ "1 row", "2 rows"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def note(message: str) -> None:
     """A line for the human (stderr), so stdout stays clean for --json and --csv."""
     console(stderr=True).print(message)
