@@ -106,8 +106,10 @@ def print_summary(result: dict) -> None:
                     f"accuracy {r['accuracy']:.1%}")
     if result["verify"]:
         output.table("measured vs predicted (final arch)",
-                     ["device", "measured_ms", "predicted_ms", "error %", "target_ms"],
-                     [[v["device"], v["median_ms"], v["predicted_ms"],
+                     ["device", "runtime", "measured_ms", "p10-p90 ms", "rounds", "predicted_ms", "error %",
+                      "target_ms"],
+                     [[v["device"], v["runtime"], v["median_ms"], f"{_num(v['p10_ms'])}-{_num(v['p90_ms'])}",
+                       v["rounds"], v["predicted_ms"],
                        None if v["relative_error"] is None else f"{100 * v['relative_error']:+.1f}",
                        v["target_ms"]] for v in result["verify"]])
     for spec, target in targets.items():

@@ -129,6 +129,14 @@ def test_lut_json_matches_the_store_and_names_its_context(cli, collected, fast_p
     assert data["settings"]["protocol"]["runs"] == 5 and data["settings"]["threads"] == 1
 
 
+def test_lut_table_names_runtime_threads_and_protocol(cli, collected, fast_profile):
+    code, out, _ = cli("lut", "--device", fast_profile)
+    assert code == 0
+    header = " ".join(out.split())
+    assert f"{fast_profile}: onnxruntime " in header
+    assert "1 thread(s), warm-up 2 runs, timed >= 5 runs" in header and "3 keys" in header
+
+
 def test_lut_kind_filters_rows(cli, collected, fast_profile):
     code, out, _ = cli("lut", "--device", fast_profile, "--json", "--kind", "network")
     assert code == 0 and json.loads(out)["rows"] == []

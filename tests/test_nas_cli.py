@@ -93,7 +93,7 @@ def test_cuda_without_a_gpu_is_a_usage_error(latbench_home):
 
 
 @pytest.mark.slow
-def test_search_writes_result_exports_and_verifies(latbench_home, fast_profile, tmp_path):
+def test_search_writes_result_exports_and_verifies(latbench_home, fast_profile, tmp_path, capsys):
     pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn (pip install scikit-learn)")
     import onnxruntime as ort
 
@@ -132,6 +132,12 @@ def test_search_writes_result_exports_and_verifies(latbench_home, fast_profile, 
         ctx = store.latest_context(fast_profile).context
         keys = {row["key"] for row in store.table(ctx)}
     assert network.key in keys
+    from nas.command import print_summary
+
+    print_summary(result)  # the table a search without --json prints, from the same result
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "measured vs predicted (final arch)" in shown and f"onnxruntime {ort.__version__}" in shown
+    assert f"{verified['p10_ms']:.4g}-{verified['p90_ms']:.4g}" in shown
 
 
 def test_human_output_and_no_export(latbench_home, tmp_path):

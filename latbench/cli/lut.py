@@ -50,7 +50,8 @@ def run(args) -> int:
         writer.writerows(rows)
         text = buf.getvalue()
     else:
-        output.table(f"{ctx.device}: {ctx.runtime_label}, settings {ctx.settings_hash}, {len(rows)} keys",
+        output.table(f"{ctx.device}: {ctx.runtime_label}{_protocol(info.settings)}, settings "
+                     f"{ctx.settings_hash}, {len(rows)} keys",
                      COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
         return 0
     if args.out:
@@ -63,6 +64,19 @@ def run(args) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _protocol(settings: dict) -> str:
+    """", 1 thread(s), warm-up 10 runs, timed >= 20 runs" for a collected table (rounds are a
+    column); "" for an imported one, whose settings name only its source."""
+    protocol = settings.get("protocol")
+    if not isinstance(protocol, dict):
+        return ""
+    text = (f", {settings.get('threads', '?')} thread(s), warm-up {protocol.get('warmup_runs', '?')} runs, "
+            f"timed >= {protocol.get('runs', '?')} runs")
+    if protocol.get("rel_ci"):
+        text += f" (to +-{100 * protocol['rel_ci']:g}% or {protocol.get('max_time_s', '?'):g} s)"
+    return text
 
 
 def _json(ctx, settings: dict, rows: list[dict]) -> str:
