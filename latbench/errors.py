@@ -17,6 +17,14 @@ class LatbenchError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
+def did_you_mean(word: str, choices) -> str:
+    """ "did you mean 'rounds'?" for the choice closest to a mistyped `word`, else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
 class UsageError(LatbenchError):
     """A bad name or argument on the command line (exit code 2)."""
 

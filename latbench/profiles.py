@@ -6,7 +6,6 @@ profiles bundled with latbench (the first file found wins).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -17,7 +16,7 @@ from typing import Any
 import yaml
 
 from latbench import home
-from latbench.errors import ProfileError, UsageError
+from latbench.errors import ProfileError, UsageError, did_you_mean
 from latbench.protocol import Protocol
 
 TRANSPORTS = ("local", "ssh", "adb")
@@ -162,11 +161,10 @@ def find_profile(name: str) -> Path:
     known = list_profiles()
     if name in known:
         return known[name]
-    close = difflib.get_close_matches(name, list(known), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = did_you_mean(name, known)
     raise UsageError(
         f"unknown device {name!r}",
-        f"{hint}known devices: {', '.join(sorted(known)) or 'none'}; "
+        f"{hint + ' ' if hint else ''}known devices: {', '.join(sorted(known)) or 'none'}; "
         f"add your own as ./device_profiles/{name}.yaml (see `latbench devices --help`)",
     )
 
@@ -195,8 +193,7 @@ def parse_profile(path: Path) -> DeviceProfile:
 
     for key in data:
         if key not in _FIELDS:
-            close = difflib.get_close_matches(str(key), list(_FIELDS), n=1)
-            fix = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(_FIELDS)}"
+            fix = did_you_mean(key, _FIELDS) or f"known fields: {', '.join(_FIELDS)}"
             raise bad(str(key), "is not a profile field", fix)
     values: dict[str, Any] = {}
     for key, (typ, default, doc) in _FIELDS.items():
@@ -213,8 +210,7 @@ def parse_profile(path: Path) -> DeviceProfile:
             raise bad(key, f"must be {doc if key in _CHOICES else _type_name(typ)}; got {value!r}",
                       f"set `{key}:` to {doc}")
         if key in _CHOICES and value not in _CHOICES[key]:
-            close = difflib.get_close_matches(value, _CHOICES[key], n=1)
-            fix = f"did you mean {close[0]!r}?" if close else f"use {doc}"
+            fix = did_you_mean(value, _CHOICES[key]) or f"use {doc}"
             raise bad(key, f"is {value!r}, not {doc}", fix)
         values[key] = value
     if values["name"] != path.stem:
@@ -227,9 +223,8 @@ def parse_profile(path: Path) -> DeviceProfile:
     known_protocol = list(Protocol().to_dict())
     for key in values["protocol"]:
         if key not in known_protocol:
-            close = difflib.get_close_matches(str(key), known_protocol, n=1)
             raise bad("protocol", f"has an unknown setting {key!r}",
-                      f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known_protocol)}")
+                      did_you_mean(key, known_protocol) or f"known: {', '.join(known_protocol)}")
     try:
         values["protocol"] = Protocol(**values["protocol"])
     except (TypeError, ValueError) as exc:
@@ -248,8 +243,7 @@ def parse_profile(path: Path) -> DeviceProfile:
     schema = CONNECTION_FIELDS[values["transport"]]
     for key, value in values["connection"].items():
         if key not in schema:
-            close = difflib.get_close_matches(str(key), list(schema), n=1)
-            fix = f"did you mean {close[0]!r}?" if close else f"known for {values['transport']}: {', '.join(schema)}"
+            fix = did_you_mean(key, schema) or f"known for {values['transport']}: {', '.join(schema)}"
             raise bad("connection", f"has an unknown setting {key!r} for transport {values['transport']}", fix)
         types, _, doc = schema[key]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):

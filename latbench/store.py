@@ -361,19 +361,16 @@ def summarize_rounds(key: str, rows: list[Row]) -> dict:
 def _no_measurements(device: str, measured: list[str]) -> Exception:
     """The error for a device with nothing stored: collect it if a profile has that name,
     else (a typo, or an import under another name) a usage error naming what there is."""
-    import difflib
-
-    from latbench.errors import LatbenchError, UsageError
+    from latbench.errors import LatbenchError, UsageError, did_you_mean
     from latbench.profiles import list_profiles
 
     listed = f"; measured devices: {', '.join(measured)}" if measured else ""
     if device in list_profiles():
         return LatbenchError(f"no measurements for device {device!r}",
                              f"run `latbench collect --device {device}`{listed}")
-    close = difflib.get_close_matches(device, measured, n=1)
+    hint = did_you_mean(device, measured)
     return UsageError(f"no measurements and no device profile named {device!r}",
-                      (f"did you mean {close[0]!r}? " if close else "")
-                      + f"measure it with `latbench collect` (see `latbench devices`) or bring its "
+                      (hint + " " if hint else "") + f"measure it with `latbench collect` (see `latbench devices`) or bring its "
                         f"measurements with `latbench import`{listed}")
 
 

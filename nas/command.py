@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -41,13 +40,13 @@ def job_from_args(args):
 def run(args) -> int:
     import torch
 
-    from nas.distributed import launched_by_torchrun
+    from nas.distributed import is_worker_rank
     from nas.flow import Hooks, run_job
 
     if args.threads:
         torch.set_num_threads(args.threads)
     job = job_from_args(args)
-    if launched_by_torchrun() and int(os.environ["RANK"]) != 0:
+    if is_worker_rank():
         run_job(job)  # a worker rank: trains its share; rank 0 shows progress and writes the result
         return 0
     with output.progress() as bar:

@@ -106,6 +106,11 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in _ENV) and int(os.environ["WORLD_SIZE"]) > 1
 
 
+def is_worker_rank() -> bool:
+    """A torchrun rank other than 0: it trains its share; rank 0 shows and writes the result."""
+    return launched_by_torchrun() and int(os.environ["RANK"]) != 0
+
+
 def init_world(torch_device: str) -> tuple[World, str]:
     """Join the process group torchrun set up (if any); returns the world and the torch device
     this rank trains on (cuda:LOCAL_RANK for `--torch-device cuda`)."""

@@ -6,7 +6,6 @@ Kept apart from the CLI so benchmarks (and users' scripts) run the same flow.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import torch
 from latbench.errors import UsageError
 from nas.cost import CostForm, LoadedCost, TARGET_OPTIONS, assign_targets, load_costs
 from nas.data import load_data
-from nas.distributed import init_world, launched_by_torchrun
+from nas.distributed import init_world, is_worker_rank
 from nas.result import RESULT_FILE, export_network, write_json
 from nas.search import SearchConfig, retrain, run_search, skip_share, supernet_accuracy
 from nas.verify import measure_networks
@@ -210,7 +209,7 @@ def check_after_search(job: SearchJob, devices: list[str]) -> bool:
 
     for device in devices:
         load_profile(device)
-    if launched_by_torchrun() and int(os.environ["RANK"]) != 0:
+    if is_worker_rank():
         return False
     out = Path(job.out_dir)
     if (out / RESULT_FILE).exists():
@@ -236,18 +235,19 @@ def run_job(job: SearchJob, hooks: Hooks | None = None, loader=None) -> dict | N
     space, costs, form, pick = prepare(job, loader)
     devices = verify_devices(job, costs) if job.verify else []
     made_out = check_after_search(job, devices)
+    world = None
     try:
         world, torch_device = init_world(job.config.torch_device)
-        try:
-            job = dataclasses.replace(job, config=dataclasses.replace(job.config, torch_device=torch_device))
-            return _run_job(job, hooks, world, space, costs, form, pick, devices, started)
-        finally:
-            world.close()
+        job = dataclasses.replace(job, config=dataclasses.replace(job.config, torch_device=torch_device))
+        return _run_job(job, hooks, world, space, costs, form, pick, devices, started)
     except BaseException:
         out = Path(job.out_dir)
         if made_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a search that stopped leaves no empty result folder behind
         raise
+    finally:
+        if world is not None:
+            world.close()
 
 
 def _run_job(job: SearchJob, hooks: Hooks, world, space, costs, form, pick, devices, started) -> dict | None:

@@ -16,7 +16,6 @@ raises one `ArtifactError` that names the file and says to re-run fit-predictor.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import platform
@@ -28,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 
 from latbench import home
-from latbench.errors import LatbenchError, UsageError
+from latbench.errors import LatbenchError, UsageError, did_you_mean
 from predictors.correction import NetworkCorrection
 from predictors.features import FEATURE_SETS
 from predictors.gbdt import GBDTPredictor
@@ -136,9 +135,9 @@ def load(directory: Path, device: str | None = None) -> LatencyPredictor:
     manifest_path = directory / MANIFEST
     if not manifest_path.exists():
         fitted = sorted(m.parent.name for m in directory.parent.glob(f"*/{MANIFEST}"))
-        close = difflib.get_close_matches(directory.name, fitted, n=1)
+        hint = did_you_mean(directory.name, fitted)
         raise ArtifactError(f"no fitted predictor for device {device!r} ({manifest_path} does not exist)",
-                            (f"did you mean {close[0]!r}? " if close else "")
+                            (hint + " " if hint else "")
                             + (f"fitted: {', '.join(fitted)}; or " if fitted else "") + f"run `{fit}`")
     manifest = _read_json(manifest_path, refit)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

@@ -62,7 +62,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
 def run(args) -> int:
     from latbench import home, importers
     from latbench.ops import is_network_key
-    from latbench.store import Store
+    from latbench.profiles import DeviceProfile
+    from latbench.store import Context, Store
 
     importers.check_name(args.device, "device name")
     result = importers.read(args.file, args.format, source_device=args.source_device,
@@ -72,18 +73,15 @@ def run(args) -> int:
                "file": str(args.file), "rows": len(result.rows), "ops": result.ops,
                "networks": result.networks, "details": result.details, "stored_new": 0,
                "dry_run": bool(args.dry_run)}
-    if args.dry_run:
-        if not args.alongside and home.db_path().exists():
-            with Store(home.db_path()) as store:  # would the real import be refused?
-                _check_no_other_table(store, store.context(args.device, runtime="imported",
-                                                           runtime_version=result.source, settings=settings))
-    else:
+    if not args.alongside and home.db_path().exists():  # a --dry-run says so too
+        with Store(home.db_path()) as store:
+            _check_no_other_table(store, Context(args.device, "imported", result.source,
+                                                 DeviceProfile.settings_hash(settings)))
+    if not args.dry_run:
         home.writable_home()
         with Store(home.db_path()) as store:
             ctx = store.context(args.device, runtime="imported", runtime_version=result.source,
                                 settings=settings)
-            if not args.alongside:
-                _check_no_other_table(store, ctx)
             summary["stored_new"] = store.save_imported(ctx, result.rows, source=str(args.file))
             summary["settings_hash"] = ctx.settings_hash
             summary["ops_in_context"] = len({k for k, _ in store.measured(ctx) if not is_network_key(k)})

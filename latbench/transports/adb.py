@@ -600,10 +600,9 @@ def _not_adb(exc: Exception) -> str:
     """What answered instead of adb, readably: adb-shell reports the first 4 bytes as an int
     ("Unknown command: 1347703880 = 'b'HTTP'' (arg0 = ...)")."""
     found = re.search(r"Unknown command: (\d+)", str(exc))
-    if found:
-        head = int(found.group(1)).to_bytes(4, "little", signed=False) if int(found.group(1)) < 2**32 else b""
-        text = head.decode("ascii", "replace") if head else ""
-        if text.isprintable() and text.strip():
-            return f"it answered {text!r}..., not an adb message" + (" (an HTTP server?)" if text == "HTTP" else "")
+    if not found:
+        return (str(exc) or type(exc).__name__)[:200]
+    head = (int(found.group(1)) & 0xFFFFFFFF).to_bytes(4, "little").decode("ascii", "replace")
+    if not (head.isprintable() and head.strip()):
         return "its answer is not an adb message"
-    return (str(exc) or type(exc).__name__)[:200]
+    return f"it answered {head!r}..., not an adb message" + (" (an HTTP server?)" if head == "HTTP" else "")
