@@ -80,16 +80,16 @@ def check_name(value: str, what: str) -> str:
 
 def _read(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]:
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
+        data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}", "check the file name") from None
     try:
-        text = handle.read()
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ImportFormatError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                                f"{exc.start})", "save it as a UTF-8 CSV file") from None
-    finally:
-        handle.close()
+        # Count lines, not offsets: the codec's offsets skip a byte-order mark.
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ImportFormatError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} on line "
+                                f"{line})", "save it as a UTF-8 CSV file") from None
     reader = csv.DictReader(text.splitlines())
     header = [h.strip() for h in (reader.fieldnames or [])]
     if not header:

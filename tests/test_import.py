@@ -127,6 +127,14 @@ def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path):
     with pytest.raises(importers.ImportFormatError, match="not UTF-8 text") as err:
         importers.read(path)
     assert "UTF-8 CSV" in err.value.hint
+    assert "byte 0xff on line 1" in str(err.value)
+
+
+def test_a_bad_byte_is_named_by_its_line_after_a_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfkey,median_ms\nop:a,1\nop:\xe9,2\n")
+    with pytest.raises(importers.ImportFormatError, match="byte 0xe9 on line 3"):
+        importers.read(path)
 
 
 def test_a_wrong_format_says_which_the_header_reads_as():
