@@ -71,6 +71,15 @@ class Context:
             return self.runtime_version
         return f"{self.runtime} ({self.runtime_version})"
 
+    @property
+    def table_id(self) -> str:
+        """A short name for the table of this context on its device, for `--table`: the
+        runtime, its version and the settings, hashed (the device is the command's)."""
+        import hashlib
+
+        blob = "\0".join((self.runtime, self.runtime_version, self.settings_hash))
+        return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
 
 @dataclass(frozen=True)
 class Row:
@@ -96,6 +105,7 @@ class ContextInfo:
     measurements: int
     keys: int
     last_measured_at: float
+    networks: int = 0  # of the keys, whole networks
 
 
 def _encode_samples(samples: np.ndarray) -> bytes:
@@ -314,15 +324,16 @@ class Store:
     def contexts(self, device: str | None = None) -> list[ContextInfo]:
         """Measured contexts, most recently measured first."""
         sql = ("SELECT m.device, m.runtime, m.runtime_version, m.settings_hash, s.json, COUNT(*),"
-               " COUNT(DISTINCT m.key), MAX(m.measured_at) FROM measurements m"
+               " COUNT(DISTINCT m.key), MAX(m.measured_at),"
+               " COUNT(DISTINCT CASE WHEN m.kind = 'network' THEN m.key END) FROM measurements m"
                " JOIN settings s ON s.hash = m.settings_hash")
         params: tuple = ()
         if device:
             sql += " WHERE m.device=?"
             params = (device,)
         sql += " GROUP BY m.device, m.runtime, m.runtime_version, m.settings_hash ORDER BY MAX(m.measured_at) DESC"
-        return [ContextInfo(Context(d, r, v, h), json.loads(s), n, k, t)
-                for d, r, v, h, s, n, k, t in self._query(sql, params)]
+        return [ContextInfo(Context(d, r, v, h), json.loads(s), n, k, t, nets)
+                for d, r, v, h, s, n, k, t, nets in self._query(sql, params)]
 
     def latest_context(self, device: str) -> ContextInfo | None:
         found = self.contexts(device)
@@ -374,10 +385,12 @@ def _no_measurements(device: str, measured: list[str]) -> Exception:
                         f"measurements with `latbench import`{listed}")
 
 
-def latest_table(device: str, db_path: Path | None = None,
-                 unit: str | None = None) -> tuple[ContextInfo, list[dict]]:
-    """The per-key table of a device's most recently measured context (of one farm `unit`, or
-    of every unit pooled), or a LatbenchError saying how to get measurements."""
+def device_table(device: str, table: str | None = None, db_path: Path | None = None,
+                 unit: str | None = None) -> tuple[ContextInfo, list[dict], int]:
+    """The per-key table of one of a device's contexts: the one whose `table_id` starts with
+    `table`, or the most recently measured; of one farm `unit`, or of every unit pooled.
+    Returns it with the number of tables the device has, or raises an error saying how to get
+    measurements or which tables there are."""
     from latbench import home
     from latbench.errors import LatbenchError
 
@@ -386,10 +399,11 @@ def latest_table(device: str, db_path: Path | None = None,
         raise LatbenchError(f"no measurements yet ({db_path} does not exist)",
                             f"run `latbench collect --device {device}` or `latbench import`")
     with Store(db_path) as store:
-        info = store.latest_context(device)
-        if info is None:
+        found = store.contexts(device)
+        if not found:
             known = sorted({c.context.device for c in store.contexts()})
             raise _no_measurements(device, known)
+        info = found[0] if table is None else _pick_table(device, table, found)
         if unit is not None:
             units = [u for u in store.units(info.context) if u]
             if unit not in units:
@@ -397,4 +411,16 @@ def latest_table(device: str, db_path: Path | None = None,
                                     f"({info.context.runtime_label})",
                                     f"use one of: {', '.join(units)}" if units else
                                     "these measurements were not made on a farm; drop --unit")
-        return info, store.table(info.context, unit=unit)
+        return info, store.table(info.context, unit=unit), len(found)
+
+
+def _pick_table(device: str, table: str, found: list[ContextInfo]) -> ContextInfo:
+    from latbench.errors import UsageError
+
+    matches = [c for c in found if c.context.table_id.startswith(table.lower())] if table else []
+    if len(matches) == 1:
+        return matches[0]
+    listed = ", ".join(f"{c.context.table_id} ({c.context.runtime_label}, {c.keys} keys)" for c in found)
+    what = "matches several tables" if matches else "names no table"
+    raise UsageError(f"--table {table!r} {what} of device {device!r}; its tables: {listed}",
+                     f"give one of those ids (`latbench lut --device {device} --tables` lists them)")

@@ -125,15 +125,16 @@ def test_lut_json_matches_the_store_and_names_its_context(cli, collected, fast_p
     assert data["rows"] == table
     assert data["device"] == fast_profile
     assert data["runtime_version"] == info.context.runtime_version
-    assert data["settings_hash"] == info.context.settings_hash
+    assert data["settings_hash"] == info.context.settings_hash and data["table"] == info.context.table_id
     assert data["settings"]["protocol"]["runs"] == 5 and data["settings"]["threads"] == 1
 
 
 def test_lut_table_names_runtime_threads_and_protocol(cli, collected, fast_profile):
+    info, _ = collected
     code, out, _ = cli("lut", "--device", fast_profile)
     assert code == 0
     header = " ".join(out.split())
-    assert f"{fast_profile}: onnxruntime " in header
+    assert f"{fast_profile}: table {info.context.table_id}, onnxruntime " in header
     assert "1 thread(s), warm-up 2 runs, timed >= 5 runs" in header and "3 keys" in header
 
 

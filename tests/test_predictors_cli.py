@@ -94,6 +94,42 @@ def test_fit_predictor_errors(latbench_home, latbench_cli, imported):
     assert "--folds 500 is more than the 225 ops" in done.stderr and "--folds 225 or fewer" in done.stderr
 
 
+def test_tables_are_listed_and_an_older_one_is_fitted_with_table(imported, latbench_cli):
+    done = latbench_cli("import", str(BLOCKS), "--device", "pi", "--source-device", "edgegpu",
+                        "--alongside")
+    assert done.returncode == 0, done.stderr
+    listed = latbench_cli("lut", "--device", "pi", "--tables", "--json")
+    assert listed.returncode == 0, listed.stderr
+    tables = json.loads(listed.stdout)
+    assert [t["runtime"] for t in tables] == ["imported (hwnasbench-edgegpu)", "imported (pi-tables)"]
+    assert [(t["ops"], t["networks"], t["measurements"]) for t in tables] == [(225, 0, 225)] * 2
+    newest, older = tables[0]["table"], tables[1]["table"]
+    assert newest != older and len(older) == 8
+    text = latbench_cli("lut", "--device", "pi", "--tables")
+    assert newest in text.stdout and older in text.stdout and "hwnasbench-edgegpu" in text.stdout
+
+    fit = latbench_cli("fit-predictor", "--device", "pi", "--no-select", "--folds", "2", "--json")
+    assert fit.returncode == 0, fit.stderr
+    assert json.loads(fit.stdout)["table"] == newest
+    assert "newest of its 2 tables" in " ".join(fit.stderr.split())
+    fit = latbench_cli("fit-predictor", "--device", "pi", "--no-select", "--folds", "2", "--json",
+                       "--table", older[:4])
+    assert fit.returncode == 0, fit.stderr
+    assert json.loads(fit.stdout)["table"] == older and "newest of" not in fit.stderr
+    model = predictors.load("latbench:pi")
+    assert model.info_["table"] == older and model.info_["runtime_version"] == "pi-tables"
+    lut = latbench_cli("lut", "--device", "pi", "--table", older, "--json")
+    rows = {r["key"]: r["median_ms"] for r in json.loads(lut.stdout)["rows"]}
+    specs = [OpSpec.from_key(k) for k in rows]
+    np.testing.assert_array_equal(model.predict_ops(specs), list(rows.values()))  # raspi4's, not edgegpu's
+
+    bad = latbench_cli("fit-predictor", "--device", "pi", "--table", "zz")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "--table 'zz' names no table of device 'pi'" in bad.stderr and older in bad.stderr
+    bad = latbench_cli("lut", "--device", "pi", "--tables", "--table", older)
+    assert bad.returncode == 2 and "takes no --table" in bad.stderr
+
+
 def test_fit_predictor_without_a_database(latbench_cli):
     done = latbench_cli("fit-predictor", "--device", "local")
     assert done.returncode == 1 and "no measurements yet" in done.stderr

@@ -84,6 +84,8 @@ def test_each_part_of_the_context_keeps_rows_apart(store, db):
     assert count_rows(db) == 8
     for ctx in contexts:
         assert store.measured(ctx) == {("a", 0), ("a", 1)}
+    ids = [c.table_id for c in contexts]  # a table is named within its device
+    assert ids[0] == ids[1] and len(set(ids[1:])) == 3 and all(len(i) == 8 for i in ids)
 
 
 def test_a_context_is_the_same_for_the_same_settings(store):

@@ -81,7 +81,7 @@ def run(args) -> int:
             + (f", then on until the median is within +-{100 * p.rel_ci:g}% (95% CI) or {p.max_time_s:g} s"
                if p.rel_ci > 0 else "")
             + f"; {collector.rounds} round(s), shuffled; "
-            f"settings {plan.context.settings_hash}\n"
+            f"table {plan.context.table_id}\n"
             f"{space.name}: {len(items)} items x {collector.rounds} rounds = "
             f"{len(plan.todo) + plan.already}; already stored {plan.already}; "
             f"to measure {len(plan.todo)} in {len(plan.batches)} batch(es)")
@@ -110,7 +110,8 @@ def run(args) -> int:
                 collector.on_event = on_event
                 report = collector.run(plan)
     summary = report.to_dict() | {"device": profile.name, "runtime": plan.runtime_label,
-                                  "settings_hash": plan.context.settings_hash, "space": space.name}
+                                  "table": plan.context.table_id, "settings_hash": plan.context.settings_hash,
+                                  "space": space.name}
     if args.json:
         output.print_json(summary)
     else:

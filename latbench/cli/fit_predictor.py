@@ -15,10 +15,10 @@ examples:
   latbench fit-predictor --device local --no-select     # default GBDT settings, no search
   latbench fit-predictor --device pixel3 --unit pixel3@desk-a   # one farm unit alone
 
-Fits on the device's most recently measured runtime version and settings (see
-`latbench lut --device X`): a LUT of the measured ops, a GBDT for ops never measured (its
-features, target, base model and split chosen by 5-fold cross-validation), and a
-network-level correction when whole networks were measured (`latbench collect --networks
+Fits on the device's most recently measured table (runtime version and settings), or on
+the one --table names (`latbench lut --device X --tables` lists them): a LUT of the
+measured ops, a GBDT for ops never measured (its features, target, base model and split
+chosen by 5-fold cross-validation), and a network-level correction when whole networks were measured (`latbench collect --networks
 N`); without them a network is the plain sum of its ops. Prints held-out accuracy next to
 the FLOPs-linear and LUT-sum baselines, and saves manifest.json, lut.json, gbdt*.{json,txt},
 correction.json, report.json and predicted_vs_measured.png into
@@ -45,6 +45,9 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and the models (default 0)")
     p.add_argument("--unit", metavar="DEVICE@HOST", default=None,
                    help="fit on one farm unit's measurements alone (default: pool every unit)")
+    p.add_argument("--table", metavar="ID",
+                   help="fit on this table of the device (default: the newest; "
+                        "`latbench lut --device X --tables` lists them)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -58,7 +61,7 @@ def _folds(text: str) -> int:
 def run(args) -> int:
     from latbench.errors import LatbenchError, UsageError
     from latbench.spaces import get_space
-    from latbench.store import latest_table
+    from latbench.store import device_table
     from predictors import artifact, metrics, selection, training
     from predictors.gbdt import MIN_FIT_ROWS, GBDTPredictor
     from predictors.latency import LatencyPredictor
@@ -66,7 +69,7 @@ def run(args) -> int:
     artifact.check_device_name(args.device)
     name = args.device if args.unit is None else artifact.check_device_name(args.unit)
     space = get_space(args.space)
-    info, rows = latest_table(args.device, unit=args.unit)
+    info, rows, n_tables = device_table(args.device, args.table, unit=args.unit)
     ctx = info.context
     units = _units(info.context)
     data = training.from_rows(rows)
@@ -80,8 +83,11 @@ def run(args) -> int:
         raise UsageError(f"--folds {args.folds} is more than the {len(data.specs)} ops measured for "
                          f"{args.device!r}", f"give --folds {len(data.specs)} or fewer (default 5)")
     started = time.perf_counter()
-    output.note(f"device [bold]{args.device}[/]: {ctx.runtime_label}, settings "
-                f"{ctx.settings_hash}; {len(data.specs)} ops, {len(data.networks)} networks measured")
+    output.note(f"device [bold]{args.device}[/]: table {ctx.table_id}, {ctx.runtime_label}; "
+                f"{len(data.specs)} ops, {len(data.networks)} networks measured")
+    if n_tables > 1 and args.table is None:
+        output.note(f"  the newest of its {n_tables} tables; fit another with --table ID "
+                    f"(`latbench lut --device {args.device} --tables` lists them)")
     farm_units = {u: n for u, n in units.items() if u}
     if args.unit is not None:
         output.note(f"unit {args.unit} alone: {farm_units[args.unit]} of {sum(units.values())} measurements")
@@ -118,8 +124,8 @@ def run(args) -> int:
     coverage = predictor.lut_.coverage(space)
     report = {
         "device": args.device, "unit": args.unit, "units": units if args.unit is None else
-        {args.unit: units[args.unit]}, "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
-        "settings_hash": ctx.settings_hash, "settings": info.settings, "space": space.name,
+        {args.unit: units[args.unit]}, "table": ctx.table_id, "runtime": ctx.runtime,
+        "runtime_version": ctx.runtime_version, "settings_hash": ctx.settings_hash, "settings": info.settings, "space": space.name,
         "ops": len(data.specs), "networks": len(data.networks),
         "network_correction": predictor.has_network_correction,
         "correction": None if predictor.correction_ is None else predictor.correction_.to_dict(),
@@ -140,7 +146,7 @@ def run(args) -> int:
     directory = artifact.save(
         predictor, artifact.predictor_dir(name),
         info={"device": args.device, "unit": args.unit, "units": report["units"],
-              "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
+              "table": ctx.table_id, "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
               "settings_hash": ctx.settings_hash, "settings": info.settings, "space": space.name,
               "ops": len(data.specs), "networks": len(data.networks)},
         reports={"report.json": report_bytes, "predicted_vs_measured.png": png})

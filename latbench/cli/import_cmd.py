@@ -113,7 +113,7 @@ def _check_no_other_table(store, ctx) -> None:
     same_tool = newest.context.runtime == "imported"
     raise UsageError(
         f"device {ctx.device!r} already has {output.plural(newest.keys, 'key')} measured with "
-        f"{newest.context.runtime_label} (settings {newest.context.settings_hash}); this import "
+        f"{newest.context.runtime_label} (table {newest.context.table_id}); this import "
         "would become its newest table, the one fit-predictor and lut read",
         (f"pass --source {newest.context.runtime_version} to add to that table, " if same_tool else "")
         + f"import under another name (--device {ctx.device}-{ctx.runtime_version}), "
