@@ -58,7 +58,8 @@ def run(args) -> int:
             if name == "search":
                 search_task = bar.add_task(f"search ({job.config.epochs} epochs)", total=job.config.epochs)
             elif name != "data":
-                bar.console.print(f"{name} ...")
+                bar.section(f"{name} ...")  # below the bars of the stage before
+                tasks.clear()
 
         def batch(stage_name: str, done: int, total: int) -> None:
             if stage_name not in tasks:
@@ -72,7 +73,7 @@ def run(args) -> int:
             costs = ", ".join(f"{k} {v:.4g}" for k, v in record["expected_cost"].items())
             bar.update(search_task, advance=1, description=(
                 f"search: epoch {record['epoch'] + 1}/{job.config.epochs} tau {record['temperature']:.2f} "
-                f"acc {record['weights_accuracy']:.1%} E[cost] {costs}"
+                f"acc {record['weights_accuracy']:.1%} E\\[cost] {costs}"
                 + (" (theta frozen)" if record["theta_frozen"] else "")))
 
         def measure(stage_name: str, done: int, total: int, info: dict) -> None:

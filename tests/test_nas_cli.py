@@ -28,7 +28,7 @@ def nas(*args: str, home: Path, timeout_s: float = 600) -> subprocess.CompletedP
 
 def one_line_error(done: subprocess.CompletedProcess, code: int) -> str:
     assert done.returncode == code, (done.returncode, done.stderr)
-    lines = done.stderr.strip().splitlines()
+    lines = done.stderr.rstrip("\n").splitlines()  # no blank line before it either
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith("nas")
     return lines[0]
@@ -147,6 +147,9 @@ def test_human_output_and_no_export(latbench_home, tmp_path):
                "--out", str(out), home=latbench_home)
     assert done.returncode == 0, done.stderr
     assert "found archs" in done.stdout and "argmax *" in done.stdout
+    err = done.stderr  # each stage's line below the bars of the stage before
+    assert err.index("search: epoch 2/2") < err.index("score ...")
+    assert "E[cost] flops" in err  # not taken for rich markup
     assert sorted(p.name for p in out.iterdir()) == ["result.json"]
     result = json.loads((out / "result.json").read_text())
     assert result["final"]["source"] == "argmax" and "retrained" not in result["final"]

@@ -51,10 +51,49 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def progress():
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+def progress() -> "Bars":
+    return Bars()
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console(stderr=True),
-                    transient=False)
+
+class Bars:
+    """Progress bars on stderr that appear with their first task, so a command that fails
+    before it has any prints its error alone (a started rich Progress prints a blank line
+    when it stops), and that can be closed mid-command by `section`, so a later stage's line
+    prints below the bars it follows, not above them."""
+
+    def __init__(self):
+        self.console = console(stderr=True)
+        self._progress = None
+
+    def add_task(self, description: str, **kwargs) -> int:
+        if self._progress is None:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TimeRemainingColumn(), console=self.console)
+            self._progress.start()
+        return self._progress.add_task(description, **kwargs)
+
+    def update(self, task: int, **kwargs) -> None:
+        self._progress.update(task, **kwargs)
+
+    def remove_task(self, task: int) -> None:
+        self._progress.remove_task(task)
+
+    def section(self, line: str) -> None:
+        """Leave the bars so far printed as they stand and print `line` below them; the next
+        `add_task` starts new bars (task ids start again)."""
+        self.close()
+        self.console.print(line)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def __enter__(self) -> "Bars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
