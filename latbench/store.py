@@ -385,12 +385,9 @@ def _no_measurements(device: str, measured: list[str]) -> Exception:
                         f"measurements with `latbench import`{listed}")
 
 
-def device_table(device: str, table: str | None = None, db_path: Path | None = None,
-                 unit: str | None = None) -> tuple[ContextInfo, list[dict], int]:
-    """The per-key table of one of a device's contexts: the one whose `table_id` starts with
-    `table`, or the most recently measured; of one farm `unit`, or of every unit pooled.
-    Returns it with the number of tables the device has, or raises an error saying how to get
-    measurements or which tables there are."""
+def device_tables(device: str, db_path: Path | None = None) -> list[ContextInfo]:
+    """A device's tables (one per context), most recently measured first, or a LatbenchError
+    saying how to get measurements."""
     from latbench import home
     from latbench.errors import LatbenchError
 
@@ -401,9 +398,21 @@ def device_table(device: str, table: str | None = None, db_path: Path | None = N
     with Store(db_path) as store:
         found = store.contexts(device)
         if not found:
-            known = sorted({c.context.device for c in store.contexts()})
-            raise _no_measurements(device, known)
-        info = found[0] if table is None else _pick_table(device, table, found)
+            raise _no_measurements(device, sorted({c.context.device for c in store.contexts()}))
+    return found
+
+
+def device_table(device: str, table: str | None = None, db_path: Path | None = None,
+                 unit: str | None = None) -> tuple[ContextInfo, list[dict], int]:
+    """The per-key table of one of a device's contexts: the one whose `table_id` starts with
+    `table`, or the most recently measured; of one farm `unit`, or of every unit pooled.
+    Returns it with the number of tables the device has."""
+    from latbench import home
+    from latbench.errors import LatbenchError
+
+    found = device_tables(device, db_path)
+    info = found[0] if table is None else _pick_table(device, table, found)
+    with Store(db_path or home.db_path()) as store:
         if unit is not None:
             units = [u for u in store.units(info.context) if u]
             if unit not in units:

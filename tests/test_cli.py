@@ -138,6 +138,16 @@ def test_lut_table_names_runtime_threads_and_protocol(cli, collected, fast_profi
     assert "1 thread(s), warm-up 2 runs, timed >= 5 runs" in header and "3 keys" in header
 
 
+def test_lut_out_without_a_format_writes_the_file_by_its_name(cli, collected, fast_profile, tmp_path):
+    _, table = collected
+    code, out, err = cli("lut", "--device", fast_profile, "--out", str(tmp_path / "t.csv"))
+    assert code == 0 and out == "" and "wrote 3 rows" in err
+    assert [r["key"] for r in csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text()))] == \
+        [r["key"] for r in table]
+    code, _, _ = cli("lut", "--device", fast_profile, "--out", str(tmp_path / "t.json"))
+    assert code == 0 and json.loads((tmp_path / "t.json").read_text())["rows"] == table
+
+
 def test_lut_kind_filters_rows(cli, collected, fast_profile):
     code, out, _ = cli("lut", "--device", fast_profile, "--json", "--kind", "network")
     assert code == 0 and json.loads(out)["rows"] == []

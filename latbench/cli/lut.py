@@ -34,7 +34,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
     fmt.add_argument("--csv", action="store_true", help="write CSV")
     fmt.add_argument("--json", action="store_true", help="write JSON (rows plus their context)")
     p.add_argument("--kind", choices=["op", "network"], help="only ops or only whole networks")
-    p.add_argument("--out", type=Path, help="write to this file instead of stdout")
+    p.add_argument("--out", type=Path, help="write to this file instead of stdout (without --csv or "
+                   "--json: JSON for a .json name, else CSV)")
     p.add_argument("--table", metavar="ID", help="read this table (default: the newest; see --tables)")
     p.add_argument("--tables", action="store_true",
                    help="list the device's tables (runtime, settings, keys) instead of rows")
@@ -49,24 +50,53 @@ def run(args) -> int:
     if args.kind:
         rows = [r for r in rows if r["kind"] == args.kind]
     ctx = info.context
-    if args.json:
-        text = _json(ctx, info.settings, rows)
-    elif args.csv:
+    title = (f"{ctx.device}: table {ctx.table_id}, {ctx.runtime_label}{_header(info.settings)}, "
+             f"{len(rows)} keys")
+    return _emit(args, title, COLUMNS, rows, lambda: _json(ctx, info.settings, rows), f"{len(rows)} rows")
+
+
+TABLE_COLUMNS = ["table", "runtime", "threads", "protocol", "ops", "networks", "measurements",
+                 "last_measured"]
+
+
+def _list_tables(args) -> int:
+    """Every table of the device, newest first: what --table picks from."""
+    import json
+    import time
+
+    from latbench.store import device_tables
+
+    if args.table or args.kind:
+        raise UsageError("--tables lists every table; it takes no --table or --kind",
+                         "drop --table/--kind, or drop --tables to read one table's rows")
+    found = device_tables(args.device)
+    rows = [{"table": c.context.table_id, "runtime": c.context.runtime_label,
+             "threads": c.settings.get("threads", ""),
+             "protocol": _protocol(c.settings),  # "" when imported: the runtime names the source
+             "ops": c.keys - c.networks, "networks": c.networks, "measurements": c.measurements,
+             "last_measured": time.strftime("%Y-%m-%d %H:%M", time.localtime(c.last_measured_at))}
+            for c in found]
+    return _emit(args, f"{args.device}: {output.plural(len(rows), 'table')}, newest first "
+                       "(read an older one with --table ID)", TABLE_COLUMNS, rows,
+                 lambda: json.dumps([{**r, "settings_hash": c.context.settings_hash, "settings": c.settings}
+                                     for r, c in zip(rows, found)], indent=2) + "\n",
+                 output.plural(len(rows), "table"))
+
+
+def _emit(args, title: str, columns: list[str], rows: list[dict], json_text, what: str) -> int:
+    """`rows` as a table on the terminal, or as --json (`json_text()`) or --csv on stdout or
+    into --out."""
+    if not (args.json or args.csv or args.out):
+        output.table(title, columns, [[r[c] for c in columns] for r in rows])
+        return 0
+    if args.json or (not args.csv and args.out.suffix.lower() == ".json"):
+        text = json_text()
+    else:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         text = buf.getvalue()
-    else:
-        output.table(f"{ctx.device}: table {ctx.table_id}, {ctx.runtime_label}{_header(info.settings)}, "
-                     f"{len(rows)} keys",
-                     COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
-        return 0
-    _write(args, text, f"{len(rows)} rows")
-    return 0
-
-
-def _write(args, text: str, what: str) -> None:
     if args.out:
         try:
             args.out.write_text(text)
@@ -76,48 +106,6 @@ def _write(args, text: str, what: str) -> None:
         output.note(f"wrote {what} to {args.out}")
     else:
         sys.stdout.write(text)
-
-
-TABLE_COLUMNS = ["table", "runtime", "threads", "protocol", "ops", "networks", "measurements",
-                 "last_measured"]
-
-
-def _list_tables(args) -> int:
-    """Every table of the device, newest first: what --table picks from."""
-    import time
-
-    from latbench import home
-    from latbench.store import Store, device_table
-
-    if args.table or args.kind:
-        raise UsageError("--tables lists every table; it takes no --table or --kind",
-                         "drop --table/--kind, or drop --tables to read one table's rows")
-    device_table(args.device)  # the one error for a device with nothing stored
-    with Store(home.db_path()) as store:
-        found = store.contexts(args.device)
-    rows = [{"table": c.context.table_id, "runtime": c.context.runtime_label,
-             "threads": c.settings.get("threads", ""),
-             "protocol": _protocol(c.settings),  # "" when imported: the runtime names the source
-             "ops": c.keys - c.networks, "networks": c.networks, "measurements": c.measurements,
-             "last_measured": time.strftime("%Y-%m-%d %H:%M", time.localtime(c.last_measured_at))}
-            for c in found]
-    if args.json:
-        import json
-
-        text = json.dumps([{**r, "settings_hash": c.context.settings_hash, "settings": c.settings}
-                           for r, c in zip(rows, found)], indent=2) + "\n"
-    elif args.csv:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        text = buf.getvalue()
-    else:
-        output.table(f"{args.device}: {output.plural(len(rows), 'table')}, newest first "
-                     "(read an older one with --table ID)",
-                     TABLE_COLUMNS, [[r[c] for c in TABLE_COLUMNS] for r in rows])
-        return 0
-    _write(args, text, output.plural(len(rows), "table"))
     return 0
 
 
