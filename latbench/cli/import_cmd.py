@@ -34,9 +34,10 @@ examples:
 
 Rows are stored with runtime "imported" and the source label as runtime version (e.g.
 hwnasbench-raspi4). fit-predictor and lut read the device's newest table (runtime, version
-and settings): to fit ops and whole networks of one device together, import both files with
-the same --source LABEL. An import that would make a new table for a device that already has
-one is refused (nothing is stored) unless --alongside is given."""
+and settings) unless --table names another: to fit ops and whole networks of one device
+together, import both files with the same --source LABEL. An import that would make a new
+table for a device that already has one is refused (nothing is stored) unless --alongside is
+given; `latbench lut --device NAME --tables` lists a device's tables."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -54,7 +55,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--alongside", action="store_true",
                    help="store the rows even though DEVICE already has measurements from another "
                         "runtime or source (the import becomes its newest table, the one "
-                        "fit-predictor and lut use)")
+                        "fit-predictor and lut use unless given --table)")
     p.add_argument("--dry-run", action="store_true", help="parse and report, store nothing")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
