@@ -73,7 +73,7 @@ def run(args) -> int:
             costs = ", ".join(f"{k} {v:.4g}" for k, v in record["expected_cost"].items())
             bar.update(search_task, advance=1, description=(
                 f"search: epoch {record['epoch'] + 1}/{job.config.epochs} tau {record['temperature']:.2f} "
-                f"acc {record['weights_accuracy']:.1%} E\\[cost] {costs}"
+                f"acc {record['weights_accuracy']:.1%} E[cost] {costs}"
                 + (" (theta frozen)" if record["theta_frozen"] else "")))
 
         def measure(stage_name: str, done: int, total: int, info: dict) -> None:

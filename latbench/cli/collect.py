@@ -73,7 +73,7 @@ def run(args) -> int:
         plan = collector.plan(items)
         p = profile.protocol
         output.note(
-            f"device [bold]{profile.name}[/] ({profile.transport}, {profile.source})\n"
+            f"device {profile.name} ({profile.transport}, {profile.source})\n"
             f"runtime {plan.context.runtime_label}, {profile.threads} thread(s), format {profile.format}, "
             f"runner {profile.runner}\n"
             f"protocol: warm-up >= {p.warmup_runs} runs and {p.warmup_s:g} s; timed >= {p.runs} runs and "
@@ -95,12 +95,12 @@ def run(args) -> int:
 
                 def on_event(stage: str, done: int, total: int, info: dict) -> None:
                     if stage == "retry":
-                        bar.console.print(f"[yellow]batch failed ({info['error']}); retry {done}/{total - 1} "
-                                          f"in {info['delay_s']:.0f} s[/]")
+                        bar.console.print(f"batch failed ({info['error']}); retry {done}/{total - 1} "
+                                          f"in {info['delay_s']:.0f} s", style="yellow")
                         return
                     if stage == "cooling":
-                        bar.console.print(f"[yellow]device at {info['temperature_c']:.0f} C > "
-                                          f"{info['limit_c']:.0f} C: waiting to cool[/]")
+                        bar.console.print(f"device at {info['temperature_c']:.0f} C > "
+                                          f"{info['limit_c']:.0f} C: waiting to cool", style="yellow")
                         return
                     if stage not in tasks:
                         label = "exporting" if stage == "export" else "measuring"

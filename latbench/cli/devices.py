@@ -47,5 +47,5 @@ def run(args) -> int:
     output.table("device profiles", cols, [[r[c] for c in cols] for r in rows])
     for r in rows:
         if r["error"]:
-            output.note(f"[red]invalid[/] {r['error']}")
+            output.note(f"invalid {r['error']}", style="red")
     return 0

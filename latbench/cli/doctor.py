@@ -115,8 +115,10 @@ def run(args) -> int:
     if args.json:
         output.print_json(rows)
     else:
+        from rich.text import Text
+
         colour = {"ok": "green", "FAIL": "red", "warn": "yellow", "skipped": "dim"}
         output.table(f"doctor: {args.device}", ["check", "status", "detail", "fix"],
-                     [[r["check"], f"[{colour[r['status']]}]{r['status']}[/]", r["detail"], r["fix"]]
+                     [[r["check"], Text(r["status"], style=colour[r["status"]]), r["detail"], r["fix"]]
                       for r in rows])
     return 1 if any(r["status"] == "FAIL" for r in rows) else 0

@@ -73,7 +73,7 @@ def _agent(args) -> int:
                                 node_ip=args.node_ip_address)
     for au in units:
         label = "not checked" if args.no_check else agent.check_unit(au, trust_new_host=args.trust_new_host)
-        output.note(f"unit [bold]{au.unit}[/]: {au.profile.name} ({au.profile.transport}, {au.profile.source}), "
+        output.note(f"unit {au.unit}: {au.profile.name} ({au.profile.transport}, {au.profile.source}), "
                     f"{label}, resource {au.unit.resource}")
     env = agent.agent_env(units)
     if args.dry_run:

@@ -83,7 +83,7 @@ def run(args) -> int:
         raise UsageError(f"--folds {args.folds} is more than the {len(data.specs)} ops measured for "
                          f"{args.device!r}", f"give --folds {len(data.specs)} or fewer (default 5)")
     started = time.perf_counter()
-    output.note(f"device [bold]{args.device}[/]: table {ctx.table_id}, {ctx.runtime_label}; "
+    output.note(f"device {args.device}: table {ctx.table_id}, {ctx.runtime_label}; "
                 f"{len(data.specs)} ops, {len(data.networks)} networks measured")
     if n_tables > 1 and args.table is None:
         output.note(f"  the newest of its {n_tables} tables; fit another with --table ID "

@@ -92,7 +92,7 @@ def run(args) -> int:
     verb = "parsed" if args.dry_run else "imported"
     output.note(f"{verb} {output.plural(len(result.rows), 'row')} ({output.plural(result.ops, 'op')}, "
                 f"{output.plural(result.networks, 'network')}) from {args.file} (format {result.format}) for "
-                f"device [bold]{args.device}[/] as source {result.source}"
+                f"device {args.device} as source {result.source}"
                 + ("" if args.dry_run else f"; {summary['stored_new']} new"))
     if not args.dry_run:
         hint = (f"fit a predictor: latbench fit-predictor --device {args.device}"

@@ -15,7 +15,8 @@ def console(stderr: bool = False):
     stream = sys.stderr if stderr else sys.stdout
     # Piped output (CI logs, files) gets a wide page instead of rich's 80 columns.
     width = None if stream.isatty() or os.environ.get("COLUMNS") else 160
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
+    # No markup: messages carry paths, errors and pip extras ('.[tflite]') that rich would eat.
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width, markup=False)
 
 
 def print_json(data: Any) -> None:
@@ -27,9 +28,10 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def note(message: str) -> None:
-    """A line for the human (stderr), so stdout stays clean for --json and --csv."""
-    console(stderr=True).print(message)
+def note(message: str, style: str | None = None) -> None:
+    """A line for the human (stderr), so stdout stays clean for --json and --csv; printed as
+    it is (no markup), in a rich `style` if given."""
+    console(stderr=True).print(message, style=style)
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]], *, stderr: bool = False) -> None:
@@ -43,7 +45,9 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]], *, stder
     console(stderr=stderr).print(t)
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any):
+    if hasattr(value, "__rich_console__"):  # a rich Text, styled already
+        return value
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -70,7 +74,7 @@ class Bars:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                       TimeElapsedColumn(), TimeRemainingColumn(), console=self.console)
             self._progress.start()
         return self._progress.add_task(description, **kwargs)
