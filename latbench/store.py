@@ -402,16 +402,37 @@ def device_tables(device: str, db_path: Path | None = None) -> list[ContextInfo]
     return found
 
 
+def profile_settings_hash(device: str) -> str | None:
+    """The settings hash `collect --device DEVICE` would store under now, or None for a name
+    with no (valid) profile: an imported device, or a profile that does not load."""
+    from latbench.profiles import DeviceProfile, list_profiles, load_profile
+
+    if device not in list_profiles():
+        return None
+    try:
+        from latbench.export import exporter_tag
+
+        profile = load_profile(device)
+        return DeviceProfile.settings_hash(profile.settings(exporter_tag(profile.format)))
+    except Exception:  # a broken profile or missing converter: say nothing, use the newest
+        return None
+
+
 def device_table(device: str, table: str | None = None, db_path: Path | None = None,
-                 unit: str | None = None) -> tuple[ContextInfo, list[dict], int]:
+                 unit: str | None = None, settings_hash: str | None = None
+                 ) -> tuple[ContextInfo, list[dict], int]:
     """The per-key table of one of a device's contexts: the one whose `table_id` starts with
-    `table`, or the most recently measured; of one farm `unit`, or of every unit pooled.
-    Returns it with the number of tables the device has."""
+    `table`; else the newest measured with `settings_hash` (the profile's settings now, so
+    that going back to an earlier setting finds its numbers again); else the newest. Of one
+    farm `unit`, or of every unit pooled. Returns it with the number of tables the device has."""
     from latbench import home
     from latbench.errors import LatbenchError
 
     found = device_tables(device, db_path)
-    info = found[0] if table is None else _pick_table(device, table, found)
+    if table is not None:
+        info = _pick_table(device, table, found)
+    else:
+        info = next((c for c in found if c.context.settings_hash == settings_hash), found[0])
     with Store(db_path or home.db_path()) as store:
         if unit is not None:
             units = [u for u in store.units(info.context) if u]
@@ -421,6 +442,18 @@ def device_table(device: str, table: str | None = None, db_path: Path | None = N
                                     f"use one of: {', '.join(units)}" if units else
                                     "these measurements were not made on a farm; drop --unit")
         return info, store.table(info.context, unit=unit), len(found)
+
+
+def table_choice_note(device: str, info: ContextInfo, n_tables: int, settings_hash: str | None,
+                      picked: bool) -> str | None:
+    """Says which of several tables a command read and how to read another (None for one)."""
+    if n_tables < 2:
+        return None
+    why = ("the one --table named" if picked else
+           "the newest measured with the profile's current settings"
+           if info.context.settings_hash == settings_hash else "the newest")
+    return (f"table {info.context.table_id} is {why} of the {n_tables} tables of {device!r}; "
+            f"read another with --table ID (`latbench lut --device {device} --tables` lists them)")
 
 
 def _pick_table(device: str, table: str, found: list[ContextInfo]) -> ContextInfo:

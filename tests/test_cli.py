@@ -153,6 +153,26 @@ def test_lut_kind_filters_rows(cli, collected, fast_profile):
     assert code == 0 and json.loads(out)["rows"] == []
 
 
+def test_lut_reads_the_table_of_the_profiles_current_settings(cli, collected, fast_profile, latbench_home):
+    from conftest import write_profile
+
+    info, table = collected
+    write_profile(latbench_home, fast_profile, threads=2)
+    code, _, err = cli("collect", "--device", fast_profile, "--limit", "1", "--rounds", "1")
+    assert code == 0, err
+    code, out, err = cli("lut", "--device", fast_profile, "--json")
+    assert code == 0 and json.loads(out)["settings"]["threads"] == 2  # the newest: also the current
+    assert len(json.loads(out)["rows"]) == 1
+    assert "the newest measured with the profile's current settings of the 2 tables" in " ".join(err.split())
+    write_profile(latbench_home, fast_profile)  # back to 1 thread: its 3 keys, not the newest 1
+    code, out, err = cli("lut", "--device", fast_profile, "--json")
+    assert code == 0 and json.loads(out)["table"] == info.context.table_id
+    assert json.loads(out)["rows"] == table
+    write_profile(latbench_home, fast_profile, threads=4)  # never measured: the newest
+    code, out, err = cli("lut", "--device", fast_profile, "--json")
+    assert json.loads(out)["settings"]["threads"] == 2 and "is the newest of the 2 tables" in " ".join(err.split())
+
+
 def test_lut_of_a_device_never_measured_is_one_line(cli, collected):
     code, _, err = cli("lut", "--device", "local")
     assert code == 1

@@ -111,7 +111,7 @@ def test_tables_are_listed_and_an_older_one_is_fitted_with_table(imported, latbe
     fit = latbench_cli("fit-predictor", "--device", "pi", "--no-select", "--folds", "2", "--json")
     assert fit.returncode == 0, fit.stderr
     assert json.loads(fit.stdout)["table"] == newest
-    assert "newest of its 2 tables" in " ".join(fit.stderr.split())
+    assert "is the newest of the 2 tables" in " ".join(fit.stderr.split())
     fit = latbench_cli("fit-predictor", "--device", "pi", "--no-select", "--folds", "2", "--json",
                        "--table", older[:4])
     assert fit.returncode == 0, fit.stderr

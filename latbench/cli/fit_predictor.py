@@ -15,8 +15,8 @@ examples:
   latbench fit-predictor --device local --no-select     # default GBDT settings, no search
   latbench fit-predictor --device pixel3 --unit pixel3@desk-a   # one farm unit alone
 
-Fits on the device's most recently measured table (runtime version and settings), or on
-the one --table names (`latbench lut --device X --tables` lists them): a LUT of the
+Fits on the device's newest table (runtime version and settings) measured with its
+profile's current settings (else the newest), or on the one --table names (`latbench lut --device X --tables` lists them): a LUT of the
 measured ops, a GBDT for ops never measured (its features, target, base model and split
 chosen by 5-fold cross-validation), and a network-level correction when whole networks were measured (`latbench collect --networks
 N`); without them a network is the plain sum of its ops. Prints held-out accuracy next to
@@ -61,7 +61,7 @@ def _folds(text: str) -> int:
 def run(args) -> int:
     from latbench.errors import LatbenchError, UsageError
     from latbench.spaces import get_space
-    from latbench.store import device_table
+    from latbench.store import device_table, profile_settings_hash, table_choice_note
     from predictors import artifact, metrics, selection, training
     from predictors.gbdt import MIN_FIT_ROWS, GBDTPredictor
     from predictors.latency import LatencyPredictor
@@ -69,25 +69,29 @@ def run(args) -> int:
     artifact.check_device_name(args.device)
     name = args.device if args.unit is None else artifact.check_device_name(args.unit)
     space = get_space(args.space)
-    info, rows, n_tables = device_table(args.device, args.table, unit=args.unit)
+    current = profile_settings_hash(args.device)
+    info, rows, n_tables = device_table(args.device, args.table, unit=args.unit, settings_hash=current)
+    choice = table_choice_note(args.device, info, n_tables, current, picked=args.table is not None)
     ctx = info.context
     units = _units(info.context)
     data = training.from_rows(rows)
     if len(data.specs) < MIN_FIT_ROWS:
+        others = (f", or fit another of its {n_tables} tables with --table ID (`latbench lut --device "
+                  f"{args.device} --tables`)" if n_tables > 1 else "")
         raise LatbenchError(
-            f"only {len(data.specs)} ops measured for {args.device!r} "
+            f"only {len(data.specs)} ops measured for {args.device!r} in table {ctx.table_id} "
             f"({ctx.runtime_label}); a predictor needs at least {MIN_FIT_ROWS}",
-            f"run `latbench collect --device {args.device} --space {space.name}`"
-            if ctx.runtime != "imported" else "import the device's op measurements (`latbench import`)")
+            (f"run `latbench collect --device {args.device} --space {space.name}`"
+             if ctx.runtime != "imported" else "import the device's op measurements (`latbench import`)")
+            + others)
     if len(data.specs) < args.folds:
         raise UsageError(f"--folds {args.folds} is more than the {len(data.specs)} ops measured for "
                          f"{args.device!r}", f"give --folds {len(data.specs)} or fewer (default 5)")
     started = time.perf_counter()
     output.note(f"device {args.device}: table {ctx.table_id}, {ctx.runtime_label}; "
                 f"{len(data.specs)} ops, {len(data.networks)} networks measured")
-    if n_tables > 1 and args.table is None:
-        output.note(f"  the newest of its {n_tables} tables; fit another with --table ID "
-                    f"(`latbench lut --device {args.device} --tables` lists them)")
+    if choice:
+        output.note(f"  {choice}")
     farm_units = {u: n for u, n in units.items() if u}
     if args.unit is not None:
         output.note(f"unit {args.unit} alone: {farm_units[args.unit]} of {sum(units.values())} measurements")

@@ -21,8 +21,8 @@ examples:
   latbench lut --device local --table 3f9c02ab # an older table (runtime version, settings)
 
 A device has one table per runtime version and measurement settings (threads, protocol,
-cores); rows come from the most recently measured one unless --table names another by the
-id --tables prints (a prefix is enough). median_ms is the median over rounds of each round's median, round_spread is
+cores); rows come from the newest table measured with the profile's current settings (else
+the newest) unless --table names another by the id --tables prints (a prefix is enough). median_ms is the median over rounds of each round's median, round_spread is
 (max - min) / median of those round medians."""
 
 
@@ -42,11 +42,15 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def run(args) -> int:
-    from latbench.store import device_table
+    from latbench.store import device_table, profile_settings_hash, table_choice_note
 
     if args.tables:
         return _list_tables(args)
-    info, rows, _ = device_table(args.device, args.table)
+    current = profile_settings_hash(args.device)
+    info, rows, n_tables = device_table(args.device, args.table, settings_hash=current)
+    choice = table_choice_note(args.device, info, n_tables, current, picked=args.table is not None)
+    if choice:
+        output.note(choice)
     if args.kind:
         rows = [r for r in rows if r["kind"] == args.kind]
     ctx = info.context
