@@ -54,6 +54,8 @@ class Report:
     wall_s: float = 0.0
     relative_iqrs: list[float] = field(default_factory=list)
     max_temperature_c: float | None = None
+    unmeasured: int = 0  # (key, round) pairs exported but not measured: failed or never run
+    stopped: str | None = None  # why collection stopped before the end of the plan
 
     @property
     def noisy(self) -> int:
@@ -66,6 +68,7 @@ class Report:
             "wall_s": round(self.wall_s, 3), "noisy": self.noisy,
             "median_relative_iqr": float(np.median(self.relative_iqrs)) if self.relative_iqrs else None,
             "max_temperature_c": self.max_temperature_c,
+            "unmeasured": self.unmeasured, "stopped": self.stopped,
         }
 
 
@@ -146,14 +149,22 @@ class Collector:
             if stage == "export" and key in plan.items and key not in paths:
                 report.failed[key] = f"export: {error}"
         done_items = 0
-        total = sum(1 for b in plan.batches for k, _ in b if k in paths)
-        for batch in plan.batches:
-            batch = [(k, r) for k, r in batch if k in paths]
-            if not batch:
-                continue
+        batches = [[(k, r) for k, r in batch if k in paths] for batch in plan.batches]
+        batches = [b for b in batches if b]
+        total = sum(len(b) for b in batches)
+        give_up = int(self.profile.retry.get("max_failed_batches", 3))
+        failed_in_a_row = 0
+        for i, batch in enumerate(batches):
+            failed_before = report.batches_failed
             self._run_batch(plan, batch, paths, report)
             done_items += len(batch)
             self.on_event("measure", done_items, total, {"report": report})
+            failed_in_a_row = failed_in_a_row + 1 if report.batches_failed > failed_before else 0
+            if failed_in_a_row >= give_up and i + 1 < len(batches):
+                report.stopped = (f"{give_up} batches in a row failed, so the device looks unreachable or "
+                                  f"misconfigured; {len(batches) - i - 1} batch(es) were not tried")
+                report.unmeasured += sum(len(b) for b in batches[i + 1:])
+                break
         report.wall_s = time.perf_counter() - start
         return report
 
@@ -184,6 +195,7 @@ class Collector:
                 time.sleep(delay)
                 self.reconnect()
         report.batches_failed += 1
+        report.unmeasured += len(remaining)
         for key, _ in remaining:
             report.failed.setdefault(key, f"run: {output.error}")
 

@@ -38,15 +38,17 @@ _FIELDS: dict[str, tuple[Any, Any, str]] = {
     "connection": (dict, {}, "transport settings: host, port, user, serial, workdir, ..."),
     "protocol": (dict, {}, "timing protocol: warmup_runs, warmup_s, runs, min_time_s, max_runs, rounds, batch_size, seed"),
     "thermal": (dict, {}, "max_temp_c (wait to cool above it), cool_timeout_s and poll_s"),
-    "retry": (dict, {}, "attempts (per batch), backoff_s (first wait, doubled each time), max_backoff_s"),
+    "retry": (dict, {}, "attempts (per batch), backoff_s (first wait, doubled each time), max_backoff_s, "
+                       "max_failed_batches (in a row, then collect stops; default 3)"),
     "timeout_s": ((int, float), 600, "longest a runner invocation (one batch) may take"),
 }
 _CHOICES = {"transport": TRANSPORTS, "runner": RUNNERS, "runtime": RUNTIMES, "format": FORMATS}
 _NUM = (int, float)
 _THERMAL_FIELDS = {"max_temp_c": (int, float, type(None)), "cool_timeout_s": _NUM, "poll_s": _NUM}
-_RETRY_FIELDS = {"attempts": (int,), "backoff_s": _NUM, "max_backoff_s": _NUM}
+_RETRY_FIELDS = {"attempts": (int,), "backoff_s": _NUM, "max_backoff_s": _NUM, "max_failed_batches": (int,)}
 #: Lowest allowed value of thermal/retry settings (0 attempts or a negative sleep would crash collect).
 _SECTION_MIN = {("retry", "attempts"): 1, ("retry", "backoff_s"): 0, ("retry", "max_backoff_s"): 0,
+                ("retry", "max_failed_batches"): 1,
                 ("thermal", "cool_timeout_s"): 0, ("thermal", "poll_s"): 0}
 
 #: transport -> connection field -> (types, required, description)

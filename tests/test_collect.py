@@ -217,3 +217,77 @@ def test_ctrl_c_says_cancelled_keeps_finished_batches_and_resumes(warm_home, mak
     before = stored(warm_home / "latbench.db")
     assert BATCH <= len(before) < LIMIT * ROUNDS
     check_resumes(warm_home / "latbench.db", before, name, latbench_cli)
+
+
+# ---- a device that stays down, and two collections at once ------------------------------
+
+class _DownRunner:
+    """A runner whose device never answers: every batch fails as a dropped link does."""
+
+    def __init__(self, runner):
+        self._runner = runner
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def run_batch(self, items):
+        from latbench.errors import DeviceError
+
+        raise DeviceError("lost the connection to the device (test)")
+
+
+def test_batches_failing_in_a_row_stop_the_collection(make_profile, monkeypatch):
+    import latbench.collect as collect_module
+
+    real = collect_module.make_runner
+    monkeypatch.setattr(collect_module, "make_runner", lambda *a, **k: _DownRunner(real(*a, **k)))
+    name = make_profile("down", protocol={"batch_size": 1, "rounds": 1},
+                        retry={"attempts": 2, "backoff_s": 0, "max_failed_batches": 2})
+    plan, report = collect(name, SPACE.ops()[:5])
+    assert (report.measured, report.batches_failed, report.unmeasured) == (0, 2, 5)
+    assert "2 batches in a row failed" in report.stopped and "3 batch(es) were not tried" in report.stopped
+
+
+def test_cli_collect_left_short_exits_1_and_says_how_to_finish(warm_home, make_profile, monkeypatch, capsys):
+    import latbench.collect as collect_module
+    from latbench.cli.main import main
+
+    real = collect_module.make_runner
+    calls = []
+
+    def flaky(*a, **k):  # the first runner works for one batch, then the device is gone
+        runner = real(*a, **k)
+        if calls:
+            return _DownRunner(runner)
+        calls.append(1)
+        run_batch = runner.run_batch
+
+        def once(items):
+            runner.run_batch = _DownRunner(runner).run_batch
+            return run_batch(items)
+        runner.run_batch = once
+        return runner
+
+    monkeypatch.setattr(collect_module, "make_runner", flaky)
+    monkeypatch.setattr(sys, "argv", ["latbench"])
+    name = make_profile("flaky", protocol={"batch_size": 2, "rounds": 1}, retry={"attempts": 1})
+    code = main(["collect", "--device", name, "--limit", "6", "--json"])
+    out = capsys.readouterr()
+    summary = json.loads(out.out)
+    assert code == 1, out.err
+    assert (summary["measured"], summary["unmeasured"], summary["batches_failed"]) == (2, 4, 2)
+    assert "4 of 6 planned measurements were not made" in " ".join(out.err.split())
+
+
+def test_a_second_collection_on_the_same_hardware_is_refused(warm_home, fast_profile, capsys, monkeypatch):
+    from latbench.cli.main import main
+    from latbench.locks import device_lock, hardware_name
+
+    assert hardware_name(load_profile("local")) == hardware_name(load_profile("local-tflite"))
+    monkeypatch.setattr(sys, "argv", ["latbench"])
+    with device_lock(load_profile("local"), home.home_dir() / "locks"):
+        code = main(["collect", "--device", fast_profile, "--limit", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"is being measured already, by latbench pid {os.getpid()}, device local" in err
+    assert main(["collect", "--device", fast_profile, "--limit", "1", "--rounds", "1"]) == 0  # freed

@@ -1,0 +1,55 @@
+"""One collection per physical device at a time: two runs on one device time each other's
+load, and both would store what they measured (the store keeps the first row of a key and
+round). Profiles that reach the same hardware (`local` and `local-tflite`; two profiles of one
+board) share a lock."""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from latbench.errors import LatbenchError
+
+
+def hardware_name(profile) -> str:
+    """The hardware a profile measures: this host, an SSH host and port, an adb address or
+    serial."""
+    c = profile.connection
+    if profile.transport == "ssh":
+        name = f"ssh-{c.get('host', '')}-{c.get('port', 22)}"
+    elif profile.transport == "adb":
+        name = f"adb-{c.get('address') or c.get('serial') or 'usb'}"
+    else:
+        name = "this-host"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+@contextmanager
+def device_lock(profile, directory: Path) -> Iterator[None]:
+    """Hold `directory/<hardware>.lock` (an advisory flock, freed by the kernel when this
+    process ends, however it ends) or raise a LatbenchError naming the holder."""
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{hardware_name(profile)}.lock"
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another latbench process"
+            raise LatbenchError(f"the hardware of device {profile.name!r} ({hardware_name(profile)}) is "
+                                f"being measured already, by {holder}",
+                                "wait for that collection to finish: two at once would time each "
+                                "other's load") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"latbench pid {os.getpid()}, device {profile.name}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
