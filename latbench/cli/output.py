@@ -13,10 +13,12 @@ def console(stderr: bool = False):
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    # Piped output (CI logs, files) gets a wide page instead of rich's 80 columns.
-    width = None if stream.isatty() or os.environ.get("COLUMNS") else 160
+    tty = stream.isatty()
+    # Piped output (CI logs, files) gets a wide page for tables instead of rich's 80 columns,
+    # and messages unwrapped: one message, one line, for grep and for log readers.
+    width = None if tty or os.environ.get("COLUMNS") else 160
     # No markup: messages carry paths, errors and pip extras ('.[tflite]') that rich would eat.
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width, markup=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=not tty, width=width, markup=False)
 
 
 def print_json(data: Any) -> None:
