@@ -182,13 +182,16 @@ def evaluate_networks(summed_ms: Sequence[float], network_flops: Sequence[float]
 
 def lut_sum_baseline(lut, specs: Sequence[OpSpec], latency_ms, networks) -> np.ndarray:
     """The LUT-sum baseline for whole networks: measured medians, FLOPs-linear for ops never
-    measured, no network correction."""
+    measured, no network correction. Identities add 0, as in the predictor's own sum
+    (`LatencyPredictor.network_op_costs`), so the two differ only in what is compared."""
     line = FlopsLinear().fit(op_flops(specs), latency_ms)
     sums = []
     for net in networks:
-        values = lut.lookup(list(net.ops))
+        ops = list(net.ops)
+        values = lut.lookup(ops)
         missing = np.isnan(values)
         if missing.any():
-            values[missing] = line.predict(op_flops([op for op, m in zip(net.ops, missing) if m]))
+            values[missing] = line.predict(op_flops([op for op, m in zip(ops, missing) if m]))
+        values[np.fromiter((op.is_identity for op in ops), dtype=bool, count=len(ops))] = 0.0
         sums.append(values.sum())
     return np.array(sums)

@@ -361,3 +361,17 @@ def test_an_identity_keeps_its_own_time_but_adds_nothing_to_a_network():
     for arch in archs + [[8] * space.num_layers]:
         total = table[np.arange(space.num_layers), arch].sum() + fixed
         assert model.predict_network(space, arch) == pytest.approx(float(model.correct(total)), rel=1e-12)
+
+
+def test_the_lut_sum_baseline_adds_nothing_for_an_identity_as_the_predictor_does():
+    from latbench.spaces import get_space
+    from predictors.selection import lut_sum_baseline
+
+    space = get_space("fbnet-cifar")
+    ops = space.ops()
+    lut = LUT.from_arrays(ops, np.ones(len(ops)))  # every op, identities too, timed at 1 ms
+    net = space.network([8] * 22)
+    identities = sum(op.is_identity for op in net.ops)
+    assert identities > 0
+    baseline = lut_sum_baseline(lut, ops, np.ones(len(ops)), [net])
+    assert baseline[0] == len(net.ops) - identities
