@@ -183,6 +183,10 @@ def load(directory: Path, device: str | None = None) -> LatencyPredictor:
         settings = manifest["predictor"]
         predictor = LatencyPredictor(GBDTPredictor(**gbdt.get_params()),
                                      correction=settings["correction"], use_lut=settings["use_lut"])
+    except ImportError as exc:  # the files are fine; this Python lacks a library to read them
+        missing = exc.name or str(exc)
+        raise ArtifactError(f"cannot load the predictor in {directory}: {missing} is not installed",
+                            f"pip install {missing} (a latbench dependency) in this Python") from None
     except Exception as exc:  # any unreadable part is one error naming the file
         raise ArtifactError(f"cannot read {current} of the predictor in {directory} "
                             f"({type(exc).__name__}: {exc})", refit) from None

@@ -14,8 +14,8 @@ from latbench.errors import UsageError
 from latbench.ops import FEATURE_NAMES, OpSpec
 from latbench.spaces import get_space
 
-pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e .[predict]")
-pytest.importorskip("scipy", reason="predictors need SciPy: pip install -e .[predict]")
+pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e . (a latbench dependency)")
+pytest.importorskip("scipy", reason="predictors need SciPy: pip install -e . (a latbench dependency)")
 
 import predictors  # noqa: E402
 from predictors import metrics, selection  # noqa: E402

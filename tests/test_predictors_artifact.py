@@ -15,7 +15,7 @@ from conftest import ROOT
 from latbench.ops import OpSpec
 from latbench.spaces import get_space
 
-pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e .[predict]")
+pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e . (a latbench dependency)")
 
 from predictors import artifact  # noqa: E402
 from predictors.artifact import ArtifactError  # noqa: E402
@@ -104,6 +104,15 @@ def test_a_flipped_byte_is_one_clear_error(saved, name):
     assert name in message and "corrupt" in message
     assert "re-run `latbench fit-predictor --device raspi4`" in message
     assert "\n" not in message
+
+
+def test_a_missing_library_is_named_not_blamed_on_the_files(saved, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lightgbm", None)  # as if it were not installed
+    with pytest.raises(ArtifactError) as info:
+        artifact.load(saved, "raspi4")
+    message = str(info.value)
+    assert "lightgbm is not installed" in message and "pip install lightgbm" in message
+    assert "fit-predictor" not in message  # re-fitting would not help
 
 
 def test_missing_file_and_bad_manifest(saved):

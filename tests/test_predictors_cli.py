@@ -10,7 +10,7 @@ import pytest
 from conftest import SHARED_DATA
 from latbench.ops import OpSpec
 
-pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e .[predict]")
+pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e . (a latbench dependency)")
 pytest.importorskip("matplotlib", reason="the fit report draws a PNG: pip install matplotlib")
 
 import predictors  # noqa: E402
