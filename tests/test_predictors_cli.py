@@ -67,9 +67,10 @@ def test_fit_with_networks_reports_held_out_networks_and_baselines(imported, lat
     assert done.returncode == 0, done.stderr
     done = latbench_cli("fit-predictor", "--device", "pi", "--folds", "2", timeout_s=300)
     assert done.returncode == 0, done.stderr
-    for text in ("ops: 2-fold held-out", "networks: held-out", "lut+gbdt+correction", "flops_linear",
+    for text in ("ops: 2-fold held-out", "networks: held-out", "lut+gbdt+correction (", "flops_linear",
                  "lut_sum (no correction)", "settings tried", "network correction"):
         assert text in done.stdout + done.stderr, text
+    assert "the sum of their ops" not in done.stderr and "measured networks:" not in done.stderr
     report = json.loads((imported / "predictors" / "pi" / "report.json").read_text())
     nets = report["networks_cv"]
     assert report["network_correction"] is True and nets["networks"] == nets["held_out"] == 5000
@@ -81,6 +82,19 @@ def test_fit_with_networks_reports_held_out_networks_and_baselines(imported, lat
     assert len(report["selection"]) == 8
     model = predictors.load("latbench:pi")
     assert model.has_network_correction and abs(model.correction_.scale_ - 1) < 0.005
+
+
+def test_few_networks_or_networks_far_from_their_op_sums_get_a_note(imported, latbench_cli, tmp_path):
+    small = tmp_path / "three.csv"
+    small.write_text("".join(NETWORKS.read_text().splitlines(keepends=True)[:4]))  # header + 3 archs
+    # HELP's archs are of fbnet-cifar; stored as fbnet-imagenet they are 5x faster than their ops
+    done = latbench_cli("import", str(small), "--device", "pi", "--column", "raspi4",
+                        "--space", "fbnet-imagenet", "--source", "pi-tables")
+    assert done.returncode == 0, done.stderr
+    done = latbench_cli("fit-predictor", "--device", "pi", "--no-select", "--folds", "2")
+    assert done.returncode == 0, done.stderr
+    assert "only 3 measured networks" in done.stderr
+    assert "take 0.2" in done.stderr and "same space and input size" in done.stderr
 
 
 def test_fit_predictor_errors(latbench_home, latbench_cli, imported):

@@ -165,7 +165,8 @@ def run(args) -> int:
     output.table(f"ops: {ops_eval['folds']}-fold held-out ({len(data.specs)} ops; "
                  f"a LUT has no answer for held-out ops)", metrics.TABLE_COLUMNS, rows)
     if net_eval:
-        rows = [metrics.format_row("lut+gbdt+correction", net_eval["predictor"]),
+        form = predictor.correction_.form_ if predictor.correction_ is not None else "none"
+        rows = [metrics.format_row(f"lut+gbdt+correction ({form})", net_eval["predictor"]),
                 metrics.format_row("flops_linear", net_eval["flops_linear"]),
                 metrics.format_row("lut_sum (no correction)", net_eval["lut_sum"])]
         output.table(f"networks: held-out ({net_eval['held_out']} of {net_eval['networks']})",
@@ -210,7 +211,31 @@ def _notes(predictor, data, coverage, directory, args, ctx, stderr_only: bool = 
                        f"measure some with `latbench collect --device {args.device} --networks 20`)"))
     elif len(data.networks) < 2:
         output.note("note: one measured network: the correction is fitted but cannot be cross-validated")
+    elif len(data.networks) < FEW_NETWORKS:
+        output.note(f"note: only {len(data.networks)} measured networks: their held-out figures (above all "
+                    f"Spearman and Kendall) say little; measure {FEW_NETWORKS} or more (`--networks 20`)")
+    if data.networks:
+        _check_network_ratio(predictor, data)
     output.note(f"saved {directory} (load with predictors.load(\"latbench:{directory.name}\"))")
+
+
+FEW_NETWORKS = 10  # fewer measured networks than this: held-out network figures are anecdotes
+#: Measured networks this far from their op sums (median ratio) get a note: a space mismatch
+#: (networks of one space, ops of another) looks like this; so does strong fusion on a GPU.
+NETWORK_RATIO_RANGE = (0.5, 2.0)
+
+
+def _check_network_ratio(predictor, data) -> None:
+    import numpy as np
+
+    summed = np.array([np.sum(predictor.network_op_costs(n.ops)) for n in data.networks])
+    ratio = float(np.median(np.asarray(data.network_ms) / np.maximum(summed, 1e-9)))
+    low, high = NETWORK_RATIO_RANGE
+    if not low <= ratio <= high:
+        output.note(f"note: the measured networks take {ratio:.2f}x the sum of their ops (median), so the "
+                    "correction carries much of every prediction; unless the runtime fuses that much, check "
+                    "that the networks and the ops are of the same space and input size (`latbench import "
+                    "--space`, `latbench lut --device ... --kind network`)")
 
 
 def _strip(evaluation: dict | None) -> dict | None:
