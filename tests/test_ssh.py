@@ -242,6 +242,77 @@ def test_run_timeout_kills_the_command(sshd, tmp_path):
     assert left.stdout == ""  # the command and its child are gone
 
 
+def _running(pattern: str) -> list[str]:
+    """Pids of processes on this host (the board of the test sshd) whose command line matches."""
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def _drop(t, after_s: float) -> threading.Thread:
+    """Cut this side of the connection after `after_s`, like a cable pulled mid-run."""
+    import socket
+
+    sock = t._client.get_transport().sock
+
+    def cut() -> None:
+        time.sleep(after_s)
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+    thread = threading.Thread(target=cut)
+    thread.start()
+    return thread
+
+
+def test_a_dropped_connection_is_lost_and_its_run_ended_on_reconnect(sshd, tmp_path):
+    marker = f"4{time.time() % 1000:.4f}"  # a sleep no one else runs
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        cut = _drop(t, 1.0)
+        with pytest.raises(DeviceError) as err:
+            t.run(["sh", "-c", "sleep $1 & sleep $1; wait", "sh", marker], 30)
+        cut.join()
+        # paramiko's exit status -1 is a lost connection, not "the runner exited with -1"
+        assert err.value.message.startswith(f"lost the SSH connection to {t.where} while running sh")
+        assert "-1" not in str(err.value) and "re-run" in err.value.hint
+        assert len(_running(f"sleep {marker}")) == 2  # sshd left the run going on the board
+        # The next command reconnects, and first ends the old run (the sleep and its child).
+        assert t.run(["echo", "again"], 10).stdout == "again\n"
+        assert _running(f"sleep {marker}") == []
+        assert t._lost_runs == []
+
+
+def test_a_shell_killed_by_a_signal_is_not_a_lost_connection(sshd, tmp_path):
+    # bash execs the last command of `-c`, so this kills the login shell itself: the channel
+    # closes without an exit status while the connection stays up.
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        with pytest.raises(DeviceError) as err:
+            t.run(["sh", "-c", "kill -9 $$"], 10)
+        assert "without an exit status" in err.value.message and "lost" not in err.value.message
+        assert t.run(["echo", "same connection"], 10).stdout == "same connection\n"
+
+
+def test_the_kill_of_a_lost_run_spares_a_reused_pid_and_other_boots(sshd, tmp_path):
+    from latbench.transports.ssh import _run_mark
+
+    victim = subprocess.Popen(["sleep", "60"], start_new_session=True)  # its own process group
+    try:
+        stat = Path(f"/proc/{victim.pid}/stat").read_text().strip()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pid, start, got_boot = _run_mark(f"LATBENCH_PID={victim.pid} {boot} {stat}\nout".encode())
+        assert (pid, got_boot) == (str(victim.pid), boot) and start == stat.rsplit(")", 1)[1].split()[19]
+        assert _run_mark(b"LATBENCH_PID=12") is None  # the line is not complete yet
+        with transport_for(make_profile(tmp_path, sshd)) as t:
+            assert t._kill((pid, str(int(start) + 1), boot))  # same pid, another process
+            assert t._kill((pid, start, "0" * 8 + boot[8:]))  # the board rebooted since
+            time.sleep(0.2)
+            assert victim.poll() is None
+            assert t._kill((pid, start, boot))
+            assert victim.wait(timeout=5) == -15
+    finally:
+        victim.kill()
+        victim.wait()
+
+
 def test_missing_program_names_the_fix(sshd, tmp_path):
     with transport_for(make_profile(tmp_path, sshd)) as t:
         with pytest.raises(DeviceError) as err:

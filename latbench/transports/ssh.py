@@ -32,6 +32,8 @@ else:
     # paramiko logs a failed handshake with a traceback; latbench reports it as one line.
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_WORKDIR = "/tmp/latbench"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 _PID_MARK = "LATBENCH_PID="
@@ -42,9 +44,30 @@ _SFTP_TIMEOUT_S = 60.0
 # One round trip for many files: the sha256 of each path in order, "-" when it is missing.
 _HASH_SCRIPT = ('for f do if [ -f "$f" ]; then sha256sum < "$f" 2>/dev/null || echo -; '
                 'else echo -; fi; done')
-# Kill the process group the login shell of a timed-out command leads (sshd setsid()s it).
-_KILL_SCRIPT = ('kill -TERM -"$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null; sleep 1; '
-                'kill -KILL -"$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null; true')
+# Before each command the login shell prints its pid, the boot id and its /proc stat line, so a
+# later kill can tell the same process from a reused pid (sshd setsid()s the shell: pid = group).
+_PID_PREFIX = (f"s=; b=; read -r s 2>/dev/null < /proc/$$/stat; "
+               f"read -r b 2>/dev/null < /proc/sys/kernel/random/boot_id; "
+               f"printf '%s\\n' \"{_PID_MARK}$$ ${{b:--}} $s\"; ")
+# End the process group a command's login shell leads; $1 = pid, $2 = its start time, $3 = boot
+# id ("-" = unknown). Nothing is killed on another boot or when the pid now names another
+# process; a gone leader with live group members is still ours (Linux keeps a pgid unused).
+_KILL_SCRIPT = r"""
+pid=$1 start=$2 boot=$3 b= s=
+read -r b 2>/dev/null < /proc/sys/kernel/random/boot_id
+[ "$boot" = - ] || [ -z "$b" ] || [ "$b" = "$boot" ] || exit 0
+if read -r s 2>/dev/null < "/proc/$pid/stat"; then
+  set -- ${s##*) }
+  [ "$start" = - ] || [ "${20}" = "$start" ] || exit 0
+fi
+alive() { kill -0 -"$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; }
+alive || exit 0
+kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+i=0
+while alive && [ "$i" -lt 20 ]; do sleep 0.1 2>/dev/null || sleep 1; i=$((i + 1)); done
+kill -KILL -"$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+true
+"""
 # Everything `latbench doctor` shows, read in one command; $1 = workdir, $2 = python.
 _INFO_SCRIPT = r"""
 printf 'model\t%s\n' "$(tr -d '\000' < /proc/device-tree/model 2>/dev/null)"
@@ -62,6 +85,23 @@ done
 printf 'df\t%s\n' "$(df -Pk "$1" 2>/dev/null | tail -n 1)"
 printf 'python\t%s\n' "$("$2" -c 'import platform; print(platform.python_version())' 2>/dev/null)"
 """
+
+
+def _run_mark(out: bytes | bytearray) -> tuple[str, str, str] | None:
+    """(pid, start time, boot id) from the first line `_PID_PREFIX` printed, "-" for what the
+    board did not tell; None before the whole line arrived."""
+    if b"\n" not in out:
+        return None
+    first = bytes(out).split(b"\n", 1)[0].decode("ascii", "replace")
+    if not first.startswith(_PID_MARK):
+        return None
+    fields = first[len(_PID_MARK):].split(" ", 2)
+    if not fields[0].isdigit():
+        return None
+    boot = fields[1] if len(fields) > 1 and fields[1] else "-"
+    stat = fields[2].rsplit(")", 1)[-1].split() if len(fields) > 2 else []
+    start = stat[19] if len(stat) > 19 and stat[19].isdigit() else "-"
+    return fields[0], start, boot
 
 
 def _require_paramiko() -> None:
@@ -145,6 +185,8 @@ class SSHTransport(Transport):
         #: files actually uploaded by this transport (not skipped); for reports and tests
         self.uploads = 0
         self.trusted_new_key: str | None = None
+        #: (pid, start time, boot id) of runs whose end was not seen; killed on reconnect
+        self._lost_runs: list[tuple[str, str, str]] = []
 
     # ---- connection ------------------------------------------------------------------------
 
@@ -187,6 +229,7 @@ class SSHTransport(Transport):
         self._home = None
         self._remote_sha.clear()
         self._connected_once = True
+        self._kill_lost_runs()
         self._workdir = self._resolve_workdir(self._workdir_setting)
         res = self.run(["mkdir", "-p", "--", self._workdir], timeout + 20)
         if res.exit_code != 0:
@@ -318,7 +361,7 @@ class SSHTransport(Transport):
     def run(self, argv: list[str], timeout_s: float) -> CommandResult:
         """Run `argv` (quoted word by word) in the login shell; kill it after `timeout_s`."""
         client = self._ensure()
-        command = f"echo {_PID_MARK}$$; " + shlex.join(argv)
+        command = _PID_PREFIX + shlex.join(argv)
         try:
             chan = client.get_transport().open_session(timeout=self.connect_timeout_s)
             chan.exec_command(command)
@@ -345,7 +388,8 @@ class SSHTransport(Transport):
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._kill(out)
+                    if not self._kill(_run_mark(out)):
+                        self._remember_lost(out)  # killed at the next connection instead
                     raise DeviceError(
                         f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}; killed",
                         "raise timeout_s in the profile or lower protocol.batch_size")
@@ -354,12 +398,24 @@ class SSHTransport(Transport):
             chan.close()
             raise
         except Exception as exc:
+            self._remember_lost(out)
             self.close()
             raise self._lost(argv, exc) from None
-        if not chan.exit_status_ready():
+        # paramiko leaves exit_status at -1 when the channel closed without one: a dropped
+        # connection (its thread closes the channels a moment before it marks itself
+        # inactive) or, on a live one, a login shell killed by a signal.
+        code = chan.exit_status if chan.exit_status_ready() else -1
+        if code == -1:
+            chan.close()
+            if not self._wait_inactive(client, 1.0):
+                self._kill(_run_mark(out))
+                raise DeviceError(f"{argv[0]} ended without an exit status on {self.where} "
+                                  "(killed by a signal, e.g. the out-of-memory killer?)",
+                                  "check `dmesg` on the board; re-run, collection resumes with "
+                                  "what is missing")
+            self._remember_lost(out)
             self.close()
             raise self._lost(argv, None)
-        code = chan.recv_exit_status()
         chan.close()
         stdout = out.decode("utf-8", "replace")
         if stdout.startswith(_PID_MARK):
@@ -377,20 +433,47 @@ class SSHTransport(Transport):
                            "check that the board is up (it may have rebooted); re-run, "
                            "collection resumes with what is missing")
 
-    def _kill(self, out: bytearray) -> None:
-        """Best effort: end the timed-out command's process group through a second channel."""
-        first = bytes(out).split(b"\n", 1)[0].decode("ascii", "replace")
-        pid = first[len(_PID_MARK):] if first.startswith(_PID_MARK) else ""
-        if not pid.isdigit():
-            return
+    @staticmethod
+    def _wait_inactive(client, wait_s: float) -> bool:
+        """True when the connection under `client` is gone (or goes within `wait_s`)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            transport = client.get_transport()
+            if transport is None or not transport.is_active():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def _remember_lost(self, out: bytearray) -> None:
+        """A run whose end we did not see may still run on the board: kill it on reconnect."""
+        mark = _run_mark(out)
+        if mark is not None and mark not in self._lost_runs:
+            self._lost_runs.append(mark)
+
+    def _kill(self, mark: tuple[str, str, str] | None) -> bool:
+        """End the process group of a run (see `_run_mark`) through a new channel; False when
+        the kill could not be sent. Never kills a reused pid or anything after a reboot."""
+        if mark is None:
+            return True
         try:
             chan = self._client.get_transport().open_session(timeout=self.connect_timeout_s)
             chan.settimeout(10)
-            chan.exec_command(shlex.join(["sh", "-c", _KILL_SCRIPT, "sh", pid]))
+            chan.exec_command(shlex.join(["sh", "-c", _KILL_SCRIPT, "sh", *mark]))
             chan.recv_exit_status()
             chan.close()
         except Exception:
-            pass
+            return False
+        return True
+
+    def _kill_lost_runs(self) -> None:
+        """Before any new command: end the runs of an earlier connection that dropped, so two
+        runners never share the board's cores (and none stays blocked on a dead pipe)."""
+        for mark in list(self._lost_runs):
+            if not self._kill(mark):
+                return  # this connection failed too; the next one tries again
+            self._lost_runs.remove(mark)
+            logger.debug("ended the run of a lost connection on %s (pid %s)", self.where, mark[0])
 
     # ---- files -----------------------------------------------------------------------------
 
