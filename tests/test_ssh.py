@@ -168,6 +168,41 @@ def test_changed_host_key_is_always_refused(sshd, tmp_path, kind):
     assert t.device_info()["host_key"] == "changed"
 
 
+def test_known_hosts_marker_lines_are_skipped_and_revoked_keys_refused(sshd, tmp_path):
+    from sshd import keygen
+
+    ca = keygen(tmp_path / "ca")
+    ca_type, ca_blob = (tmp_path / "ca.pub").read_text().split()[:2]
+    key_type, key_blob = (sshd.root / "host_ed25519.pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    # A valid OpenSSH file: markers before and after the host's own line.
+    known.write_text(f"@cert-authority *.example.org {ca_type} {ca_blob}\n"
+                     f"# a comment\n{sshd.host_key_line()}"
+                     f"@revoked old-board.example.org {ca_type} {ca_blob}\n")
+    with transport_for(make_profile(tmp_path, sshd, known_hosts=known)) as t:
+        assert t.run(["true"], 10).exit_code == 0
+        assert t.skipped_cert_authorities == 1
+    # The server's key revoked: refused, even when new hosts are trusted, and nothing is written.
+    known.write_text(sshd.host_key_line() + f"@revoked * {key_type} {key_blob}\n")
+    before = known.read_text()
+    t = transport_for(make_profile(tmp_path, sshd, known_hosts=known, trust_unknown_host=True))
+    with pytest.raises(DeviceError) as err:
+        t.connect()
+    assert "@revoked" in err.value.message and fingerprint(sshd.root / "host_ed25519.pub") in err.value.message
+    assert known.read_text() == before and "\n" not in str(err.value)
+    assert t.device_info()["host_key"] == "revoked"
+    assert ca.exists()
+
+
+def test_a_broken_known_hosts_line_is_named(sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd.host_key_line() + "board ssh-ed25519 not-base64!\n")
+    with pytest.raises(DeviceError) as err:
+        transport_for(make_profile(tmp_path, sshd, known_hosts=known)).connect()
+    assert f"line 2 of the known_hosts file {known}" in err.value.message
+    assert "remove that line" in err.value.hint
+
+
 def test_wrong_user_key_says_how_to_authorize(sshd, tmp_path):
     from sshd import keygen
 

@@ -136,6 +136,14 @@ class _HostKeyPolicy:
 
     def missing_host_key(self, client, hostname: str, key) -> None:
         t = self.transport
+        if t.is_revoked(key):
+            err = DeviceError(
+                f"the SSH host key of {hostname} ({key.get_name()} {key.fingerprint}) is marked "
+                f"@revoked in {t.known_hosts}; refusing to connect",
+                "do not trust this host; if the board was reinstalled with a new key, get that key "
+                "from its console and put it in known_hosts")
+            err.stage = "revoked_host"
+            raise err
         if not t.trust_new_host:
             err = DeviceError(
                 f"the SSH host key of {hostname} ({key.get_name()} {key.fingerprint}) is not in "
@@ -185,6 +193,9 @@ class SSHTransport(Transport):
         #: files actually uploaded by this transport (not skipped); for reports and tests
         self.uploads = 0
         self.trusted_new_key: str | None = None
+        #: host keys of @revoked lines in known_hosts, and how many @cert-authority lines were skipped
+        self.revoked_keys: list = []
+        self.skipped_cert_authorities = 0
         #: (pid, start time, boot id) of runs whose end was not seen; killed on reconnect
         self._lost_runs: list[tuple[str, str, str]] = []
 
@@ -200,11 +211,7 @@ class SSHTransport(Transport):
         self.close()
         client = paramiko.SSHClient()
         if os.path.isfile(self.known_hosts):
-            try:
-                client.load_host_keys(self.known_hosts)
-            except (OSError, paramiko.hostkeys.InvalidHostKey) as exc:
-                raise DeviceError(f"cannot read the known_hosts file {self.known_hosts}: {exc}",
-                                  "fix or remove the bad line, or set connection.known_hosts") from None
+            self._load_known_hosts(client.get_host_keys())
         client.set_missing_host_key_policy(_HostKeyPolicy(self))
         if self.key_file and not os.path.isfile(self.key_file):
             err = DeviceError(f"the SSH key file {self.key_file} does not exist",
@@ -237,6 +244,57 @@ class SSHTransport(Transport):
                               f"{res.stderr.strip()[:200]}",
                               f"set connection.workdir in {self.profile.source or self.profile.name} "
                               "to a writable directory")
+
+    def _load_known_hosts(self, keys) -> None:
+        """Read known_hosts like OpenSSH does, as far as paramiko can check it.
+
+        paramiko cannot parse marker lines: ``@cert-authority`` lines are skipped (host
+        certificates are not checked, so such a host counts as unknown), and the keys of
+        ``@revoked`` lines are refused for every host (OpenSSH limits them to the line's hosts;
+        refusing more is the safe side)."""
+        self.revoked_keys = []
+        self.skipped_cert_authorities = 0
+        try:
+            with open(self.known_hosts) as fh:
+                lines = fh.read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DeviceError(f"cannot read the known_hosts file {self.known_hosts}: "
+                              f"{getattr(exc, 'strerror', None) or exc}",
+                              "fix its permissions, or set connection.known_hosts") from None
+        entries = []
+        for lineno, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            marker = None
+            if line.startswith("@"):
+                marker, _, line = line.partition(" ")
+                if marker != "@revoked":
+                    self.skipped_cert_authorities += marker == "@cert-authority"
+                    logger.debug("%s line %d: %s lines are not supported; skipped",
+                                 self.known_hosts, lineno, marker)
+                    continue
+            try:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line.strip(), lineno)
+            except Exception:  # InvalidHostKey, SSHException, binascii.Error, ...
+                raise DeviceError(f"line {lineno} of the known_hosts file {self.known_hosts} is not "
+                                  "a host key line",
+                                  "fix or remove that line, or set connection.known_hosts") from None
+            if entry is None:  # too few fields or a key type paramiko does not know: as paramiko
+                continue
+            if marker == "@revoked":
+                self.revoked_keys.append(entry.key)
+            else:
+                entries.append(entry)
+        for entry in entries:
+            if entry.key in self.revoked_keys:
+                continue  # a revoked key never verifies a host, even if a normal line has it
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
+
+    def is_revoked(self, key) -> bool:
+        """Whether known_hosts marks `key` @revoked."""
+        return key in self.revoked_keys
 
     def _connect_error(self, exc: BaseException) -> DeviceError:
         src = self.profile.source or self.profile.name
@@ -595,7 +653,8 @@ class SSHTransport(Transport):
         except DeviceError as exc:
             stage = getattr(exc, "stage", "reach")
             info["reachable"] = stage != "reach"
-            info["host_key"] = {"unknown_host": "unknown", "changed_host": "changed"}.get(
+            info["host_key"] = {"unknown_host": "unknown", "changed_host": "changed",
+                                "revoked_host": "revoked"}.get(
                 stage, "ok" if stage == "auth" else None)
             info["error"], info["hint"] = exc.message, exc.hint
             return info
