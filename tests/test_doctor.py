@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -127,7 +128,8 @@ def test_missing_runtime_fails_with_the_install_command(transport, sshd, latbenc
     assert res.returncode == 1
     row = rows["runtime"]
     assert row["status"] == "FAIL" and "onnxruntime" in row["detail"] and bare_python in row["detail"]
-    assert "pip install onnxruntime" in row["fix"]
+    # the board's own interpreter installs it: a bare `pip` there may be another Python's
+    assert row["fix"].startswith(f"{shlex.quote(bare_python)} -m pip install onnxruntime"), row
     # Only the runtime is wrong: the device itself is fine.
     assert [c for c, r in rows.items() if r["status"] == "FAIL"] == ["runtime"]
     assert rows["cores"]["detail"] == str(os.cpu_count())
@@ -182,3 +184,46 @@ def test_unknown_host_key_fails_until_trusted_on_purpose(sshd, latbench_cli, mak
     res, rows = doctor(latbench_cli, name)
     assert res.returncode == 0 and rows["auth"]["status"] == "ok"
     assert fp not in rows["auth"]["detail"]
+
+
+def test_invalid_profile_is_a_failed_check_in_json(latbench_cli, latbench_home):
+    bad = latbench_home / "devices" / "broken.yaml"
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_text("name: broken\ntransport: ssh\nrunner: python\nruntime: onnxruntime\n"
+                   "format: onnx\nconnection: {host: board, prot: 22}\n")
+    res, rows = doctor(latbench_cli, "broken")
+    assert res.returncode == 1
+    assert list(rows) == ["profile"]
+    row = rows["profile"]
+    assert row["status"] == "FAIL" and str(bad) in row["detail"] and "'prot'" in row["detail"]
+    assert "port" in row["fix"]  # did you mean
+    # Without --json it stays one line on stderr.
+    table = latbench_cli("doctor", "--device", "broken")
+    assert table.returncode == 1 and "'prot'" in table.stderr and "Traceback" not in table.stderr
+
+
+@pytest.mark.parametrize("transport", ["local", "ssh"])
+def test_cpu_mask_is_checked_against_the_devices_cores(transport, sshd, latbench_cli, make_profile,
+                                                       tmp_path):
+    ort_version()
+    cores = sorted(os.sched_getaffinity(0))
+    beyond = max(cores) + 1  # a core this host (the board) does not have
+    mask = format((1 << beyond) | (1 << cores[0]), "x")
+
+    def profile(name: str, cpu_mask: str) -> str:
+        if transport == "local":
+            return make_profile(name, connection={"cpu_mask": cpu_mask})
+        return ssh_profile(make_profile, tmp_path, sshd, name, cpu_mask=cpu_mask)
+
+    res, rows = doctor(latbench_cli, profile("too-many", mask))
+    assert res.returncode == 1
+    row = rows["cpu mask"]
+    assert row["status"] == "FAIL" and f"names cores {beyond}," in row["detail"], row
+    assert "fix connection.cpu_mask" in row["fix"]
+    assert [c for c, r in rows.items() if r["status"] == "FAIL"] == ["cpu mask"]
+
+    res, rows = doctor(latbench_cli, profile("pinned", format(1 << cores[0], "x")))
+    assert res.returncode == 0, rows
+    assert rows["cpu mask"]["status"] == "ok"
+    assert rows["cpu mask"]["detail"].startswith(f"pinned to cores {cores[0]} (mask")
+    assert list(rows) == ALL_CHECKS[:6] + ["cpu mask"] + ALL_CHECKS[6:]

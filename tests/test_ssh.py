@@ -74,6 +74,7 @@ def test_connects_with_key_and_known_host(sshd, tmp_path):
         info = t.device_info()
     assert info["reachable"] and info["auth"] and info["host_key"] == "ok"
     assert info["cores"] == os.cpu_count()
+    assert info["online_cpus"] == sorted(os.sched_getaffinity(0))  # what cpu_mask may name
     assert info["python"] == platform.python_version()  # profile.python is this interpreter
     assert 0 < info["free_bytes"] <= os.statvfs(tmp_path).f_blocks * os.statvfs(tmp_path).f_frsize
     assert info["model"] == local_model()

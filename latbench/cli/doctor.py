@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from latbench.cli import output
 
@@ -67,14 +68,18 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
             info = {}
             add("device info", "FAIL", str(exc) or "not available", "check the transport")
         runner = make_runner(transport, profile)
+        runner_info: dict = {}
         try:
-            add("runtime", "ok", f"{runner.runtime_version(runner.info())} ({profile.runner} runner)")
+            runner_info = runner.info()
+            add("runtime", "ok", f"{runner.runtime_version(runner_info)} ({profile.runner} runner)")
         except DeviceError as exc:
-            add("runtime", "FAIL", exc.message, exc.hint or "")
+            add("runtime", "FAIL", exc.message, install_fix(exc.hint or "", runner_info.get("executable")))
         if info:
             add("device", "ok", f"{info.get('model') or '?'}; {info.get('os') or ''}".strip("; "))
             add("cores", "ok" if info.get("cores") else "warn", str(info.get("cores") or "unknown"),
                 "" if info.get("cores") else "cannot read the core count")
+            if profile.cpus:
+                add(*cpu_mask_row(profile, info))
             govs = sorted(set((info.get("governors") or {}).values()))
             freqs = info.get("frequencies_khz") or {}
             detail = (f"{', '.join(govs) or 'unknown'}; "
@@ -108,10 +113,60 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
     return rows
 
 
+def install_fix(hint: str, interpreter: str | None) -> str:
+    """`pip install X` as the device's own interpreter runs it: a bare `pip` there is often
+    another Python's."""
+    if interpreter and hint.startswith("pip install "):
+        return f"{shlex.quote(interpreter)} -m {hint}"
+    return hint
+
+
+def format_cores(cores: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5", the way Linux writes core lists."""
+    runs: list[list[int]] = []
+    for c in sorted(set(cores)):
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def cpu_mask_row(profile, info: dict) -> tuple[str, str, str, str]:
+    """connection.cpu_mask against the device's cores: a mask naming a core it lacks fails
+    every batch later (`cannot pin to cores ...`), so say it here."""
+    wanted = profile.cpus
+    mask = profile.connection.get("cpu_mask")
+    have = info.get("online_cpus") or (list(range(info["cores"])) if info.get("cores") else None)
+    if have is None:
+        return ("cpu mask", "warn", f"pinned to cores {format_cores(wanted)} (mask {mask}); cannot read "
+                "the device's cores", "check that the cores exist on the device")
+    missing = sorted(set(wanted) - set(have))
+    if missing:
+        return ("cpu mask", "FAIL",
+                f"connection.cpu_mask {mask} names cores {format_cores(missing)}, but the device has "
+                f"cores {format_cores(have)}",
+                f"fix connection.cpu_mask in {profile.source or profile.name} (a hex mask of cores "
+                f"{format_cores(have)}, e.g. {format(sum(1 << c for c in have), 'x')} for all), or "
+                "remove it")
+    return ("cpu mask", "ok", f"pinned to cores {format_cores(wanted)} (mask {mask}) of "
+            f"{format_cores(have)}", "")
+
+
 def run(args) -> int:
+    from latbench.errors import LatbenchError
     from latbench.profiles import load_profile
 
-    rows = diagnose(load_profile(args.device), trust_new_host=args.trust_new_host)
+    try:
+        profile = load_profile(args.device)
+    except LatbenchError as exc:
+        if not args.json:
+            raise  # the CLI prints it as one line on stderr
+        # A script reading --json gets the failed check, not an empty stdout.
+        output.print_json([{"check": "profile", "status": "FAIL", "detail": exc.message,
+                            "fix": exc.hint or ""}])
+        return exc.exit_code
+    rows = diagnose(profile, trust_new_host=args.trust_new_host)
     if args.json:
         output.print_json(rows)
     else:

@@ -74,6 +74,8 @@ printf 'model\t%s\n' "$(tr -d '\000' < /proc/device-tree/model 2>/dev/null)"
 printf 'cpumodel\t%s\n' "$(grep -m 1 -E '^(model name|Model|Hardware)' /proc/cpuinfo 2>/dev/null | cut -d: -f2-)"
 printf 'uname\t%s\n' "$(uname -srm 2>/dev/null)"
 printf 'cores\t%s\n' "$(getconf _NPROCESSORS_ONLN 2>/dev/null || grep -c ^processor /proc/cpuinfo)"
+printf 'online\t%s\n' "$(cat /sys/devices/system/cpu/online 2>/dev/null)"
+printf 'allowed\t%s\n' "$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status 2>/dev/null)"
 for c in /sys/devices/system/cpu/cpu[0-9]*; do
   [ -d "$c/cpufreq" ] || continue
   printf 'cpu\t%s\t%s\t%s\t%s\n' "${c##*/}" "$(cat "$c/cpufreq/scaling_governor" 2>/dev/null)" \
@@ -664,11 +666,23 @@ class SSHTransport(Transport):
         return info
 
 
+def parse_cpu_list(text: str) -> list[int] | None:
+    """Linux's core list ("0-3,6") as [0, 1, 2, 3, 6]; None when it is not one."""
+    cores: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            return None
+        cores.extend(range(int(lo), int(hi or lo) + 1))
+    return cores or None
+
+
 def parse_device_info(text: str) -> dict:
     """Read the tab-separated lines of `_INFO_SCRIPT` into doctor's fields."""
-    out: dict = {"model": None, "os": None, "cores": None, "governors": {}, "frequencies_khz": {},
+    out: dict = {"model": None, "os": None, "cores": None, "online_cpus": None, "governors": {}, "frequencies_khz": {},
                  "max_frequencies_khz": {}, "temperatures_c": {}, "free_bytes": None, "python": None}
     cpu_model = None
+    cores: dict[str, list[int] | None] = {}
     for line in text.splitlines():
         parts = line.split("\t")
         tag, vals = parts[0], parts[1:]
@@ -680,6 +694,8 @@ def parse_device_info(text: str) -> dict:
             out["os"] = vals[0].strip() or None
         elif tag == "cores" and vals and vals[0].strip().isdigit():
             out["cores"] = int(vals[0])
+        elif tag in ("online", "allowed") and vals and vals[0].strip():
+            cores[tag] = parse_cpu_list(vals[0].strip())
         elif tag == "cpu" and len(vals) == 4:
             cpu, gov, cur, mx = vals
             if gov:
@@ -699,5 +715,9 @@ def parse_device_info(text: str) -> dict:
             out["python"] = vals[0].strip()
     if out["model"] is None:
         out["model"] = cpu_model or out["os"]
+    # The cores a process may pin itself to: online, and in this login's affinity (a cpuset).
+    sets = [set(c) for c in cores.values() if c]
+    if sets:
+        out["online_cpus"] = sorted(set.intersection(*sets))
     out["max_temperature_c"] = max(out["temperatures_c"].values()) if out["temperatures_c"] else None
     return out
