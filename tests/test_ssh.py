@@ -7,6 +7,7 @@ from __future__ import annotations
 import getpass
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -202,6 +203,61 @@ def test_a_broken_known_hosts_line_is_named(sshd, tmp_path):
         transport_for(make_profile(tmp_path, sshd, known_hosts=known)).connect()
     assert f"line 2 of the known_hosts file {known}" in err.value.message
     assert "remove that line" in err.value.hint
+
+
+def _command_in(hint: str) -> str:
+    """The first `...` shell command a hint gives."""
+    return hint.split("`")[1]
+
+
+def test_the_unknown_host_fix_runs_as_written(sshd, tmp_path):
+    if shutil.which("ssh-keyscan") is None:
+        pytest.skip("ssh-keyscan is missing (apt-get install openssh-client)")
+    known = tmp_path / "no ssh dir yet" / "known_hosts"  # like ~/.ssh on a fresh account
+    t = transport_for(make_profile(tmp_path, sshd, known_hosts=known))
+    with pytest.raises(DeviceError) as err:
+        t.connect()
+    command = _command_in(err.value.hint)
+    assert command.startswith("mkdir -p ")
+    subprocess.run(["sh", "-c", command], check=True, capture_output=True, timeout=30)
+    with transport_for(make_profile(tmp_path, sshd, known_hosts=known)) as t:
+        assert t.run(["true"], 10).exit_code == 0
+
+
+def test_the_changed_key_fix_is_quoted_for_any_shell(sshd, tmp_path):
+    from sshd import keygen
+
+    keygen(tmp_path / "other")
+    key_type, blob = (tmp_path / "other.pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{sshd.known_name} {key_type} {blob}\n")
+    with pytest.raises(DeviceError) as err:
+        transport_for(make_profile(tmp_path, sshd, known_hosts=known)).connect()
+    command = _command_in(err.value.hint)
+    assert f"-R '{sshd.known_name}'" in command  # zsh would glob an unquoted [host]:port
+    subprocess.run(["sh", "-c", command], check=True, capture_output=True, timeout=30)
+    assert sshd.known_name not in known.read_text()
+
+
+@pytest.mark.parametrize("host, fix", [
+    ("127.0.0.1:2222", "set host: 127.0.0.1 and port: 2222"),
+    ("root@127.0.0.1", "set host: 127.0.0.1 and user: root"),
+    ("root@board.invalid:22", "set host: board.invalid and port: 22 and user: root"),
+])
+def test_a_port_or_user_in_the_host_says_where_they_go(sshd, tmp_path, host, fix):
+    with pytest.raises(DeviceError) as err:
+        transport_for(make_profile(tmp_path, sshd, host=host)).connect()
+    assert "resolve" in err.value.message and fix in err.value.hint
+
+
+def test_a_public_key_file_is_named_as_such(sshd, tmp_path):
+    t = transport_for(make_profile(tmp_path, sshd, key_file=sshd.user_key.with_suffix(".pub")))
+    with pytest.raises(DeviceError) as err:
+        t.connect()
+    assert err.value.message == f"the SSH key file {sshd.user_key}.pub is a public key"
+    assert f"private key ({sshd.user_key})" in err.value.hint
+    info = t.device_info()
+    assert info["reachable"] and not info["auth"]  # the board answered; the key is wrong
 
 
 def test_wrong_user_key_says_how_to_authorize(sshd, tmp_path):

@@ -106,6 +106,16 @@ def _run_mark(out: bytes | bytearray) -> tuple[str, str, str] | None:
     return fields[0], start, boot
 
 
+def _looks_public(path: str) -> bool:
+    """Whether `path` holds an OpenSSH public key line (the ``.pub`` half of a pair)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(200).split(maxsplit=2)
+    except OSError:
+        return False
+    return len(head) >= 2 and head[0].startswith((b"ssh-", b"ecdsa-", b"sk-")) and head[1].startswith(b"AAAA")
+
+
 def _require_paramiko() -> None:
     if paramiko is None:
         raise DeviceError("the ssh transport needs paramiko, which is not installed",
@@ -147,12 +157,16 @@ class _HostKeyPolicy:
             err.stage = "revoked_host"
             raise err
         if not t.trust_new_host:
+            q = shlex.quote
+            skipped = (f" ({t.skipped_cert_authorities} @cert-authority line(s) there are not "
+                       "checked)" if t.skipped_cert_authorities else "")
             err = DeviceError(
                 f"the SSH host key of {hostname} ({key.get_name()} {key.fingerprint}) is not in "
-                f"{t.known_hosts}",
-                f"check the fingerprint, then trust it on purpose: `ssh-keyscan -p {t.port} {t.host} "
-                f">> {t.known_hosts}`, or `ssh -p {t.port} {t.user}@{t.host}` once, or set "
-                f"connection.trust_unknown_host: true in {t.profile.source or t.profile.name} "
+                f"{t.known_hosts}{skipped}",
+                f"check the fingerprint, then trust it on purpose: `mkdir -p "
+                f"{q(os.path.dirname(t.known_hosts) or '.')} && ssh-keyscan -p {t.port} {q(t.host)} "
+                f">> {q(t.known_hosts)}`, or `ssh -p {t.port} {q(f'{t.user}@{t.host}')}` once, or "
+                f"set connection.trust_unknown_host: true in {t.profile.source or t.profile.name} "
                 f"(or pass --trust-new-host)")
             err.stage = "unknown_host"
             raise err
@@ -307,13 +321,28 @@ class SSHTransport(Transport):
                 f"{exc.expected_key.get_name()} {exc.expected_key.fingerprint} (a reinstalled "
                 f"board, or someone in between)",
                 "if the board was reinstalled, remove the old key with `ssh-keygen -R "
-                f"{self._known_name()} -f {self.known_hosts}` and connect again; otherwise do not")
+                f"{shlex.quote(self._known_name())} -f {shlex.quote(self.known_hosts)}` and connect "
+                "again; otherwise do not")
             err.stage = "changed_host"
             return err
         if isinstance(exc, paramiko.PasswordRequiredException):
             err = DeviceError(f"the SSH key {self.key_file} is protected by a passphrase",
                               f"load it into ssh-agent (`ssh-add {self.key_file}`) and remove "
                               f"connection.key_file from {src}")
+            err.stage = "auth"
+            return err
+        if isinstance(exc, paramiko.SSHException) and self.key_file and "private key" in str(exc):
+            # paramiko reads the key file only once the server answered and its key verified
+            if _looks_public(self.key_file):
+                private = self.key_file[:-4] if self.key_file.endswith(".pub") else None
+                err = DeviceError(f"the SSH key file {self.key_file} is a public key",
+                                  "point connection.key_file at the private key"
+                                  + (f" ({private})" if private and os.path.isfile(private) else "")
+                                  + f" in {src}; the .pub half goes on the board")
+            else:
+                err = DeviceError(f"the SSH key file {self.key_file} is not a private key paramiko "
+                                  f"can read ({exc})"[:300],
+                                  f"point connection.key_file at an OpenSSH or PEM private key in {src}")
             err.stage = "auth"
             return err
         if isinstance(exc, paramiko.AuthenticationException):
@@ -324,8 +353,16 @@ class SSHTransport(Transport):
             err.stage = "auth"
             return err
         if isinstance(exc, socket.gaierror):
-            err = DeviceError(f"cannot resolve the host name {self.host!r}",
-                              f"fix connection.host in {src} or use the board's IP address")
+            user, at, rest = self.host.rpartition("@")
+            name, colon, port = rest.rpartition(":")
+            has_port = bool(colon) and port.isdigit() and ":" not in name  # not an IPv6 address
+            if at or has_port:
+                fix = (f"connection.host is only the host name: set host: {name if has_port else rest}"
+                       + (f" and port: {port}" if has_port else "") + (f" and user: {user}" if at else "")
+                       + f" in {src}")
+            else:
+                fix = f"fix connection.host in {src} or use the board's IP address"
+            err = DeviceError(f"cannot resolve the host name {self.host!r}", fix)
         elif isinstance(exc, (paramiko.ssh_exception.NoValidConnectionsError, ConnectionRefusedError)):
             err = DeviceError(f"{self.host}:{self.port} refused the SSH connection",
                               "check that sshd runs on the board (`systemctl status ssh`) and "
