@@ -596,4 +596,11 @@ def test_ssh_template_is_a_valid_profile_that_documents_every_setting(tmp_path):
         assert f"{setting}:" in text, f"the template does not mention connection.{setting}"
     copy = tmp_path / "myboard.yaml"
     copy.write_text(text)
-    assert parse_profile(copy).transport == "ssh"
+    profile = parse_profile(copy)
+    assert profile.transport == "ssh"
+    # Every timing setting is shown with its real default, so the copy means what the file says.
+    from latbench.protocol import Protocol
+
+    shown = yaml.safe_load(text)["protocol"]
+    assert set(Protocol().timing()) <= set(shown)
+    assert shown["rel_ci"] == Protocol().rel_ci and shown["max_time_s"] == Protocol().max_time_s
