@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 
 from latbench.cli import output
 
@@ -68,12 +67,10 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
             info = {}
             add("device info", "FAIL", str(exc) or "not available", "check the transport")
         runner = make_runner(transport, profile)
-        runner_info: dict = {}
         try:
-            runner_info = runner.info()
-            add("runtime", "ok", f"{runner.runtime_version(runner_info)} ({profile.runner} runner)")
+            add("runtime", "ok", f"{runner.runtime_version(runner.info())} ({profile.runner} runner)")
         except DeviceError as exc:
-            add("runtime", "FAIL", exc.message, install_fix(exc.hint or "", runner_info.get("executable")))
+            add("runtime", "FAIL", exc.message, exc.hint or "")
         if info:
             add("device", "ok", f"{info.get('model') or '?'}; {info.get('os') or ''}".strip("; "))
             add("cores", "ok" if info.get("cores") else "warn", str(info.get("cores") or "unknown"),
@@ -111,14 +108,6 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
     finally:
         transport.close()
     return rows
-
-
-def install_fix(hint: str, interpreter: str | None) -> str:
-    """`pip install X` as the device's own interpreter runs it: a bare `pip` there is often
-    another Python's."""
-    if interpreter and hint.startswith("pip install "):
-        return f"{shlex.quote(interpreter)} -m {hint}"
-    return hint
 
 
 def format_cores(cores: list[int]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import tempfile
 import uuid
 from pathlib import Path
@@ -12,6 +13,14 @@ from latbench.runners import PYRUNNER_PATH
 from latbench.runners.base import BatchItem, BatchOutput, Runner
 
 _INSTALL_HINT = {"onnxruntime": "pip install onnxruntime", "litert": "pip install ai-edge-litert (or tflite-runtime)"}
+
+
+def install_fix(hint: str, interpreter: str | None) -> str:
+    """`pip install X` as the device's own interpreter runs it: a bare `pip` there is often
+    another Python's."""
+    if interpreter and hint.startswith("pip install "):
+        return f"{shlex.quote(interpreter)} -m {hint}"
+    return hint
 
 
 class PythonRunner(Runner):
@@ -44,7 +53,8 @@ class PythonRunner(Runner):
         if not found:
             raise DeviceError(
                 f"runtime {self.profile.runtime} is not installed for {info.get('executable', 'python')} "
-                f"on {self.profile.name}", _INSTALL_HINT.get(self.profile.runtime, "install it"))
+                f"on {self.profile.name}",
+                install_fix(_INSTALL_HINT.get(self.profile.runtime, "install it"), info.get("executable")))
         return f"{found['package']} {found['version']}"
 
     def run_batch(self, items: list[BatchItem]) -> BatchOutput:
