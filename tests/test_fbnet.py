@@ -164,6 +164,42 @@ def test_bad_archs_are_refused():
         space.network([0] * 21 + [9])
 
 
+@pytest.mark.parametrize("arch, message", [
+    ([0] * 21, r"22 candidate indices in 0\.\.8; got 21 "),
+    ([0] * 23, r"; got 23 "),
+    ([0] * 5 + [9] + [0] * 16, r"position 5 \(from 0\) is 9, out of range"),
+    ([0] * 3 + [-1] + [0] * 18, r"position 3 \(from 0\) is -1, out of range"),
+    ([1.5] + [0] * 21, r"position 0 \(from 0\) is 1\.5 \(float\), not an integer"),
+    ([0, 2.0] + [0] * 20, r"position 1 \(from 0\) is 2\.0 \(float\), not an integer"),
+    ([0, 0, True] + [0] * 19, r"position 2 \(from 0\) is True \(bool\)"),
+    ([0] * 21 + ["1"], r"position 21 \(from 0\) is '1' \(str\)"),
+    ("7 8 1 8 x 0", r"separated by '-', ',' or spaces; position 4 \(from 0\) is 'x'"),
+    ("7 8 1.5", r"position 2 \(from 0\) is '1\.5'"),
+    (" ".join(["1"] * 21), r"; got 21 "),
+    ("", r"; got 0 "),
+    (7, r"got int 7, not a sequence or string"),
+])
+def test_bad_archs_say_what_and_where(arch, message):
+    with pytest.raises(ValueError, match=message):
+        get_space("fbnet-cifar").check_arch(arch)
+
+
+def test_archs_come_as_ints_numpy_ints_or_separated_digits():
+    np = pytest.importorskip("numpy")
+    space = get_space("fbnet-cifar")
+    arch = (7, 8, 1, 8, 0, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0)
+    help_csv = " ".join(map(str, arch))  # HELP's arch column
+    key = "-".join(map(str, arch))  # a latbench network key's arch
+    forms = [list(arch), np.asarray(arch), list(np.asarray(arch, dtype=np.int32)), help_csv, key,
+             ",".join(map(str, arch)), ", ".join(map(str, arch)), f"  {help_csv}\n",
+             pytest.importorskip("torch").tensor(arch)]
+    for form in forms:
+        assert space.check_arch(form) == arch, form
+        assert type(space.check_arch(form)[0]) is int
+    assert space.network(help_csv) == space.network(arch)
+    assert space.network(key).key == f"net:fbnet-cifar:{key}"
+
+
 def test_sampled_networks_are_seeded_and_distinct():
     space = get_space("fbnet-cifar")
     a = space.sample_networks(20, seed=3)
@@ -252,3 +288,14 @@ def test_every_op_of_a_network_is_an_op_of_the_space():
     ops = set(space.ops())
     for net in space.sample_networks(10, seed=1):
         assert set(net.ops) <= ops
+
+
+def test_predictors_take_the_arch_forms_and_refuse_bad_ones():
+    predictors = pytest.importorskip("predictors")
+    model = predictors.load("flops")
+    arch = [7, 8, 1, 8, 0, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0]
+    expected = model.predict_network("fbnet-cifar", arch)
+    assert model.predict_network("fbnet-cifar", " ".join(map(str, arch))) == expected
+    assert list(model.predict_networks("fbnet-cifar", ["-".join(map(str, arch)), arch])) == [expected] * 2
+    with pytest.raises(ValueError, match=r"position 0 \(from 0\) is 1\.5 \(float\), not an integer"):
+        model.predict_network("fbnet-cifar", [1.5] + [0] * 21)

@@ -7,7 +7,9 @@ classifier. Two variants: ImageNet (224x224 input, 1000 classes) and CIFAR
 
 from __future__ import annotations
 
+import operator
 import random
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -130,14 +132,41 @@ class FBNetSpace:
 
     # ---- networks -------------------------------------------------------------------------
 
-    def check_arch(self, arch: Sequence[int]) -> tuple[int, ...]:
-        arch = tuple(int(i) for i in arch)
-        if len(arch) != self.num_layers or any(not 0 <= i < self.num_candidates for i in arch):
-            raise ValueError(
-                f"an arch of {self.name} is {self.num_layers} candidate indices in "
-                f"0..{self.num_candidates - 1}; got {list(arch)}"
-            )
-        return arch
+    def check_arch(self, arch: Sequence[int] | str) -> tuple[int, ...]:
+        """`arch` as a tuple of candidate indices, or a ValueError saying what is wrong where.
+
+        Takes a sequence of ints (numpy and torch integers too) or a string of digits
+        separated by '-', ',' or spaces: the forms of latbench network keys and HELP's CSV.
+        Floats and bools are refused rather than truncated, since 1.5 is no candidate.
+        """
+        want = (f"an arch of {self.name} is {self.num_layers} candidate indices in "
+                f"0..{self.num_candidates - 1}")
+        if isinstance(arch, str):
+            parts = [p for p in re.split(r"[\s,\-]+", arch.strip()) if p]
+            for pos, part in enumerate(parts):
+                if not re.fullmatch(r"[0-9]+", part):
+                    raise ValueError(f"{want}, separated by '-', ',' or spaces; "
+                                     f"position {pos} (from 0) is {part!r} in {arch!r}")
+            items: list = [int(p) for p in parts]
+        elif isinstance(arch, (bytes, bytearray)) or not hasattr(arch, "__iter__"):
+            raise ValueError(f"{want}; got {type(arch).__name__} {arch!r}, not a sequence or string")
+        else:
+            items = list(arch)
+        out = []
+        for pos, item in enumerate(items):
+            try:
+                if isinstance(item, bool):
+                    raise TypeError
+                out.append(operator.index(item))
+            except TypeError:
+                raise ValueError(f"{want}; position {pos} (from 0) is {item!r} ({type(item).__name__}), "
+                                 f"not an integer") from None
+        if len(out) != self.num_layers:
+            raise ValueError(f"{want}; got {len(out)} (one per searchable layer, in order)")
+        for pos, index in enumerate(out):
+            if not 0 <= index < self.num_candidates:
+                raise ValueError(f"{want}; position {pos} (from 0) is {index}, out of range")
+        return tuple(out)
 
     def network(self, arch: Sequence[int]) -> Network:
         arch = self.check_arch(arch)
