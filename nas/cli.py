@@ -120,9 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latbench:DEVICE, flops or params; repeat for several devices")
     c.add_argument("--form", choices=["fbnet", "linear", "hinge"], default="fbnet",
                    help="how CE and cost combine (default fbnet)")
-    c.add_argument("--alpha", type=_nonneg_float, default=0.2, help="fbnet form: alpha (default 0.2)")
-    c.add_argument("--beta", type=_nonneg_float, default=0.6, help="fbnet form: beta (default 0.6)")
-    c.add_argument("--lambda", dest="lam", type=_nonneg_float, default=1.0,
+    # alpha, beta, lambda and tolerance default to None, so the search can tell what was given and
+    # say so when a given one has no effect (the values are filled in by nas.flow).
+    c.add_argument("--alpha", type=_nonneg_float, default=None, help="fbnet form: alpha (default 0.2)")
+    c.add_argument("--beta", type=_nonneg_float, default=None, help="fbnet form: beta (default 0.6)")
+    c.add_argument("--lambda", dest="lam", type=_nonneg_float, default=None,
                    help="linear/hinge forms: weight of the cost term (default 1.0)")
     c.add_argument("--target-ms", type=_amount, action="append", default=[], metavar="MS",
                    help="latency target of latbench:DEVICE costs (linear/hinge)")
@@ -167,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="final arch: theta's argmax, or (target) the most likely of argmax and the K "
                         "draws whose predicted cost is within --tolerance of the targets; "
                         "auto (default): target when a target is given, else argmax")
-    o.add_argument("--tolerance", type=_fraction, default=0.05, metavar="F",
+    o.add_argument("--tolerance", type=_fraction, default=None, metavar="F",
                    help="--pick target: allowed relative miss of each target, as predicted (default 0.05, "
                         "which leaves the rest of a +-10%% band for the predictor's own error)")
     o.add_argument("--retrain-epochs", type=_int_at_least(0), default=5, metavar="N",

@@ -79,17 +79,37 @@ def run(args) -> int:
         def measure(stage_name: str, done: int, total: int, info: dict) -> None:
             batch(stage_name, done, total)
 
-        result = run_job(job, Hooks(stage=stage, batch=batch, epoch=epoch, measure=measure))
+        def note(line: str) -> None:
+            bar.close()  # before any bar: a line of its own, above the search
+            bar.console.print(line, style="yellow" if line.startswith("warning") else None)
+
+        result = run_job(job, Hooks(stage=stage, batch=batch, epoch=epoch, measure=measure, note=note))
     if args.json:
         output.print_json(result)
+        print_targets(result)  # on stderr: a script reads stdout, the person running it reads this
     else:
         print_summary(result)
     return 0
 
 
+def print_targets(result: dict) -> None:
+    """One line per target on stderr: hit, or missed by how much, as predicted (and measured)."""
+    measured = {f"latbench:{v['device']}": v["median_ms"] for v in result.get("verify", [])}
+    for t in result.get("targets", []):
+        miss, tol, unit = t["relative_miss"], t["tolerance"], t["unit"]
+        side = "over" if miss > 0 else "under"
+        said = (f"hit: final arch predicted {_num(t['predicted'])} {unit}, {abs(miss):.1%} {side} "
+                f"(within --tolerance {tol:.0%})" if t["hit"] else
+                f"MISSED by {abs(miss):.1%}: final arch predicted {_num(t['predicted'])} {unit}, {side} "
+                f"the target by more than --tolerance {tol:.0%}")
+        if t["spec"] in measured and measured[t["spec"]]:
+            said += f"; measured {_num(measured[t['spec']])} ms ({measured[t['spec']] / t['target'] - 1:+.1%})"
+        output.note(f"target {t['spec']} {_num(t['target'])} {unit}: {said}",
+                    style=None if t["hit"] else "yellow")
+
+
 def print_summary(result: dict) -> None:
     units = {c["spec"]: c["unit"] for c in result["costs"]}
-    targets = {c["spec"]: c["target"] for c in result["costs"]}
     rows = []
     final = result["final"]
     entries = [("argmax", result["argmax"])] + [(f"sample {i + 1}", s) for i, s in enumerate(result["samples"])]
@@ -112,10 +132,7 @@ def print_summary(result: dict) -> None:
                        v["rounds"], v["predicted_ms"],
                        None if v["relative_error"] is None else f"{100 * v['relative_error']:+.1f}",
                        v["target_ms"]] for v in result["verify"]])
-    for spec, target in targets.items():
-        if target is not None:
-            output.note(f"target {spec}: {_num(target)} {units[spec]}; final arch predicted "
-                        f"{_num(final['predicted'][spec])}")
+    print_targets(result)
     for note in result["exports"].get("notes", []):
         output.note(f"note: {note}")
     exported = (result["exports"].get("onnx"), result["exports"].get("tflite"))

@@ -24,6 +24,8 @@ from nas.verify import measure_networks
 
 
 PICKS = ("auto", "argmax", "target")
+#: --tolerance when none is given: the rest of a +-10% band is left to the predictor's own error.
+DEFAULT_TOLERANCE = 0.05
 
 
 @dataclass
@@ -33,9 +35,10 @@ class SearchJob:
     costs: list[str]
     space: str = "fbnet-cifar"
     form: str = "fbnet"
-    alpha: float = 0.2
-    beta: float = 0.6
-    lam: float = 1.0
+    # None: not given, so the form's default, and no note that it has no effect.
+    alpha: float | None = None
+    beta: float | None = None
+    lam: float | None = None
     targets: dict[str, list[float]] = field(default_factory=dict)  # unit -> values
     data: str = "digits"
     input_size: int | None = None
@@ -44,7 +47,7 @@ class SearchJob:
     config: SearchConfig = field(default_factory=SearchConfig)
     samples: int = 10
     pick: str = "auto"
-    tolerance: float = 0.05
+    tolerance: float | None = None  # None: DEFAULT_TOLERANCE
     retrain_epochs: int = 5
     out_dir: Path = Path("nas-results")
     export: bool = True
@@ -54,12 +57,14 @@ class SearchJob:
 
 @dataclass
 class Hooks:
-    """Progress callbacks: stage(name), batch(stage, done, total), epoch(record)."""
+    """Progress callbacks: stage(name), batch(stage, done, total), epoch(record), and note(line)
+    for what the user should read before the search starts (unreachable targets, ignored flags)."""
 
     stage: Callable[[str], None] = lambda name: None
     batch: Callable[[str, int, int], None] = lambda stage, done, total: None
     epoch: Callable[[dict], None] = lambda record: None
     measure: Callable | None = None
+    note: Callable[[str], None] = lambda line: None
 
 
 def check_torch_device(name: str) -> None:
@@ -101,9 +106,10 @@ def prepare(job: SearchJob, loader=None):
     if job.form == "fbnet" and pick != "target" and len(missing) < len(costs):
         raise UsageError("targets are not used by the fbnet form",
                          "add --form hinge (or linear), or --pick target, or drop the target")
+    given = {k: v for k, v in (("alpha", job.alpha), ("beta", job.beta), ("lam", job.lam)) if v is not None}
     try:
-        form = CostForm(job.form, alpha=job.alpha, beta=job.beta, lam=job.lam,
-                        targets=tuple(c.target for c in costs) if job.form != "fbnet" else ())
+        form = CostForm(job.form, targets=tuple(c.target for c in costs) if job.form != "fbnet" else (),
+                        **given)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if job.form == "fbnet":
@@ -114,6 +120,59 @@ def prepare(job: SearchJob, loader=None):
                                  f"{low:.3g} {c.unit} (log <= 0)", "use --form linear or hinge with a target")
     check_torch_device(job.config.torch_device)
     return space, costs, form, pick
+
+
+def advice(job: SearchJob, costs: list[LoadedCost], pick: str) -> list[str]:
+    """Lines to read before training: a target the cost cannot reach, and flags given that
+    change nothing (the search would otherwise run for minutes and the user learn it after)."""
+    lines = []
+    for c in costs:
+        if c.target is None:
+            continue
+        low, high = c.term.bounds()
+        option = TARGET_OPTIONS.get(c.unit, "--target")
+        span = f"{c.spec} ranges over {_amount(low)}..{_amount(high)} {c.unit} in {job.space}"
+        if c.target < low:
+            lines.append(f"warning: {option} {_amount(c.target)} is below the cheapest network: {span}; "
+                         f"the search cannot reach it (give a target in that range)")
+        elif c.target > high:
+            lines.append(f"warning: {option} {_amount(c.target)} is above the dearest network: {span}; "
+                         f"every arch meets it (give a target in that range)")
+    targeted = [c for c in costs if c.target is not None]
+    if job.form == "fbnet" and targeted:
+        options = ", ".join(dict.fromkeys(TARGET_OPTIONS.get(c.unit, "--target") for c in targeted))
+        lines.append(f"note: {options} does not enter the fbnet loss, it only picks the final arch "
+                     f"(--pick target); use --form hinge or linear to train toward it")
+    for name, option in (("alpha", "--alpha"), ("beta", "--beta")):
+        if getattr(job, name) is not None and job.form != "fbnet":
+            lines.append(f"note: {option} has no effect with --form {job.form} (it is a constant of the "
+                         f"fbnet form; {job.form} uses --lambda)")
+    if job.lam is not None and job.form == "fbnet":
+        lines.append("note: --lambda has no effect with --form fbnet (it weighs the linear and hinge forms; "
+                     "fbnet uses --alpha and --beta)")
+    if job.tolerance is not None and pick == "argmax":
+        lines.append("note: --tolerance does not choose the final arch with --pick argmax"
+                     + ("; it only judges whether the targets were hit" if targeted else
+                        " and no target is given, so it has no effect"))
+    return lines
+
+
+def target_report(final: dict, costs: list[LoadedCost], tolerance: float) -> list[dict]:
+    """For each target: the final arch's predicted cost, its relative miss, and whether that is
+    within +-`tolerance` (what --pick target aims at)."""
+    out = []
+    for c in costs:
+        if c.target is None:
+            continue
+        predicted = final["predicted"][c.spec]
+        miss = predicted / c.target - 1.0
+        out.append({"spec": c.spec, "unit": c.unit, "target": c.target, "predicted": predicted,
+                    "relative_miss": miss, "tolerance": tolerance, "hit": abs(miss) <= tolerance})
+    return out
+
+
+def _amount(value: float) -> str:
+    return f"{value / 1e6:.4g}M" if value >= 1e6 else f"{value:.4g}"
 
 
 def score_arch(space, arch, costs: list[LoadedCost], outcome, data, config, hooks: Hooks) -> dict:
@@ -233,13 +292,19 @@ def run_job(job: SearchJob, hooks: Hooks | None = None, loader=None) -> dict | N
     hooks = hooks or Hooks()
     started = time.time()
     space, costs, form, pick = prepare(job, loader)
+    notes = advice(job, costs, pick)
+    job = dataclasses.replace(job, alpha=form.alpha, beta=form.beta, lam=form.lam,
+                              tolerance=DEFAULT_TOLERANCE if job.tolerance is None else job.tolerance)
     devices = verify_devices(job, costs) if job.verify else []
     made_out = check_after_search(job, devices)
+    if not is_worker_rank():
+        for line in notes:
+            hooks.note(line)
     world = None
     try:
         world, torch_device = init_world(job.config.torch_device)
         job = dataclasses.replace(job, config=dataclasses.replace(job.config, torch_device=torch_device))
-        return _run_job(job, hooks, world, space, costs, form, pick, devices, started)
+        return _run_job(job, hooks, world, space, costs, form, pick, devices, started, notes)
     except BaseException:
         out = Path(job.out_dir)
         if made_out and out.is_dir() and not any(out.iterdir()):
@@ -250,7 +315,8 @@ def run_job(job: SearchJob, hooks: Hooks | None = None, loader=None) -> dict | N
             world.close()
 
 
-def _run_job(job: SearchJob, hooks: Hooks, world, space, costs, form, pick, devices, started) -> dict | None:
+def _run_job(job: SearchJob, hooks: Hooks, world, space, costs, form, pick, devices, started,
+             notes: list[str]) -> dict | None:
     input_size = job.input_size or space.input_size
     hooks.stage("data")
     data = load_data(job.data, input_size, seed=job.config.seed, weight_fraction=job.weight_fraction,
@@ -289,6 +355,8 @@ def _run_job(job: SearchJob, hooks: Hooks, world, space, costs, form, pick, devi
         "config": job.config.to_dict(),
         "distributed": world.to_dict(),
         "final": final,
+        "targets": target_report(final, costs, job.tolerance),
+        "notes": notes,
         "argmax": argmax,
         "samples": samples,
         "theta_probs": outcome.supernet.probs().detach().cpu().tolist(),

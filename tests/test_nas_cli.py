@@ -153,3 +153,20 @@ def test_human_output_and_no_export(latbench_home, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["result.json"]
     result = json.loads((out / "result.json").read_text())
     assert result["final"]["source"] == "argmax" and "retrained" not in result["final"]
+
+
+def test_an_unreachable_target_is_warned_before_and_missed_after(latbench_home, tmp_path):
+    pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn (pip install scikit-learn)")
+    done = nas("search", "--cost", "flops", "--form", "hinge", "--target-flops", "1M", "--alpha", "0.3", *QUICK,
+               "--samples", "1", "--retrain-epochs", "0", "--no-export", "--out", str(tmp_path / "run"), "--json",
+               home=latbench_home)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)  # stdout stays JSON alone
+    err = done.stderr
+    assert "warning: --target-flops 1M is below the cheapest network: flops ranges over 22.7M..321.9M" in err
+    assert "note: --alpha has no effect with --form hinge" in err
+    assert err.index("below the cheapest network") < err.index("search: epoch")
+    (target,) = result["targets"]
+    assert not target["hit"] and target["relative_miss"] > 20
+    assert f"target flops 1M flops: MISSED by {target['relative_miss']:.1%}" in err
+    assert result["notes"][0].startswith("warning: --target-flops 1M")

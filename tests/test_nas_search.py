@@ -14,7 +14,7 @@ from conftest import SHARED_DATA  # noqa: E402
 from latbench.spaces import get_space  # noqa: E402
 from nas.cost import CostForm, load_costs  # noqa: E402
 from nas.data import load_data  # noqa: E402
-from nas.flow import pick_final  # noqa: E402
+from nas.flow import SearchJob, advice, pick_final, prepare, target_report  # noqa: E402
 from nas.search import SearchConfig, retrain, run_search, supernet_accuracy  # noqa: E402
 
 TINY = {"width_mult": 0.125, "batch_size": 64}
@@ -83,6 +83,48 @@ def test_pick_target_takes_the_likeliest_arch_within_tolerance(flops):
     closest = pick_final(argmax, samples, [flops], "target", 0.01)
     assert closest["source"] == "sample 2" and not closest["within_tolerance"]
     flops.target = None
+
+
+def _advice(**job) -> list[str]:
+    job = SearchJob(costs=["flops"], **job)
+    _, costs, _, pick = prepare(job)
+    return advice(job, costs, pick)
+
+
+@pytest.mark.parametrize("job, words", [
+    ({"form": "hinge", "targets": {"flops": [1e6]}},
+     "warning: --target-flops 1M is below the cheapest network: flops ranges over 22.7M..321.9M flops"),
+    ({"form": "hinge", "targets": {"flops": [1e9]}}, "warning: --target-flops 1000M is above the dearest network"),
+    ({"targets": {"flops": [80e6]}}, "note: --target-flops does not enter the fbnet loss, it only picks"),
+    ({"form": "hinge", "targets": {"flops": [80e6]}, "alpha": 0.3}, "note: --alpha has no effect with --form hinge"),
+    ({"form": "linear", "targets": {"flops": [80e6]}, "beta": 0.5}, "note: --beta has no effect with --form linear"),
+    ({"lam": 2.0}, "note: --lambda has no effect with --form fbnet"),
+    ({"tolerance": 0.1}, "note: --tolerance does not choose the final arch with --pick argmax and no target"),
+    ({"form": "hinge", "targets": {"flops": [80e6]}, "pick": "argmax", "tolerance": 0.1},
+     "it only judges whether the targets were hit"),
+])
+def test_flags_without_effect_and_unreachable_targets_are_said_before_training(job, words):
+    lines = _advice(**job)
+    assert len(lines) == 1 and words in lines[0], lines
+
+
+def test_flags_that_take_effect_say_nothing():
+    assert _advice() == []
+    assert _advice(form="hinge", targets={"flops": [80e6]}, lam=2.0, tolerance=0.1) == []
+    assert _advice(alpha=0.3, beta=0.5) == []
+    # the defaults are filled in when none is given
+    job = SearchJob(costs=["flops"], form="fbnet")
+    assert prepare(job)[2].alpha == 0.2 and prepare(job)[2].lam == 1.0
+
+
+def test_target_report_says_hit_or_by_how_much_it_missed(flops):
+    flops.target = 100.0
+    (over,) = target_report({"predicted": {"flops": 150.0}}, [flops], 0.05)
+    assert over["relative_miss"] == pytest.approx(0.5) and not over["hit"]
+    (near,) = target_report({"predicted": {"flops": 96.0}}, [flops], 0.05)
+    assert near["relative_miss"] == pytest.approx(-0.04) and near["hit"]
+    flops.target = None
+    assert target_report({"predicted": {"flops": 96.0}}, [flops], 0.05) == []
 
 
 @pytest.fixture
