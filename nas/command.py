@@ -73,7 +73,7 @@ def run(args) -> int:
             costs = ", ".join(f"{k} {v:.4g}" for k, v in record["expected_cost"].items())
             bar.update(search_task, advance=1, description=(
                 f"search: epoch {record['epoch'] + 1}/{job.config.epochs} tau {record['temperature']:.2f} "
-                f"acc {record['weights_accuracy']:.1%} E[cost] {costs}"
+                f"mixture train acc {record['weights_accuracy']:.1%} E[cost] {costs}"
                 + (" (theta frozen)" if record["theta_frozen"] else "")))
 
         def measure(stage_name: str, done: int, total: int, info: dict) -> None:
@@ -119,7 +119,12 @@ def print_summary(result: dict) -> None:
         rows.append([label + mark, "-".join(str(c) for c in entry["arch"]), pred,
                      f"{entry['supernet_accuracy']:.1%}", f"{entry['skip_share']:.0%}", f"{entry['log_prob']:.1f}"])
     output.table(f"{result['space']} on {result['data']['name']}: found archs (* = final)",
-                 ["", "arch", "predicted", "supernet acc", "skip", "log P"], rows)
+                 ["", "arch", "predicted", "one-path test acc", "skip", "log P"], rows)
+    output.note(_pick_line(result))
+    output.note("accuracies: 'mixture train acc' (epoch bar) is the supernet's mix of all candidates on "
+                "training images; 'one-path test acc' is each arch alone on the shared weights, on held-out "
+                "images, often near chance after a short search: a rough ranking, not the arch's own "
+                "accuracy (see --retrain-epochs)")
     if "retrained" in final:
         r = final["retrained"]
         output.note(f"final arch retrained alone for {output.plural(r['epochs'], 'epoch')}: "
@@ -139,6 +144,19 @@ def print_summary(result: dict) -> None:
     files = [result["result_file"]] + [p for p in exported if p]
     output.note(f"search {result['search_s']:.0f} s ({result['epoch_s_mean']:.1f} s/epoch); wrote "
                 + ", ".join(files))
+
+
+def _pick_line(result: dict) -> str:
+    """How the final arch was chosen, in words (it is often a draw, not the argmax)."""
+    final, tol = result["final"], result.get("tolerance")
+    if result.get("pick") != "target":
+        return "final arch: theta's argmax (--pick argmax)"
+    pool = f"the argmax and {output.plural(len(result['samples']), 'draw')} from theta (--samples)"
+    if final.get("within_tolerance"):
+        return (f"final arch: {final['source']}, the likeliest of {pool} whose predicted cost is within "
+                f"--tolerance {tol:.0%} of every target (--pick target)")
+    return (f"final arch: {final['source']}, the closest to the targets of {pool}: none is within "
+            f"--tolerance {tol:.0%} (--pick target)")
 
 
 def _num(value: float) -> str:

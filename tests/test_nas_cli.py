@@ -150,6 +150,10 @@ def test_human_output_and_no_export(latbench_home, tmp_path):
     err = done.stderr  # each stage's line below the bars of the stage before
     assert err.index("search: epoch 2/2") < err.index("score ...")
     assert "E[cost] flops" in err  # not taken for rich markup
+    # the two accuracies are told apart, and how the final arch was chosen is said
+    assert "mixture train acc" in err and "one-path test acc" in done.stdout
+    assert "'one-path test acc' is each arch alone on the shared weights" in " ".join(err.split())
+    assert "final arch: theta's argmax (--pick argmax)" in err
     assert sorted(p.name for p in out.iterdir()) == ["result.json"]
     result = json.loads((out / "result.json").read_text())
     assert result["final"]["source"] == "argmax" and "retrained" not in result["final"]
@@ -170,3 +174,15 @@ def test_an_unreachable_target_is_warned_before_and_missed_after(latbench_home, 
     assert not target["hit"] and target["relative_miss"] > 20
     assert f"target flops 1M flops: MISSED by {target['relative_miss']:.1%}" in err
     assert result["notes"][0].startswith("warning: --target-flops 1M")
+
+
+def test_the_summary_says_how_the_final_arch_was_chosen():
+    from nas.command import _pick_line
+
+    base = {"pick": "target", "tolerance": 0.05, "samples": [{}, {}, {}]}
+    within = _pick_line(base | {"final": {"source": "sample 2", "within_tolerance": True}})
+    assert within.startswith("final arch: sample 2, the likeliest of the argmax and 3 draws from theta")
+    assert "within --tolerance 5% of every target" in within
+    closest = _pick_line(base | {"final": {"source": "argmax", "within_tolerance": False}})
+    assert "the closest to the targets" in closest and "none is within --tolerance 5%" in closest
+    assert "argmax" in _pick_line(base | {"pick": "argmax", "final": {"source": "argmax"}})
