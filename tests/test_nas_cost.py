@@ -146,7 +146,7 @@ def test_targets_one_for_all_or_one_per_cost(space):
 def test_the_cost_term_carries_the_predictors_network_correction(warm_home, fast_profile, latbench_cli, space):
     """Ops and two whole networks measured here, fitted with a scale correction: the cost term
     is in the predictor's corrected milliseconds, so a --target-ms means the same to both."""
-    pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e .[predict]")
+    pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e . (a latbench dependency)")
     pytest.importorskip("matplotlib", reason="the fit report draws a PNG: pip install matplotlib")
     from conftest import CACHED_NETWORKS, CACHED_OPS
 

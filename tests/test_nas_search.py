@@ -130,7 +130,7 @@ def test_target_report_says_hit_or_by_how_much_it_missed(flops):
 @pytest.fixture
 def raspi4_predictor(latbench_home, latbench_cli):
     """A latency predictor fitted on HW-NAS-Bench's Raspberry Pi 4 block table (real measurements)."""
-    pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e .[predict]")
+    pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e . (a latbench dependency)")
     blocks = SHARED_DATA / "fbnet-hwnasbench" / "blocks.csv"
     if not blocks.exists():
         pytest.skip(f"shared data missing: {blocks}")
