@@ -54,6 +54,10 @@ class ImportFormatError(LatbenchError):
     """A file to import does not follow its format."""
 
 
+class WrongFormatError(ImportFormatError, UsageError):
+    """The file is of another format than --format names: a usage error (exit code 2)."""
+
+
 @dataclass
 class Imported:
     """Rows ready for `Store.save_imported`, and where they came from."""
@@ -220,7 +224,7 @@ def read_hwnasbench(path: Path, source_device: str | None) -> Imported:
     header, rows = _read(path)
     missing = [c for c in HWNASBENCH_COLUMNS if c not in header]
     if missing:
-        raise ImportFormatError(f"{path} is not an HW-NAS-Bench block table (no {', '.join(missing)} column)",
+        raise WrongFormatError(f"{path} is not an HW-NAS-Bench block table (no {', '.join(missing)} column)",
                                 _format_hint(path))
     rows = list(rows)
     devices = sorted({r["device"] for _, r in rows})
@@ -282,7 +286,7 @@ def read_help(path: Path, column: str | None, space_name: str = "fbnet-cifar") -
 
     header, rows = _read(path)
     if "arch" not in header:
-        raise ImportFormatError(f"{path} is not a HELP network table (no arch column)",
+        raise WrongFormatError(f"{path} is not a HELP network table (no arch column)",
                                 _format_hint(path))
     columns = [c for c in header if c != "arch"]
     if column is None:

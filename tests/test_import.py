@@ -212,6 +212,8 @@ def test_import_command_errors_are_one_line(latbench_cli, tmp_path):
     assert "--source-device" in done.stderr
     done = latbench_cli("import", str(tmp_path / "none.csv"), "--device", "pi")
     assert done.returncode == 2 and "cannot read" in done.stderr
+    done = latbench_cli("import", str(NETWORKS), "--device", "pi", "--format", "hwnasbench")
+    assert done.returncode == 2 and "reads as --format help" in done.stderr  # the flag is wrong
     done = latbench_cli("import", str(BLOCKS), "--device", "../etc", "--source-device", "raspi4")
     assert done.returncode == 2 and "bad device name" in done.stderr
     dry = latbench_cli("import", str(BLOCKS), "--device", "pi", "--source-device", "fpga", "--dry-run")

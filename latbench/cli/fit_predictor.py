@@ -20,7 +20,8 @@ profile's current settings (else the newest), or on the one --table names (`latb
 measured ops, a GBDT for ops never measured (its features, target, base model and split
 chosen by 5-fold cross-validation), and a network-level correction when whole networks were measured (`latbench collect --networks
 N`); without them a network is the plain sum of its ops. Prints held-out accuracy next to
-the FLOPs-linear and LUT-sum baselines, and saves manifest.json, lut.json, gbdt*.{json,txt},
+baselines fitted on the same data (ops: FLOPs-linear and a plain LightGBM on raw shape
+columns; networks: FLOPs-linear and the LUT sum without correction), and saves manifest.json, lut.json, gbdt*.{json,txt},
 correction.json, report.json and predicted_vs_measured.png into
 $LATBENCH_HOME/predictors/<device>/, where `predictors.load("latbench:<device>")` finds them.
 

@@ -24,13 +24,13 @@ Other formats:
   hwnasbench  HW-NAS-Bench FBNet blocks (device,op,h,w,cin,cout,expansion,kernel,stride,
               groups,latency_ms); --source-device picks the device's rows
   help        HELP whole networks (arch + one column per device, ms); --column picks one,
-              --space names the archs' space (default fbnet-cifar)
+              --space names the archs' space (default fbnet-cifar, that of HELP's own file)
 
 examples:
   latbench import ../shared/data/fbnet-hwnasbench/blocks.csv --device raspi4 --source-device raspi4
   latbench import ../shared/data/fbnet-help/networks.csv --device pixel2 --column pixel2
   latbench import my-phone.csv --device myphone
-  latbench fit-predictor --device raspi4 --space fbnet-imagenet
+  latbench fit-predictor --device raspi4 --space fbnet-imagenet   # --space: whose coverage to report
 
 Rows are stored with runtime "imported" and the source label as runtime version (e.g.
 hwnasbench-raspi4). fit-predictor and lut read the device's newest table (runtime, version
@@ -97,8 +97,8 @@ def run(args) -> int:
     if not args.dry_run:
         hint = (f"fit a predictor: latbench fit-predictor --device {args.device}"
                 if summary["ops_in_context"]
-                else f"these are whole networks only: import the device's ops with --source "
-                     f"{result.source} to fit a predictor")
+                else f"these are whole networks only: a predictor needs the device's ops too (import "
+                     f"them with --source {result.source}); the networks alone cannot make one")
         output.note(hint)
     return 0
 
