@@ -291,3 +291,12 @@ def test_a_second_collection_on_the_same_hardware_is_refused(warm_home, fast_pro
     assert code == 1 and err.count("\n") == 1, err
     assert f"is being measured already, by latbench pid {os.getpid()}, device local" in err
     assert main(["collect", "--device", fast_profile, "--limit", "1", "--rounds", "1"]) == 0  # freed
+
+
+def test_the_collect_header_names_the_pinned_cores(warm_home, make_profile, capsys, monkeypatch):
+    from latbench.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["latbench"])
+    name = make_profile("pinned", connection={"cpu_mask": "1"}, protocol={"rounds": 1})
+    assert main(["collect", "--device", name, "--limit", "1"]) == 0
+    assert "1 thread(s) pinned to cores 0, format onnx" in capsys.readouterr().err

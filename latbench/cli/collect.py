@@ -79,8 +79,9 @@ def run(args) -> int:
         p = profile.protocol
         output.note(
             f"device {profile.name} ({profile.transport}, {profile.source})\n"
-            f"runtime {plan.context.runtime_label}, {profile.threads} thread(s), format {profile.format}, "
-            f"runner {profile.runner}\n"
+            f"runtime {plan.context.runtime_label}, {profile.threads} thread(s)"
+            + (f" pinned to cores {output.format_cores(profile.cpus)}" if profile.cpus else "")
+            + f", format {profile.format}, runner {profile.runner}\n"
             f"protocol: warm-up >= {p.warmup_runs} runs and {p.warmup_s:g} s; timed >= {p.runs} runs and "
             f"{p.min_time_s:g} s (max {p.max_runs})"
             + (f", then on until the median is within +-{100 * p.rel_ci:g}% (95% CI) or {p.max_time_s:g} s"

@@ -110,17 +110,6 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
     return rows
 
 
-def format_cores(cores: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2,5", the way Linux writes core lists."""
-    runs: list[list[int]] = []
-    for c in sorted(set(cores)):
-        if runs and runs[-1][1] == c - 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
-
-
 def cpu_mask_row(profile, info: dict) -> tuple[str, str, str, str]:
     """connection.cpu_mask against the device's cores: a mask naming a core it lacks fails
     every batch later (`cannot pin to cores ...`), so say it here."""
@@ -128,18 +117,18 @@ def cpu_mask_row(profile, info: dict) -> tuple[str, str, str, str]:
     mask = profile.connection.get("cpu_mask")
     have = info.get("online_cpus") or (list(range(info["cores"])) if info.get("cores") else None)
     if have is None:
-        return ("cpu mask", "warn", f"pinned to cores {format_cores(wanted)} (mask {mask}); cannot read "
+        return ("cpu mask", "warn", f"pinned to cores {output.format_cores(wanted)} (mask {mask}); cannot read "
                 "the device's cores", "check that the cores exist on the device")
     missing = sorted(set(wanted) - set(have))
     if missing:
         return ("cpu mask", "FAIL",
-                f"connection.cpu_mask {mask} names cores {format_cores(missing)}, but the device has "
-                f"cores {format_cores(have)}",
+                f"connection.cpu_mask {mask} names cores {output.format_cores(missing)}, but the device has "
+                f"cores {output.format_cores(have)}",
                 f"fix connection.cpu_mask in {profile.source or profile.name} (a hex mask of cores "
-                f"{format_cores(have)}, e.g. {format(sum(1 << c for c in have), 'x')} for all), or "
+                f"{output.format_cores(have)}, e.g. {format(sum(1 << c for c in have), 'x')} for all), or "
                 "remove it")
-    return ("cpu mask", "ok", f"pinned to cores {format_cores(wanted)} (mask {mask}) of "
-            f"{format_cores(have)}", "")
+    return ("cpu mask", "ok", f"pinned to cores {output.format_cores(wanted)} (mask {mask}) of "
+            f"{output.format_cores(have)}", "")
 
 
 def run(args) -> int:

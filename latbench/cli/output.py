@@ -30,6 +30,17 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def format_cores(cores: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5", the way Linux writes core lists."""
+    runs: list[list[int]] = []
+    for c in sorted(set(cores)):
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def note(message: str, style: str | None = None) -> None:
     """A line for the human (stderr), so stdout stays clean for --json and --csv; printed as
     it is (no markup), in a rich `style` if given."""
