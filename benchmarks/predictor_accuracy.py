@@ -395,9 +395,10 @@ def _measured_networks(path: Path, device: str, space, minimum: int):
                 data.networks = [data.networks[i] for i in nets]
                 data.network_ms = data.network_ms[nets]
                 ctx = info.context
-                noise = {kind: np.median([r["round_spread"] for r in rows if r["kind"] == kind] or [np.nan])
+                noise = {kind: np.median([r["round_spread"] for r in rows if r["kind"] == kind
+                                         and r["round_spread"] is not None] or [np.nan])
                          for kind in ("op", "network")}
-                return data, (f"{path} ({ctx.runtime_label}, settings {ctx.settings_hash}; "
+                return data, (f"{path} ({ctx.runtime_label}, table {ctx.table_id}; "
                               f"median round spread: ops {noise['op']:.1%}, networks {noise['network']:.1%})")
     return None, str(path)
 

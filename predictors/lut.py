@@ -71,7 +71,7 @@ class LUT:
             med = float(r["median_ms"])
             entries[r["key"]] = LUTEntry(
                 median_ms=med, p10_ms=float(r.get("p10_ms", med)), p90_ms=float(r.get("p90_ms", med)),
-                round_spread=float(r.get("round_spread", 0.0)), count=int(r.get("count", 1)),
+                round_spread=float(r.get("round_spread") or 0.0), count=int(r.get("count", 1)),
                 rounds=int(r.get("rounds", 1)))
         return cls(entries)
 

@@ -144,6 +144,25 @@ def test_tables_are_listed_and_an_older_one_is_fitted_with_table(imported, latbe
     assert bad.returncode == 2 and "takes no --table" in bad.stderr
 
 
+def test_keys_with_fewer_rounds_are_noted_and_show_no_spread(latbench_home, latbench_cli, tmp_path):
+    from latbench.spaces import get_space
+
+    ops = get_space("fbnet-cifar").ops()[:6]
+    lines = ["key,median_ms,round"] + [f"{op.key},{1 + i / 10 + r / 100},{r}" for i, op in enumerate(ops)
+                                       for r in range(2 if i else 1)]
+    (tmp_path / "rounds.csv").write_text("\n".join(lines) + "\n")
+    assert latbench_cli("import", str(tmp_path / "rounds.csv"), "--device", "dev").returncode == 0
+    fit = latbench_cli("fit-predictor", "--device", "dev", "--no-select", "--folds", "2")
+    assert fit.returncode == 2 and fit.stderr.count("\n") == 1, fit.stderr  # 3 ops per fit: too few
+    assert "--folds 2 fits each fold on 3 of the 6 ops" in fit.stderr and "give --folds 6 or more" in fit.stderr
+    fit = latbench_cli("fit-predictor", "--device", "dev", "--no-select", "--folds", "6")
+    assert fit.returncode == 0, fit.stderr
+    assert "1 of 6 keys have fewer rounds (1) than the most measured (2)" in fit.stderr
+    rows = json.loads(latbench_cli("lut", "--device", "dev", "--json").stdout)["rows"]
+    assert [r["round_spread"] is None for r in rows if r["key"] == ops[0].key] == [True]
+    assert all(r["round_spread"] > 0 for r in rows if r["key"] != ops[0].key)
+
+
 def test_fit_predictor_without_a_database(latbench_cli):
     done = latbench_cli("fit-predictor", "--device", "local")
     assert done.returncode == 1 and "no measurements yet" in done.stderr

@@ -111,6 +111,7 @@ def test_table_takes_the_median_over_rounds(store):
     assert table["a"]["rounds"] == 3 and table["a"]["count"] == 9
     assert table["a"]["round_spread"] == pytest.approx((5.0 - 1.0) / 2.0)
     assert table["net:x:1"]["kind"] == "network" and table["net:x:1"]["median_ms"] == 7.0
+    assert table["net:x:1"]["round_spread"] is None  # one round: no spread, not a perfect 0
     assert [r.key for r in store.rows(ctx, kind="network")] == ["net:x:1"]
 
 

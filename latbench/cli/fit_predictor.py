@@ -88,11 +88,18 @@ def run(args) -> int:
     if len(data.specs) < args.folds:
         raise UsageError(f"--folds {args.folds} is more than the {len(data.specs)} ops measured for "
                          f"{args.device!r}", f"give --folds {len(data.specs)} or fewer (default 5)")
+    _check_fold_size(len(data.specs), args.folds, MIN_FIT_ROWS, args.device)
     started = time.perf_counter()
     output.note(f"device {args.device}: table {ctx.table_id}, {ctx.runtime_label}; "
                 f"{len(data.specs)} ops, {len(data.networks)} networks measured")
     if choice:
         output.note(f"  {choice}")
+    rounds = [r["rounds"] for r in rows]
+    short = sum(1 for n in rounds if n < max(rounds))
+    if short:
+        output.note(f"  {short} of {output.plural(len(rows), 'key')} have fewer rounds ({min(rounds)}) than the "
+                    f"most measured ({max(rounds)}): an interrupted collection? `latbench collect --device "
+                    f"{args.device}` with the same options measures what is missing")
     farm_units = {u: n for u, n in units.items() if u}
     if args.unit is not None:
         output.note(f"unit {args.unit} alone: {farm_units[args.unit]} of {sum(units.values())} measurements")
@@ -218,6 +225,24 @@ def _notes(predictor, data, coverage, directory, args, ctx, stderr_only: bool = 
     if data.networks:
         _check_network_ratio(predictor, data)
     output.note(f"saved {directory} (load with predictors.load(\"latbench:{directory.name}\"))")
+
+
+def _check_fold_size(n_ops: int, folds: int, min_rows: int, device: str) -> None:
+    """Each cross-validation fit sees the ops outside its fold (the largest is ceil(n / k));
+    too few there and the GBDT cannot fit at all."""
+    from latbench.errors import LatbenchError, UsageError
+
+    def fit_rows(k: int) -> int:
+        return n_ops - -(-n_ops // k)
+
+    if fit_rows(folds) >= min_rows:
+        return
+    enough = next((k for k in range(folds + 1, n_ops + 1) if fit_rows(k) >= min_rows), None)
+    if enough is None:
+        raise LatbenchError(f"only {n_ops} ops measured for {device!r}: cross-validation fits on all "
+                            f"but one and the GBDT needs {min_rows}", f"measure {min_rows + 1} ops or more")
+    raise UsageError(f"--folds {folds} fits each fold on {fit_rows(folds)} of the {n_ops} ops; the GBDT "
+                     f"needs {min_rows}", f"give --folds {enough} or more (at most {n_ops})")
 
 
 FEW_NETWORKS = 10  # fewer measured networks than this: held-out network figures are anecdotes

@@ -22,8 +22,9 @@ examples:
 
 A device has one table per runtime version and measurement settings (threads, protocol,
 cores); rows come from the newest table measured with the profile's current settings (else
-the newest) unless --table names another by the id --tables prints (a prefix is enough). median_ms is the median over rounds of each round's median, round_spread is
-(max - min) / median of those round medians."""
+the newest) unless --table names another by the id --tables prints (a prefix is enough).
+median_ms is the median over rounds of each round's median, round_spread is (max - min) /
+median of those round medians (empty for a key measured in one round only)."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
