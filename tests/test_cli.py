@@ -149,8 +149,9 @@ def test_lut_out_without_a_format_writes_the_file_by_its_name(cli, collected, fa
 
 
 def test_lut_kind_filters_rows(cli, collected, fast_profile):
-    code, out, _ = cli("lut", "--device", fast_profile, "--json", "--kind", "network")
+    code, out, err = cli("lut", "--device", fast_profile, "--json", "--kind", "network")
     assert code == 0 and json.loads(out)["rows"] == []
+    assert f"latbench collect --device {fast_profile} --networks 20" in err
 
 
 def test_lut_reads_the_table_of_the_profiles_current_settings(cli, collected, fast_profile, latbench_home):

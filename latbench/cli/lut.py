@@ -54,6 +54,11 @@ def run(args) -> int:
         output.note(choice)
     if args.kind:
         rows = [r for r in rows if r["kind"] == args.kind]
+        if not rows:
+            how = (f"measure some with `latbench collect --device {args.device} --networks 20`"
+                   if info.context.runtime != "imported" else "import them with `latbench import`")
+            output.note(f"no {args.kind} rows in table {info.context.table_id} of {args.device!r}"
+                        + (f"; {how}" if args.kind == "network" else ""))
     ctx = info.context
     title = (f"{ctx.device}: table {ctx.table_id}, {ctx.runtime_label}{_header(info.settings)}, "
              f"{len(rows)} keys")
