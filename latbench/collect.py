@@ -54,7 +54,9 @@ class Report:
     wall_s: float = 0.0
     relative_iqrs: list[float] = field(default_factory=list)
     max_temperature_c: float | None = None
-    unmeasured: int = 0  # (key, round) pairs exported but not measured: failed or never run
+    # (key, round) pairs lost to failed batches or never tried: a re-run may measure them. Ops
+    # that fail alone (export, or the runtime rejects the model) are in `failed`, not here.
+    unmeasured: int = 0
     stopped: str | None = None  # why collection stopped before the end of the plan
 
     @property
@@ -94,8 +96,9 @@ class Collector:
     """Measures items on one device into one store. Use as a context manager."""
 
     def __init__(self, profile: DeviceProfile, store: Store, *, rounds: int | None = None,
-                 cache_dir: Path | None = None, on_event: EventCallback | None = None):
+                 cache_dir: Path | None = None, on_event: EventCallback | None = None, lock: bool = True):
         self.profile = profile
+        self.lock = lock  # hold the hardware's lock (latbench.locks) while open
         self.store = store
         self.rounds = rounds or profile.protocol.rounds
         self.cache_dir = cache_dir
@@ -104,12 +107,25 @@ class Collector:
         self.runner = None
 
     def __enter__(self) -> "Collector":
-        self.transport.connect()
-        self.runner = make_runner(self.transport, self.profile)
+        from contextlib import ExitStack
+
+        from latbench import home
+        from latbench.locks import device_lock
+
+        self._stack = ExitStack()
+        try:
+            if self.lock:
+                self._stack.enter_context(device_lock(self.profile, home.home_dir() / "locks"))
+            self.transport.connect()
+            self._stack.callback(self.transport.close)
+            self.runner = make_runner(self.transport, self.profile)
+        except BaseException:
+            self._stack.close()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.transport.close()
+        self._stack.close()
 
     def plan(self, items: Sequence[Item], runner_info: dict | None = None) -> Plan:
         """What is missing in the store for `items`. `runner_info` (a runner's info()) is asked
@@ -163,10 +179,18 @@ class Collector:
             if failed_in_a_row >= give_up and i + 1 < len(batches):
                 report.stopped = (f"{give_up} batches in a row failed, so the device looks unreachable or "
                                   f"misconfigured; {len(batches) - i - 1} batch(es) were not tried")
-                report.unmeasured += sum(len(b) for b in batches[i + 1:])
                 break
+        report.unmeasured = self.count_unmeasured(plan, paths)
         report.wall_s = time.perf_counter() - start
         return report
+
+    def count_unmeasured(self, plan: Plan, paths: dict[str, Path]) -> int:
+        """Planned (key, round) pairs still not in the store, of ops that exported and did not
+        fail on their own: what a re-run can still measure."""
+        done = self.store.measured(plan.context)
+        failed_alone = {k for k, (stage, _) in self.store.failures(plan.context).items() if stage == "run"}
+        return sum(1 for key, rnd in plan.todo
+                   if key in paths and key not in failed_alone and (key, rnd) not in done)
 
     def _run_batch(self, plan: Plan, batch: list[tuple[str, int]], paths: dict[str, Path],
                    report: Report) -> None:
@@ -195,7 +219,6 @@ class Collector:
                 time.sleep(delay)
                 self.reconnect()
         report.batches_failed += 1
-        report.unmeasured += len(remaining)
         for key, _ in remaining:
             report.failed.setdefault(key, f"run: {output.error}")
 

@@ -33,9 +33,13 @@ def device_lock(profile, directory: Path) -> Iterator[None]:
     process ends, however it ends) or raise a LatbenchError naming the holder."""
     import fcntl
 
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{hardware_name(profile)}.lock"
-    handle = open(path, "a+")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as exc:
+        raise LatbenchError(f"cannot create the lock file {path}: {exc.strerror or exc}",
+                            "set LATBENCH_HOME to a writable directory") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

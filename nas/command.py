@@ -100,13 +100,13 @@ def print_targets(result: dict) -> None:
         side = "over" if miss > 0 else "under"
         if t["hit"]:
             said = (f"hit: final arch predicted {_num(t['predicted'])} {unit}, {abs(miss):.1%} {side} "
-                    f"(within --tolerance {tol:.0%})")
+                    f"(within --tolerance {100 * tol:g}%)")
         elif miss < 0:  # within the budget, but it leaves accuracy on the table
             said = (f"{abs(miss):.1%} under: final arch predicted {_num(t['predicted'])} {unit}, within the "
-                    f"target but further below it than --tolerance {tol:.0%}")
+                    f"target but further below it than --tolerance {100 * tol:g}%")
         else:
             said = (f"MISSED by {abs(miss):.1%}: final arch predicted {_num(t['predicted'])} {unit}, over "
-                    f"the target by more than --tolerance {tol:.0%}")
+                    f"the target by more than --tolerance {100 * tol:g}%")
         if t["spec"] in measured and measured[t["spec"]]:
             said += f"; measured {_num(measured[t['spec']])} ms ({measured[t['spec']] / t['target'] - 1:+.1%})"
         output.note(f"target {t['spec']} {_num(t['target'])} {unit}: {said}",
@@ -159,9 +159,9 @@ def _pick_line(result: dict) -> str:
     pool = f"the argmax and {output.plural(len(result['samples']), 'draw')} from theta (--samples)"
     if final.get("within_tolerance"):
         return (f"final arch: {final['source']}, the likeliest of {pool} whose predicted cost is within "
-                f"--tolerance {tol:.0%} of every target (--pick target)")
+                f"--tolerance {100 * tol:g}% of every target (--pick target)")
     return (f"final arch: {final['source']}, the closest to the targets of {pool}: none is within "
-            f"--tolerance {tol:.0%} (--pick target)")
+            f"--tolerance {100 * tol:g}% (--pick target)")
 
 
 def _num(value: float) -> str:

@@ -184,9 +184,11 @@ def load(directory: Path, device: str | None = None) -> LatencyPredictor:
         predictor = LatencyPredictor(GBDTPredictor(**gbdt.get_params()),
                                      correction=settings["correction"], use_lut=settings["use_lut"])
     except ImportError as exc:  # the files are fine; this Python lacks a library to read them
-        missing = exc.name or str(exc)
-        raise ArtifactError(f"cannot load the predictor in {directory}: {missing} is not installed",
-                            f"pip install {missing} (a latbench dependency) in this Python") from None
+        if isinstance(exc, ModuleNotFoundError) and exc.name and "." not in exc.name:
+            raise ArtifactError(f"cannot load the predictor in {directory}: {exc.name} is not installed",
+                                f"pip install {exc.name} (a latbench dependency) in this Python") from None
+        raise ArtifactError(f"cannot load the predictor in {directory}: {exc}",
+                            "reinstall latbench's dependencies in this Python (pip install -e .)") from None
     except Exception as exc:  # any unreadable part is one error naming the file
         raise ArtifactError(f"cannot read {current} of the predictor in {directory} "
                             f"({type(exc).__name__}: {exc})", refit) from None

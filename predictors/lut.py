@@ -18,7 +18,7 @@ class LUTEntry:
     median_ms: float
     p10_ms: float
     p90_ms: float
-    round_spread: float  # (max - min) / median of the round medians
+    round_spread: float | None  # (max - min) / median of the round medians; None for one round
     count: int  # timed runs over all rounds
     rounds: int = 1
 
@@ -71,7 +71,8 @@ class LUT:
             med = float(r["median_ms"])
             entries[r["key"]] = LUTEntry(
                 median_ms=med, p10_ms=float(r.get("p10_ms", med)), p90_ms=float(r.get("p90_ms", med)),
-                round_spread=float(r.get("round_spread") or 0.0), count=int(r.get("count", 1)),
+                round_spread=None if r.get("round_spread") is None else float(r["round_spread"]),
+                count=int(r.get("count", 1)),
                 rounds=int(r.get("rounds", 1)))
         return cls(entries)
 

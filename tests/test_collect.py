@@ -300,3 +300,23 @@ def test_the_collect_header_names_the_pinned_cores(warm_home, make_profile, caps
     name = make_profile("pinned", connection={"cpu_mask": "1"}, protocol={"rounds": 1})
     assert main(["collect", "--device", name, "--limit", "1"]) == 0
     assert "1 thread(s) pinned to cores 0, format onnx" in capsys.readouterr().err
+
+
+def test_cli_collect_where_every_op_fails_alone_exits_1(warm_home, make_profile, monkeypatch, capsys):
+    import latbench.collect as collect_module
+    from latbench.cli.main import main
+    from latbench.runners.base import BatchOutput
+
+    class Rejecting(_DownRunner):  # the runtime loads nothing: each op fails on its own
+        def run_batch(self, items):
+            return BatchOutput(start={}, end={}, results={
+                it.id: {"id": it.id, "ok": False, "error": "unsupported op"} for it in items})
+
+    real = collect_module.make_runner
+    monkeypatch.setattr(collect_module, "make_runner", lambda *a, **k: Rejecting(real(*a, **k)))
+    monkeypatch.setattr(sys, "argv", ["latbench"])
+    name = make_profile("rejects", protocol={"rounds": 1})
+    code = main(["collect", "--device", name, "--limit", "3", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 1 and summary["measured"] == 0 and len(summary["failed"]) == 3
+    assert summary["unmeasured"] == 0  # nothing a re-run would measure: each op failed alone

@@ -175,6 +175,8 @@ def test_bad_archs_are_refused():
     ([0] * 21 + ["1"], r"position 21 \(from 0\) is '1' \(str\)"),
     ("7 8 1 8 x 0", r"separated by '-', ',' or spaces; position 4 \(from 0\) is 'x'"),
     ("7 8 1.5", r"position 2 \(from 0\) is '1\.5'"),
+    ("0,-1," + ",".join(["0"] * 20), r"position 1 \(from 0\) is '-1'"),  # not read as 1
+    ("-1" + "-0" * 21, r"position 0 \(from 0\) is '-1'"),
     (" ".join(["1"] * 21), r"; got 21 "),
     ("", r"; got 0 "),
     (7, r"got int 7, not a sequence or string"),

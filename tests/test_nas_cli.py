@@ -191,11 +191,13 @@ def test_the_summary_says_how_the_final_arch_was_chosen():
 def test_a_final_arch_under_its_target_is_not_called_a_miss(capsys):
     from nas.command import print_targets
 
-    def target(predicted):
+    def target(predicted, tolerance=0.05):
         return {"spec": "latbench:local", "target": 1.0, "unit": "ms", "predicted": predicted,
-                "relative_miss": predicted - 1.0, "tolerance": 0.05, "hit": abs(predicted - 1.0) <= 0.05}
-    print_targets({"targets": [target(0.7), target(1.3), target(1.02)]})
+                "relative_miss": predicted - 1.0, "tolerance": tolerance,
+                "hit": abs(predicted - 1.0) <= tolerance}
+    print_targets({"targets": [target(0.7), target(1.3), target(1.02), target(1.01, 0.025)]})
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("target latbench:local 1 ms: 30.0% under: final arch predicted 0.7 ms, within")
     assert lines[1].startswith("target latbench:local 1 ms: MISSED by 30.0%: final arch predicted 1.3 ms, over")
     assert lines[2].startswith("target latbench:local 1 ms: hit: final arch predicted 1.02 ms, 2.0% over")
+    assert lines[3].endswith("(within --tolerance 2.5%)")  # not rounded to 2% or 3%

@@ -115,6 +115,17 @@ def test_a_missing_library_is_named_not_blamed_on_the_files(saved, monkeypatch):
     assert "fit-predictor" not in message  # re-fitting would not help
 
 
+def test_an_installed_but_incompatible_library_is_not_called_missing(saved, monkeypatch):
+    from predictors.gbdt import GBDTPredictor
+
+    def broken(*args, **kwargs):
+        raise ImportError("cannot import name 'Booster' from 'lightgbm'", name="lightgbm")
+    monkeypatch.setattr(GBDTPredictor, "from_files", broken)
+    with pytest.raises(ArtifactError) as info:
+        artifact.load(saved, "raspi4")
+    assert "cannot import name 'Booster'" in str(info.value) and "not installed" not in str(info.value)
+
+
 def test_missing_file_and_bad_manifest(saved):
     (saved / "lut.json").unlink()
     with pytest.raises(ArtifactError, match=r"lut\.json is missing.*fit-predictor"):

@@ -157,7 +157,7 @@ def test_keys_with_fewer_rounds_are_noted_and_show_no_spread(latbench_home, latb
     assert "--folds 2 fits each fold on 3 of the 6 ops" in fit.stderr and "give --folds 6 or more" in fit.stderr
     fit = latbench_cli("fit-predictor", "--device", "dev", "--no-select", "--folds", "6")
     assert fit.returncode == 0, fit.stderr
-    assert "1 of 6 keys have fewer rounds (1) than the most measured (2)" in fit.stderr
+    assert "1 of 6 ops have fewer rounds (1) than the most measured (2)" in fit.stderr
     rows = json.loads(latbench_cli("lut", "--device", "dev", "--json").stdout)["rows"]
     assert [r["round_spread"] is None for r in rows if r["key"] == ops[0].key] == [True]
     assert all(r["round_spread"] > 0 for r in rows if r["key"] != ops[0].key)

@@ -196,12 +196,20 @@ def test_known_hosts_marker_lines_are_skipped_and_revoked_keys_refused(sshd, tmp
     assert ca.exists()
 
 
-def test_a_broken_known_hosts_line_is_named(sshd, tmp_path):
+def test_a_broken_known_hosts_line_is_skipped_but_a_broken_revoked_line_is_named(sshd, tmp_path):
+    import base64
+
     known = tmp_path / "known_hosts"
-    known.write_text(sshd.host_key_line() + "board ssh-ed25519 not-base64!\n")
+    garbage = base64.b64encode(b"garbage").decode()
+    # Lines of other hosts that do not parse (bad base64, a key blob paramiko rejects), as
+    # OpenSSH skips them: the host's own line still verifies it.
+    known.write_text("board ssh-ed25519 not-base64!\n" f"other ssh-rsa {garbage}\n" + sshd.host_key_line())
+    with transport_for(make_profile(tmp_path, sshd, known_hosts=known)) as t:
+        assert t.run(["true"], 10).exit_code == 0
+    known.write_text(sshd.host_key_line() + f"@revoked * ssh-rsa {garbage}\n")
     with pytest.raises(DeviceError) as err:
         transport_for(make_profile(tmp_path, sshd, known_hosts=known)).connect()
-    assert f"line 2 of the known_hosts file {known}" in err.value.message
+    assert f"line 2 of the known_hosts file {known}" in err.value.message and "@revoked" in err.value.message
     assert "remove that line" in err.value.hint
 
 

@@ -50,11 +50,8 @@ def _nonneg(text: str) -> int:
 
 
 def run(args) -> int:
-    from contextlib import nullcontext
-
     from latbench import home
     from latbench.collect import Collector, space_items
-    from latbench.locks import device_lock
     from latbench.profiles import load_profile
     from latbench.spaces import get_space
     from latbench.store import Store
@@ -72,9 +69,7 @@ def run(args) -> int:
         collector = Collector(profile, store, rounds=args.rounds)
     if args.trust_new_host:  # never turns off a profile's trust_unknown_host
         collector.transport.trust_new_host = True
-    # A farm's units are held by Ray, one batch at a time; a device here by a lock.
-    lock = nullcontext() if args.farm else device_lock(profile, home.home_dir() / "locks")
-    with lock, store, collector:
+    with store, collector:  # a Collector holds the hardware's lock (latbench.locks) while open
         plan = collector.plan(items)
         p = profile.protocol
         output.note(
@@ -134,8 +129,11 @@ def run(args) -> int:
     if report.stopped:
         output.note(f"stopped: {report.stopped}")
     if report.unmeasured:
+        where = "`failed` in the JSON" if args.json else "the errors above"
         output.note(f"{report.unmeasured} of {report.planned} planned measurements were not made; "
-                    "fix what the errors above say, then re-run the same command to measure only those")
+                    f"fix what {where} says, then re-run the same command to measure only those")
     # A run left short fails the command, so `collect && fit-predictor` stops here; an op that
-    # cannot be exported fails the same way every time, is listed above and left out.
-    return 1 if report.unmeasured else 0
+    # fails alone (export, or the runtime rejects it) fails the same way every time: it is
+    # listed and left out, unless nothing at all was measured.
+    nothing = bool(report.failed) and not report.measured and report.planned > 0
+    return 1 if report.unmeasured or nothing else 0

@@ -94,12 +94,13 @@ def run(args) -> int:
                 f"{len(data.specs)} ops, {len(data.networks)} networks measured")
     if choice:
         output.note(f"  {choice}")
-    rounds = [r["rounds"] for r in rows]
-    short = sum(1 for n in rounds if n < max(rounds))
-    if short:
-        output.note(f"  {short} of {output.plural(len(rows), 'key')} have fewer rounds ({min(rounds)}) than the "
-                    f"most measured ({max(rounds)}): an interrupted collection? `latbench collect --device "
-                    f"{args.device}` with the same options measures what is missing")
+    for kind in ("op", "network"):  # ops and networks may be collected with different --rounds
+        rounds = [r["rounds"] for r in rows if r["kind"] == kind]
+        short = sum(1 for n in rounds if n < max(rounds, default=0))
+        if short:
+            output.note(f"  {short} of {len(rounds)} {kind}s have fewer rounds ({min(rounds)}) than the most "
+                        f"measured ({max(rounds)}): an interrupted collection? `latbench collect --device "
+                        f"{args.device}` with the same options measures what is missing")
     farm_units = {u: n for u, n in units.items() if u}
     if args.unit is not None:
         output.note(f"unit {args.unit} alone: {farm_units[args.unit]} of {sum(units.values())} measurements")

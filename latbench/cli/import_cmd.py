@@ -33,11 +33,12 @@ examples:
   latbench fit-predictor --device raspi4 --space fbnet-imagenet   # --space: whose coverage to report
 
 Rows are stored with runtime "imported" and the source label as runtime version (e.g.
-hwnasbench-raspi4). fit-predictor and lut read the device's newest table (runtime, version
-and settings) unless --table names another: to fit ops and whole networks of one device
-together, import both files with the same --source LABEL. An import that would make a new
-table for a device that already has one is refused (nothing is stored) unless --alongside is
-given; `latbench lut --device NAME --tables` lists a device's tables."""
+hwnasbench-raspi4). fit-predictor and lut read one table (runtime, version and settings) of
+a device: the one --table names, else the newest measured with the device profile's current
+settings, else the newest. To fit ops and whole networks of one device together, import both
+files with the same --source LABEL. An import that would make a new table for a device that
+already has one is refused (nothing is stored) unless --alongside is given;
+`latbench lut --device NAME --tables` lists a device's tables."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -54,8 +55,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
                    help="source label stored as the runtime version (default: from the format)")
     p.add_argument("--alongside", action="store_true",
                    help="store the rows even though DEVICE already has measurements from another "
-                        "runtime or source (the import becomes its newest table, the one "
-                        "fit-predictor and lut use unless given --table)")
+                        "runtime or source (a second table of DEVICE: read it with --table "
+                        "in fit-predictor and lut)")
     p.add_argument("--dry-run", action="store_true", help="parse and report, store nothing")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
@@ -104,8 +105,8 @@ def run(args) -> int:
 
 
 def _check_no_other_table(store, ctx) -> None:
-    """Refuse an import that would hide the device's other measurements: fit-predictor and lut
-    read a device's newest table, and a small CSV would become it."""
+    """Refuse an import that would start a second table: fit-predictor and lut read one table
+    of a device (for one without a profile, the newest: a small CSV would hide the rest)."""
     from latbench.errors import UsageError
 
     newest = store.latest_context(ctx.device)
@@ -115,7 +116,7 @@ def _check_no_other_table(store, ctx) -> None:
     raise UsageError(
         f"device {ctx.device!r} already has {output.plural(newest.keys, 'key')} measured with "
         f"{newest.context.runtime_label} (table {newest.context.table_id}); this import "
-        "would become its newest table, the one fit-predictor and lut read",
+        "would start a second table, and fit-predictor and lut read one",
         (f"pass --source {newest.context.runtime_version} to add to that table, " if same_tool else "")
         + f"import under another name (--device {ctx.device}-{ctx.runtime_version}), "
           "or pass --alongside to store it anyway")

@@ -264,8 +264,7 @@ class FarmCollector(Collector):
                     report.failed.setdefault(key, f"run: {why}")
                 break
             batches = plan_batches(missing, self.profile.protocol.batch_size, self.profile.protocol.seed)
-        done = self.store.measured(plan.context)
-        report.unmeasured = sum(1 for key, rnd in plan.todo if (key, rnd) not in done and key in paths)
+        report.unmeasured = self.count_unmeasured(plan, paths)
         report.wall_s = time.perf_counter() - start
         self._publish(deque(), {}, report)
         return report

@@ -51,7 +51,8 @@ class UnitWorker:
                               f"start it there: latbench farm agent --address HEAD:6379 --unit {self.unit}")
         if self.collector is None:
             self.profile = parse_profile(Path(self.profile_path))
-            collector = Collector(self.profile, None)  # type: ignore[arg-type]  # no store here
+            # no store here; Ray's one resource per unit already runs one batch at a time
+            collector = Collector(self.profile, None, lock=False)  # type: ignore[arg-type]
             collector.__enter__()
             self.collector = collector
         elif self.reconnect:

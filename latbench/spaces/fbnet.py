@@ -142,7 +142,8 @@ class FBNetSpace:
         want = (f"an arch of {self.name} is {self.num_layers} candidate indices in "
                 f"0..{self.num_candidates - 1}")
         if isinstance(arch, str):
-            parts = [p for p in re.split(r"[\s,\-]+", arch.strip()) if p]
+            # '-' separates only between digits: "0,-1" is a negative index, not "0,1"
+            parts = [p for p in re.split(r"\s*,\s*|\s+|(?<=\d)-(?=\d)", arch.strip()) if p]
             for pos, part in enumerate(parts):
                 if not re.fullmatch(r"[0-9]+", part):
                     raise ValueError(f"{want}, separated by '-', ',' or spaces; "

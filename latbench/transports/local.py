@@ -25,7 +25,7 @@ class LocalTransport(Transport):
                               "set connection.workdir in the profile or LATBENCH_HOME to a writable place") from None
 
     def device_info(self) -> dict:
-        from latbench.runners.pyrunner import device_state
+        from latbench.runners.pyrunner import cpus, device_state
 
         state = device_state()
         model = None
@@ -35,7 +35,8 @@ class LocalTransport(Transport):
                 break
         return {
             "model": model or platform.processor() or platform.machine(),
-            "os": platform.platform(), "cores": os.cpu_count(),
+            # the cores this process may use (a container's cpuset), which a cpu_mask must name
+            "os": platform.platform(), "cores": os.cpu_count(), "online_cpus": cpus(),
             "governors": state["governors"], "frequencies_khz": state["frequencies_khz"],
             "temperatures_c": state["temperatures_c"],
             "free_bytes": shutil.disk_usage(self._workdir).free, "python": platform.python_version(),
