@@ -501,6 +501,8 @@ def test_full_collection_over_ssh(sshd, tmp_path, model_cache):
         models = Path(profile.connection["workdir"]) / "models"
         assert len(list(models.glob("*.onnx"))) == 4
         assert uploads == 1 + 4 + 2
+        # the runner removed each batch file once read: none pile up on the board
+        assert list((Path(profile.connection["workdir"]) / "batches").glob("*.json")) == []
         # Re-running measures nothing and pushes nothing.
         with Collector(profile, store, cache_dir=model_cache) as col:
             again = col.plan(ops)

@@ -340,7 +340,12 @@ def main(argv: list[str]) -> int:
         return 0
     if len(argv) == 2 and argv[0] == "run":
         with open(argv[1]) as fh:
-            return run_batch(json.load(fh))
+            batch = json.load(fh)
+        try:  # each batch file is written once (a fresh name per run): do not let them pile up
+            os.remove(argv[1])
+        except OSError:
+            pass
+        return run_batch(batch)
     sys.stderr.write(__doc__ or "")
     return 2
 
