@@ -501,6 +501,13 @@ def test_full_collection_over_ssh(sshd, tmp_path, model_cache):
         models = Path(profile.connection["workdir"]) / "models"
         assert len(list(models.glob("*.onnx"))) == 4
         assert uploads == 1 + 4 + 2
+        import json
+        import platform
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "latbench.db") as conn:
+            runners = [json.loads(r) for (r,) in conn.execute("SELECT runner FROM batches")]
+        assert runners and all(r["hostname"] == platform.node() for r in runners)  # which board
         # the runner removed each batch file once read: none pile up on the board
         assert list((Path(profile.connection["workdir"]) / "batches").glob("*.json")) == []
         # Re-running measures nothing and pushes nothing.

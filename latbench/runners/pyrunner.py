@@ -310,7 +310,9 @@ def run_batch(batch: dict) -> int:
         return 3
     _emit({"event": "start", "runner_version": RUNNER_VERSION, "runtime": runtime, "cpus": cpus(),
            "runtime_package": found[runtime]["package"], "runtime_version": found[runtime]["version"],
-           "threads": threads, "python": platform.python_version(), "state": device_state()})
+           "threads": threads, "python": platform.python_version(),
+           # which board it was: a board swapped in at the same address shows in the batch records
+           "hostname": platform.node(), "machine": platform.machine(), "state": device_state()})
     model_cls = _MODELS[runtime]
     for item in batch["items"]:
         try:
