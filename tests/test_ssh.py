@@ -621,3 +621,6 @@ def test_ssh_template_is_a_valid_profile_that_documents_every_setting(tmp_path):
     shown = yaml.safe_load(text)["protocol"]
     assert set(Protocol().timing()) <= set(shown)
     assert shown["rel_ci"] == Protocol().rel_ci and shown["max_time_s"] == Protocol().max_time_s
+    from latbench.profiles import _RETRY_FIELDS
+
+    assert set(yaml.safe_load(text)["retry"]) == set(_RETRY_FIELDS)  # every retry setting shown
