@@ -109,13 +109,12 @@ class Collector:
     def __enter__(self) -> "Collector":
         from contextlib import ExitStack
 
-        from latbench import home
         from latbench.locks import device_lock
 
         self._stack = ExitStack()
         try:
             if self.lock:
-                self._stack.enter_context(device_lock(self.profile, home.home_dir() / "locks"))
+                self._stack.enter_context(device_lock(self.profile))
             self.transport.connect()
             self._stack.callback(self.transport.close)
             self.runner = make_runner(self.transport, self.profile)

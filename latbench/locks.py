@@ -1,7 +1,8 @@
 """One collection per physical device at a time: two runs on one device time each other's
 load, and both would store what they measured (the store keeps the first row of a key and
 round). Profiles that reach the same hardware (`local` and `local-tflite`; two profiles of one
-board) share a lock."""
+board) share a lock, and so do runs with different LATBENCH_HOMEs (a benchmark's temporary
+home, a second store): the locks live in one folder per user of this host."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ from pathlib import Path
 from typing import Iterator
 
 from latbench.errors import LatbenchError
+
+
+def lock_dir() -> Path:
+    """`LATBENCH_LOCK_DIR`, else one folder per user in the host's temporary directory."""
+    import tempfile
+
+    env = os.environ.get("LATBENCH_LOCK_DIR")
+    return Path(env) if env else Path(tempfile.gettempdir()) / f"latbench-locks-{os.getuid()}"
 
 
 def hardware_name(profile) -> str:
@@ -28,18 +37,19 @@ def hardware_name(profile) -> str:
 
 
 @contextmanager
-def device_lock(profile, directory: Path) -> Iterator[None]:
-    """Hold `directory/<hardware>.lock` (an advisory flock, freed by the kernel when this
+def device_lock(profile, directory: Path | None = None) -> Iterator[None]:
+    """Hold `<lock_dir>/<hardware>.lock` (an advisory flock, freed by the kernel when this
     process ends, however it ends) or raise a LatbenchError naming the holder."""
     import fcntl
 
+    directory = directory or lock_dir()
     path = directory / f"{hardware_name(profile)}.lock"
     try:
         directory.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+")
     except OSError as exc:
         raise LatbenchError(f"cannot create the lock file {path}: {exc.strerror or exc}",
-                            "set LATBENCH_HOME to a writable directory") from None
+                            "set LATBENCH_LOCK_DIR to a writable directory") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

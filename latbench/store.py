@@ -448,7 +448,13 @@ def device_table(device: str, table: str | None = None, db_path: Path | None = N
 
 def table_choice_note(device: str, info: ContextInfo, n_tables: int, settings_hash: str | None,
                       picked: bool) -> str | None:
-    """Says which of several tables a command read and how to read another (None for one)."""
+    """Says which of several tables a command read and how to read another, and when none
+    matches the profile's current settings (None for one table that does)."""
+    if not picked and settings_hash is not None and info.context.settings_hash != settings_hash:
+        return (f"no table of {device!r} was measured with its profile's current settings (threads, "
+                f"protocol, runtime options, cores); table {info.context.table_id} is the newest of "
+                f"{n_tables}: its numbers are for the settings it was measured with "
+                f"(`latbench lut --device {device} --tables`)")
     if n_tables < 2:
         return None
     why = ("the one --table named" if picked else

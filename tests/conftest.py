@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,11 @@ FAST_PROFILE_NAME = "test-local"
 #: How many ops of fbnet-cifar (and seed-0 networks) the session model cache holds.
 CACHED_OPS = 16
 CACHED_NETWORKS = 2
+
+
+# Collections lock the hardware they measure in a folder shared by every LATBENCH_HOME of this
+# user (latbench.locks); the tests get their own, so a real collection here does not fail them.
+os.environ["LATBENCH_LOCK_DIR"] = tempfile.mkdtemp(prefix="latbench-test-locks-")
 
 
 @pytest.fixture

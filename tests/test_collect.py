@@ -285,12 +285,17 @@ def test_a_second_collection_on_the_same_hardware_is_refused(warm_home, fast_pro
 
     assert hardware_name(load_profile("local")) == hardware_name(load_profile("local-tflite"))
     monkeypatch.setattr(sys, "argv", ["latbench"])
-    with device_lock(load_profile("local"), home.home_dir() / "locks"):
+    with device_lock(load_profile("local")):
         code = main(["collect", "--device", fast_profile, "--limit", "1"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1, err
     assert f"is being measured already, by latbench pid {os.getpid()}, device local" in err
     assert main(["collect", "--device", fast_profile, "--limit", "1", "--rounds", "1"]) == 0  # freed
+    other_home = warm_home.parent / "second-home"  # another store, the same host: still refused
+    monkeypatch.setenv("LATBENCH_HOME", str(other_home))
+    with device_lock(load_profile("local")):
+        assert main(["collect", "--device", "local", "--limit", "1"]) == 1
+    assert "is being measured already" in capsys.readouterr().err
 
 
 def test_the_collect_header_names_the_pinned_cores(warm_home, make_profile, capsys, monkeypatch):

@@ -47,7 +47,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--unit", metavar="DEVICE@HOST", default=None,
                    help="fit on one farm unit's measurements alone (default: pool every unit)")
     p.add_argument("--table", metavar="ID",
-                   help="fit on this table of the device (default: the newest; "
+                   help="fit on this table of the device (default: the newest measured with the profile's "
+                        "current settings, else the newest; "
                         "`latbench lut --device X --tables` lists them)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
@@ -76,12 +77,13 @@ def run(args) -> int:
     ctx = info.context
     units = _units(info.context)
     data = training.from_rows(rows)
-    if len(data.specs) < MIN_FIT_ROWS:
+    if len(data.specs) < MIN_FIT_ROWS + 1:  # cross-validation fits on all but one at most
         others = (f", or fit another of its {n_tables} tables with --table ID (`latbench lut --device "
                   f"{args.device} --tables`)" if n_tables > 1 else "")
         raise LatbenchError(
             f"only {len(data.specs)} ops measured for {args.device!r} in table {ctx.table_id} "
-            f"({ctx.runtime_label}); a predictor needs at least {MIN_FIT_ROWS}",
+            f"({ctx.runtime_label}); a predictor needs at least {MIN_FIT_ROWS + 1} ({MIN_FIT_ROWS} to fit "
+            "each cross-validation fold on)",
             (f"run `latbench collect --device {args.device} --space {space.name}`"
              if ctx.runtime != "imported" else "import the device's op measurements (`latbench import`)")
             + others)
@@ -211,6 +213,11 @@ def _network_eval(predictor, data, args, selection):
 
 def _notes(predictor, data, coverage, directory, args, ctx, stderr_only: bool = False) -> None:
     output.note(f"coverage: {coverage}")
+    if coverage.fraction < 0.5:
+        output.note(f"note: {coverage.fraction:.0%} of {coverage.space}'s ops are measured: the GBDT predicts the "
+                    f"other {len(coverage.missing)} from {len(data.specs)} ops, beyond what it has seen; measure "
+                    f"the space (`latbench collect --device {args.device} --space {coverage.space}`) before "
+                    "trusting its network predictions")
     output.note(predictor.describe())
     if not data.networks:
         output.note(f"note: no measured networks for {args.device}: a network's latency is the plain "
@@ -231,19 +238,20 @@ def _notes(predictor, data, coverage, directory, args, ctx, stderr_only: bool = 
 def _check_fold_size(n_ops: int, folds: int, min_rows: int, device: str) -> None:
     """Each cross-validation fit sees the ops outside its fold (the largest is ceil(n / k));
     too few there and the GBDT cannot fit at all."""
-    from latbench.errors import LatbenchError, UsageError
+    import itertools
+
+    from latbench.errors import UsageError
 
     def fit_rows(k: int) -> int:
         return n_ops - -(-n_ops // k)
 
     if fit_rows(folds) >= min_rows:
         return
-    enough = next((k for k in range(folds + 1, n_ops + 1) if fit_rows(k) >= min_rows), None)
-    if enough is None:
-        raise LatbenchError(f"only {n_ops} ops measured for {device!r}: cross-validation fits on all "
-                            f"but one and the GBDT needs {min_rows}", f"measure {min_rows + 1} ops or more")
+    enough = next(k for k in range(folds + 1, n_ops + 1) if fit_rows(k) >= min_rows)  # n_ops > min_rows
+    need = next(n for n in itertools.count(n_ops + 1) if n - -(-n // folds) >= min_rows)
     raise UsageError(f"--folds {folds} fits each fold on {fit_rows(folds)} of the {n_ops} ops; the GBDT "
-                     f"needs {min_rows}", f"give --folds {enough} or more (at most {n_ops})")
+                     f"needs {min_rows}", f"give --folds {enough} or more (at most {n_ops}), or measure "
+                     f"{need} ops or more")
 
 
 FEW_NETWORKS = 10  # fewer measured networks than this: held-out network figures are anecdotes

@@ -37,7 +37,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--kind", choices=["op", "network"], help="only ops or only whole networks")
     p.add_argument("--out", type=Path, help="write to this file instead of stdout (without --csv or "
                    "--json: JSON for a .json name, else CSV)")
-    p.add_argument("--table", metavar="ID", help="read this table (default: the newest; see --tables)")
+    p.add_argument("--table", metavar="ID", help="read this table (default: the newest measured with the profile's current "
+                   "settings, else the newest; see --tables)")
     p.add_argument("--tables", action="store_true",
                    help="list the device's tables (runtime, settings, keys) instead of rows")
 
