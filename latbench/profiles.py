@@ -84,6 +84,12 @@ CONNECTION_FIELDS: dict[str, dict[str, tuple[tuple, bool, str]]] = {
 }
 
 
+def cores_of_mask(mask: str) -> list[int]:
+    """The cores a hex mask names: "f0" -> [4, 5, 6, 7] (bit i = core i)."""
+    bits = int(mask, 16)
+    return [i for i in range(bits.bit_length()) if bits >> i & 1]
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str
@@ -103,13 +109,17 @@ class DeviceProfile:
     source: str = ""
 
     @property
+    def timed_options(self) -> dict:
+        """The runtime options that change what a number means (XNNPACK on or off); where the
+        tool lives and its declared version (already in the runtime label) do not."""
+        return {k: v for k, v in sorted(self.runtime_options.items())
+                if k not in ("binary", "binary_local", "version")}
+
+    @property
     def cpus(self) -> list[int] | None:
         """The cores of `connection.cpu_mask` (bit i = core i), or None when unpinned."""
         mask = self.connection.get("cpu_mask")
-        if not mask:
-            return None
-        bits = int(mask, 16)
-        return [i for i in range(bits.bit_length()) if bits >> i & 1]
+        return cores_of_mask(mask) if mask else None
 
     def settings(self, exporter: str) -> dict:
         """What defines the meaning of a number measured with this profile (stored with it).
@@ -121,10 +131,7 @@ class DeviceProfile:
         return pinned | {
             "runner": self.runner, "runtime": self.runtime, "format": self.format,
             "threads": self.threads,
-            # where the tool lives and its declared version (already in the runtime label)
-            # do not change what a number means
-            "runtime_options": {k: v for k, v in sorted(self.runtime_options.items())
-                                if k not in ("binary", "binary_local", "version")},
+            "runtime_options": self.timed_options,
             "protocol": self.protocol.timing(), "exporter": exporter,
         }
 
@@ -259,6 +266,18 @@ def parse_profile(path: Path) -> DeviceProfile:
         if required and key not in values["connection"]:
             raise bad("connection", f"needs {key!r} for transport {values['transport']}",
                       f"add `connection: {{{key}: ...}}` ({doc})")
+    if values["runner"] == "python":
+        from latbench.runners.pyrunner import RUNTIME_OPTIONS
+
+        known = RUNTIME_OPTIONS.get(values["runtime"], {})
+        for key, value in values["runtime_options"].items():
+            if key not in known:
+                raise bad("runtime_options", f"has {key!r}, which the python runner's {values['runtime']} "
+                          "does not know", did_you_mean(key, known) or
+                          (f"known: {', '.join(known)}" if known else "it takes none"))
+            if not isinstance(value, known[key]):
+                raise bad("runtime_options", f"setting {key!r} must be {_type_name(known[key])}; got {value!r}",
+                          f"set {key}: {_type_name(known[key])}")
     if values["format"] == "tflite" and values["runtime"] == "onnxruntime":
         raise bad("format", "is tflite but runtime is onnxruntime", "use runtime: litert for .tflite models")
     if values["format"] == "onnx" and values["runtime"] == "litert":

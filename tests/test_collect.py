@@ -298,13 +298,18 @@ def test_a_second_collection_on_the_same_hardware_is_refused(warm_home, fast_pro
     assert "is being measured already" in capsys.readouterr().err
 
 
-def test_the_collect_header_names_the_pinned_cores(warm_home, make_profile, capsys, monkeypatch):
+def test_the_collect_header_and_the_tables_name_cores_and_runtime_options(warm_home, make_profile, capsys, monkeypatch):
     from latbench.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["latbench"])
-    name = make_profile("pinned", connection={"cpu_mask": "1"}, protocol={"rounds": 1})
+    name = make_profile("pinned", connection={"cpu_mask": "1"}, protocol={"rounds": 1},
+                        runtime_options={"spinning": False})
     assert main(["collect", "--device", name, "--limit", "1"]) == 0
-    assert "1 thread(s) pinned to cores 0, format onnx" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert " (spinning=false), 1 thread(s) pinned to cores 0, format onnx" in err
+    assert "protocol: warm-up >= 2 runs and 0 s; timed >= 5 runs and 0 s (max 50)" in err
+    assert main(["lut", "--device", name, "--tables", "--json"]) == 0  # what sets the table apart
+    assert json.loads(capsys.readouterr().out)[0]["setup"] == "1 thread(s) pinned to cores 0, spinning=false"
 
 
 def test_cli_collect_where_every_op_fails_alone_exits_1(warm_home, make_profile, monkeypatch, capsys):

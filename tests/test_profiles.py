@@ -110,6 +110,22 @@ def test_unknown_connection_setting_suggests_the_close_one(tmp_path):
     assert "did you mean 'host'?" in err.hint
 
 
+def test_runtime_options_the_python_runner_does_not_know_are_refused_when_the_profile_loads(tmp_path):
+    lite = "transport: local\nruntime: litert\nformat: tflite\n"
+    err = error_of(write(tmp_path, lite + "runtime_options: {xnnpak: true}\n"))
+    assert "'xnnpak'" in err.message and "did you mean 'xnnpack'?" in err.hint
+    err = error_of(write(tmp_path, lite + "runtime_options: {xnnpack: yes please}\n"))
+    assert "setting 'xnnpack' must be true or false" in err.message
+    err = error_of(write(tmp_path, "transport: local\nruntime_options: {xnnpack: false}\n"))
+    assert "which the python runner's onnxruntime does not know" in err.message and "spinning" in err.hint
+    assert parse_profile(write(tmp_path, lite + "runtime_options: {xnnpack: false}\n")).runtime_options
+
+
+def test_a_max_time_below_the_min_time_is_refused(tmp_path):
+    err = error_of(write(tmp_path, "transport: local\nprotocol: {min_time_s: 0.05, max_time_s: 0.01, rel_ci: 0.01}\n"))
+    assert "setting 'max_time_s' must be >= min_time_s (0.05)" in err.message
+
+
 def test_wrong_connection_type_is_refused(tmp_path):
     err = error_of(write(tmp_path, "transport: ssh\nconnection: {host: b, port: '22'}\n"))
     assert "'port'" in err.message and "an integer" in err.message

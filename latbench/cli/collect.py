@@ -53,6 +53,7 @@ def run(args) -> int:
     from latbench import home
     from latbench.collect import Collector, space_items
     from latbench.profiles import load_profile
+    from latbench.protocol import describe_options, describe_timing
     from latbench.spaces import get_space
     from latbench.store import Store
 
@@ -71,16 +72,14 @@ def run(args) -> int:
         collector.transport.trust_new_host = True
     with store, collector:  # a Collector holds the hardware's lock (latbench.locks) while open
         plan = collector.plan(items)
-        p = profile.protocol
+        options = describe_options(profile.timed_options)
         output.note(
             f"device {profile.name} ({profile.transport}, {profile.source})\n"
-            f"runtime {plan.context.runtime_label}, {profile.threads} thread(s)"
+            f"runtime {plan.context.runtime_label}" + (f" ({options})" if options else "")
+            + f", {profile.threads} thread(s)"
             + (f" pinned to cores {output.format_cores(profile.cpus)}" if profile.cpus else "")
             + f", format {profile.format}, runner {profile.runner}\n"
-            f"protocol: warm-up >= {p.warmup_runs} runs and {p.warmup_s:g} s; timed >= {p.runs} runs and "
-            f"{p.min_time_s:g} s (max {p.max_runs})"
-            + (f", then on until the median is within +-{100 * p.rel_ci:g}% (95% CI) or {p.max_time_s:g} s"
-               if p.rel_ci > 0 else "")
+            f"protocol: {describe_timing(profile.protocol.timing())}"
             + f"; {collector.rounds} round(s), shuffled; "
             f"table {plan.context.table_id}\n"
             f"{space.name}: {len(items)} items x {collector.rounds} rounds = "

@@ -66,7 +66,7 @@ def run(args) -> int:
     return _emit(args, title, COLUMNS, rows, lambda: _json(ctx, info.settings, rows), f"{len(rows)} rows")
 
 
-TABLE_COLUMNS = ["table", "runtime", "threads", "protocol", "ops", "networks", "measurements",
+TABLE_COLUMNS = ["table", "runtime", "setup", "protocol", "ops", "networks", "measurements",
                  "last_measured"]
 
 
@@ -82,7 +82,7 @@ def _list_tables(args) -> int:
                          "drop --table/--kind, or drop --tables to read one table's rows")
     found = device_tables(args.device)
     rows = [{"table": c.context.table_id, "runtime": c.context.runtime_label,
-             "threads": c.settings.get("threads", ""),
+             "setup": _setup(c.settings),
              "protocol": _protocol(c.settings),  # "" when imported: the runtime names the source
              "ops": c.keys - c.networks, "networks": c.networks, "measurements": c.measurements,
              "last_measured": time.strftime("%Y-%m-%d %H:%M", time.localtime(c.last_measured_at))}
@@ -121,21 +121,32 @@ def _emit(args, title: str, columns: list[str], rows: list[dict], json_text, wha
 
 
 def _protocol(settings: dict) -> str:
-    """"warm-up 10 runs, timed >= 20 runs (to +-0.5% or 0.5 s)" for a collected table (rounds
-    are a column); "" for an imported one, whose settings name only its source."""
+    """The timing protocol of a collected table in words (rounds are a column); "" for an
+    imported one, whose settings name only its source."""
+    from latbench.protocol import describe_timing
+
     protocol = settings.get("protocol")
-    if not isinstance(protocol, dict):
+    return describe_timing(protocol) if isinstance(protocol, dict) else ""
+
+
+def _setup(settings: dict) -> str:
+    """"2 thread(s) pinned to cores 4-7, xnnpack=false": what else sets a table apart."""
+    from latbench.profiles import cores_of_mask
+    from latbench.protocol import describe_options
+
+    if "threads" not in settings:
         return ""
-    text = f"warm-up {protocol.get('warmup_runs', '?')} runs, timed >= {protocol.get('runs', '?')} runs"
-    if protocol.get("rel_ci"):
-        text += f" (to +-{100 * protocol['rel_ci']:g}% or {protocol.get('max_time_s', '?'):g} s)"
-    return text
+    text = f"{settings['threads']} thread(s)"
+    if settings.get("cpu_mask"):
+        text += f" pinned to cores {output.format_cores(cores_of_mask(settings['cpu_mask']))}"
+    options = describe_options(settings.get("runtime_options") or {})
+    return text + (f", {options}" if options else "")
 
 
 def _header(settings: dict) -> str:
     """", 1 thread(s), warm-up ..." after the runtime, or "" for an imported table."""
     protocol = _protocol(settings)
-    return f", {settings.get('threads', '?')} thread(s), {protocol}" if protocol else ""
+    return f", {_setup(settings)}, {protocol}" if protocol else ""
 
 
 def _json(ctx, settings: dict, rows: list[dict]) -> str:

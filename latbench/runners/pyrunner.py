@@ -162,8 +162,10 @@ class _OnnxModel:
         self.session.run_with_iobinding(self.binding)
 
 
-#: runtime_options the litert runtime understands -> type.
-_LITE_OPTIONS = {"xnnpack": bool}
+#: runtime_options each runtime of this runner understands -> type (profiles are checked
+#: against it when they load, so a typo fails there and not on every op of a collection).
+RUNTIME_OPTIONS = {"onnxruntime": {"spinning": bool}, "litert": {"xnnpack": bool}}
+_LITE_OPTIONS = RUNTIME_OPTIONS["litert"]
 
 
 class _LiteModel:
