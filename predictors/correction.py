@@ -10,7 +10,9 @@ An affine map keeps the DNAS cost linear in the per-layer costs: the expected co
 cost is ``scale * (sum_l sum_c p_lc * cost_table[l, c] + fixed_cost) + offset_ms``.
 ``form="auto"`` picks ``none``, ``scale`` or ``affine`` by leave-one-out error on the
 measured networks (10-fold above 30 networks); the simpler form unless another is more
-than 2% (relative) better.
+than 2% (relative) better. With fewer than MIN_AUTO_NETWORKS it picks ``none``: one or two
+networks cannot tell a correction from their own noise, and a scale fitted on one (say, the
+network `nas search --verify` measured) would move every later prediction.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from predictors._estimator import Estimator
 
 FORMS = ("none", "scale", "affine")
 MIN_AFFINE_NETWORKS = 4
+MIN_AUTO_NETWORKS = 3
 
 
 class NetworkCorrection(Estimator):
@@ -42,9 +45,11 @@ class NetworkCorrection(Estimator):
         if self.form != "auto":
             form = self.form if self.form in candidates else "scale"
             self.cv_mape_ = {}
+        elif len(x) < MIN_AUTO_NETWORKS:
+            self.cv_mape_, form = {}, "none"
         else:
-            self.cv_mape_ = {f: _loo_mape(f, x, y) for f in candidates} if len(x) >= 2 else {}
-            form = _choose(self.cv_mape_) if self.cv_mape_ else "scale"
+            self.cv_mape_ = {f: _loo_mape(f, x, y) for f in candidates}
+            form = _choose(self.cv_mape_)
         self.form_ = form
         self.scale_, self.offset_ms_ = _solve(form, x, y)
         self.n_networks_ = int(len(x))

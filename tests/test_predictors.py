@@ -243,6 +243,9 @@ def test_network_correction_forms():
     assert affine.form_ == "affine"
     assert (affine.scale_, affine.offset_ms_) == (pytest.approx(0.9), pytest.approx(-0.3))
     assert NetworkCorrection().fit(x, x).form_ == "none"  # the simplest form that fits
+    one = NetworkCorrection().fit(x[:1], 0.5 * x[:1])  # one network: no correction from it
+    assert one.form_ == "none" and one.predict(2.0) == 2.0
+    assert NetworkCorrection("scale").fit(x[:1], 0.5 * x[:1]).scale_ == pytest.approx(0.5)  # forced
     scale = NetworkCorrection().fit(x, 0.8 * x)
     assert scale.form_ == "scale" and scale.scale_ == pytest.approx(0.8)
     assert NetworkCorrection(form="affine").fit(x[:2], x[:2]).form_ == "scale"  # too few for affine

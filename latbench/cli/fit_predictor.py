@@ -212,6 +212,8 @@ def _network_eval(predictor, data, args, selection):
 
 
 def _notes(predictor, data, coverage, directory, args, ctx, stderr_only: bool = False) -> None:
+    from predictors.correction import MIN_AUTO_NETWORKS
+
     output.note(f"coverage: {coverage}")
     if coverage.fraction < 0.5:
         output.note(f"note: {coverage.fraction:.0%} of {coverage.space}'s ops are measured: the GBDT predicts the "
@@ -225,6 +227,10 @@ def _notes(predictor, data, coverage, directory, args, ctx, stderr_only: bool = 
                     + (f"import measured networks with `latbench import ... --device {args.device} "
                        f"--source {ctx.runtime_version}`)" if ctx.runtime == "imported" else
                        f"measure some with `latbench collect --device {args.device} --networks 20`)"))
+    elif len(data.networks) < MIN_AUTO_NETWORKS and args.correction == "auto":
+        output.note(f"note: {output.plural(len(data.networks), 'measured network')}: too few to tell a "
+                    f"correction from noise, so none is applied (measure {MIN_AUTO_NETWORKS} or more, or force "
+                    "one with --correction scale)")
     elif len(data.networks) < 2:
         output.note("note: one measured network: the correction is fitted but cannot be cross-validated")
     elif len(data.networks) < FEW_NETWORKS:
