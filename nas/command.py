@@ -108,7 +108,10 @@ def print_targets(result: dict) -> None:
             said = (f"MISSED by {abs(miss):.1%}: final arch predicted {_num(t['predicted'])} {unit}, over "
                     f"the target by more than --tolerance {100 * tol:g}%")
         if t["spec"] in measured and measured[t["spec"]]:
-            said += f"; measured {_num(measured[t['spec']])} ms ({measured[t['spec']] / t['target'] - 1:+.1%})"
+            off = measured[t["spec"]] / t["target"] - 1
+            said += (f"; measured {_num(measured[t['spec']])} ms, {abs(off):.1%} "
+                     f"{'over' if off > 0 else 'under'} the target"
+                     + (" (measured OVER it)" if off > tol else ""))
         output.note(f"target {t['spec']} {_num(t['target'])} {unit}: {said}",
                     style=None if t["hit"] else "yellow")
 
@@ -136,7 +139,7 @@ def print_summary(result: dict) -> None:
                     f"accuracy {r['accuracy']:.1%}")
     if result["verify"]:
         output.table("measured vs predicted (final arch)",
-                     ["device", "runtime", "measured_ms", "p10-p90 ms", "rounds", "predicted_ms", "error %",
+                     ["device", "runtime", "measured_ms", "p10-p90 ms", "rounds", "predicted_ms", "predicted vs measured %",
                       "target_ms"],
                      [[v["device"], v["runtime"], v["median_ms"], f"{_num(v['p10_ms'])}-{_num(v['p90_ms'])}",
                        v["rounds"], v["predicted_ms"],
