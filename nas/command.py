@@ -141,7 +141,7 @@ def print_summary(result: dict) -> None:
         output.table("measured vs predicted (final arch)",
                      ["device", "runtime", "measured_ms", "p10-p90 ms", "rounds", "predicted_ms", "predicted vs measured %",
                       "target_ms"],
-                     [[v["device"], v["runtime"], v["median_ms"], f"{_num(v['p10_ms'])}-{_num(v['p90_ms'])}",
+                     [[v["device"], f"{v['runtime']}, table {v.get('table', '?')}", v["median_ms"], f"{_num(v['p10_ms'])}-{_num(v['p90_ms'])}",
                        v["rounds"], v["predicted_ms"],
                        None if v["relative_error"] is None else f"{100 * v['relative_error']:+.1f}",
                        v["target_ms"]] for v in result["verify"]])

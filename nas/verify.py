@@ -34,5 +34,6 @@ def measure_networks(networks: Sequence[Network], device: str, *, rounds: int | 
             raise DeviceError(f"could not measure {net.key} on {device}: {why}",
                               f"check the device with `latbench collect --device {device} --limit 1`")
         out[net.key] = {"median_ms": row["median_ms"], "p10_ms": row["p10_ms"], "p90_ms": row["p90_ms"],
-                        "rounds": row["rounds"], "runtime": plan.runtime_label}
+                        "rounds": row["rounds"], "runtime": plan.runtime_label,
+                        "table": plan.context.table_id}
     return out

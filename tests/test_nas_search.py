@@ -164,3 +164,19 @@ def test_a_measured_latency_predictor_drives_theta_to_faster_archs(raspi4_predic
     arch = outcome.arch
     want = predictors.load(raspi4_predictor).predict_network(space, arch)
     assert cost.predict(space, arch) == pytest.approx(want)
+
+
+def test_a_predictor_fitted_under_other_settings_than_the_profile_has_now_is_warned(fast_profile):
+    from types import SimpleNamespace
+
+    from latbench.store import profile_settings_hash
+    from nas.cost import LoadedCost
+
+    def cost(settings_hash):
+        model = SimpleNamespace(info_={"settings_hash": settings_hash, "table": "0c4eaba1"}, unit="ms")
+        return LoadedCost(spec=f"latbench:{fast_profile}", model=model, term=None)
+
+    job = SearchJob(costs=[f"latbench:{fast_profile}"])
+    (line,) = advice(job, [cost("0123456789abcdef")], "argmax")
+    assert line.startswith(f"warning: latbench:{fast_profile} was fitted on table 0c4eaba1, measured with other")
+    assert advice(job, [cost(profile_settings_hash(fast_profile))], "argmax") == []  # the same: silent
