@@ -227,3 +227,29 @@ def test_cpu_mask_is_checked_against_the_devices_cores(transport, sshd, latbench
     assert rows["cpu mask"]["status"] == "ok"
     assert rows["cpu mask"]["detail"].startswith(f"pinned to cores {cores[0]} (mask")
     assert list(rows) == ALL_CHECKS[:6] + ["cpu mask"] + ALL_CHECKS[6:]
+
+
+def test_more_threads_than_cores_is_a_warning(make_profile):
+    from latbench.cli.doctor import diagnose
+    from latbench.profiles import load_profile
+
+    cores = len(os.sched_getaffinity(0))
+    rows = {r["check"]: r for r in diagnose(load_profile(make_profile("crowded", threads=cores + 3)))}
+    assert rows["cores"]["status"] == "warn" and f"is more than the {cores} it may use" in rows["cores"]["detail"]
+    assert rows["cores"]["fix"] == f"set threads: {cores} or fewer"
+    rows = {r["check"]: r for r in diagnose(load_profile(make_profile("fits", threads=1)))}
+    assert rows["cores"]["status"] == "ok" and "converter" not in rows  # an onnx profile converts nothing
+
+
+def test_a_tflite_profile_checks_the_converter_on_this_host(monkeypatch):
+    import latbench.tflite as tflite
+    from latbench.cli.doctor import diagnose
+    from latbench.errors import ExportError
+    from latbench.profiles import load_profile
+
+    def missing():
+        raise ExportError("litert-torch is not installed, so .tflite models cannot be made", tflite.INSTALL_HINT)
+    monkeypatch.setattr(tflite, "converter_version", missing)
+    rows = {r["check"]: r for r in diagnose(load_profile("local-tflite"))}
+    assert rows["converter"]["status"] == "FAIL" and "litert-torch is not installed" in rows["converter"]["detail"]
+    assert rows["converter"]["fix"] == "pip install -e .[tflite]"

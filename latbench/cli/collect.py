@@ -119,7 +119,8 @@ def run(args) -> int:
         output.note(
             f"measured {report.measured}, failed {len(report.failed)}, batches ok {report.batches_ok}, "
             f"failed {report.batches_failed}, {report.wall_s:.1f} s"
-            + (f"; median IQR/median {iqr:.1%}, noisy (>10%) {report.noisy}" if iqr is not None else "")
+            + (f"; median IQR/median {iqr:.1%}, noisy (IQR/median > 10%) {report.noisy} of "
+               f"{len(report.relative_iqrs)} measurements" if iqr is not None else "")
             + (f"; max temperature {report.max_temperature_c:.0f} C" if report.max_temperature_c else ""))
         for key, error in list(report.failed.items())[:10]:
             output.note(f"  failed {key}: {error}")

@@ -41,6 +41,8 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
         rows.append({"check": check, "status": status, "detail": detail, "fix": fix})
 
     add("profile", "ok", f"{profile.source} ({profile.transport}, {profile.runner}, {profile.runtime})")
+    if profile.format == "tflite":  # models are converted here, whatever the device
+        add(*converter_row())
     transport = open_transport(profile)
     if trust_new_host:
         transport.trust_new_host = True
@@ -73,8 +75,15 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
             add("runtime", "FAIL", exc.message, exc.hint or "")
         if info:
             add("device", "ok", f"{info.get('model') or '?'}; {info.get('os') or ''}".strip("; "))
-            add("cores", "ok" if info.get("cores") else "warn", str(info.get("cores") or "unknown"),
-                "" if info.get("cores") else "cannot read the core count")
+            cores = info.get("cores")
+            usable = len(info.get("online_cpus") or profile.cpus or []) or cores
+            if not cores:
+                add("cores", "warn", "unknown", "cannot read the core count")
+            elif usable and profile.threads > usable:  # threads that share cores time each other
+                add("cores", "warn", f"{cores}; threads: {profile.threads} is more than the {usable} it may use",
+                    f"set threads: {usable} or fewer")
+            else:
+                add("cores", "ok", str(cores))
             if profile.cpus:
                 add(*cpu_mask_row(profile, info))
             govs = sorted(set((info.get("governors") or {}).values()))
@@ -108,6 +117,24 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
     finally:
         transport.close()
     return rows
+
+
+def converter_row() -> tuple[str, str, str, str]:
+    """.tflite models are made on this host by litert-torch: without it every op of a
+    collection fails to export, so say it before."""
+    import importlib.util
+
+    from latbench.errors import ExportError
+    from latbench.tflite import INSTALL_HINT, converter_version
+
+    try:
+        version = converter_version()
+        if importlib.util.find_spec("litert_torch") is None:
+            raise ExportError("litert-torch is installed but cannot be imported", INSTALL_HINT)
+    except ExportError as exc:
+        return ("converter", "FAIL", f"{exc.message} (on this host, which makes the .tflite models)",
+                exc.hint or INSTALL_HINT)
+    return ("converter", "ok", f"{version} (on this host)", "")
 
 
 def cpu_mask_row(profile, info: dict) -> tuple[str, str, str, str]:
