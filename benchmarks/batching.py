@@ -23,9 +23,10 @@ from _common import temp_home  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="local")
-    ap.add_argument("--space", default="fbnet-cifar")
-    ap.add_argument("--ops", type=int, default=30)
+    ap.add_argument("--device", default="local", help="device profile to measure (default local)")
+    ap.add_argument("--space", default="fbnet-cifar", help="search space whose ops are timed (default fbnet-cifar)")
+    ap.add_argument("--ops", type=int, default=30,
+                    help="ops to time (default 30, the size the >= 5x target is set for)")
     args = ap.parse_args()
 
     from latbench.collect import Collector

@@ -49,11 +49,12 @@ def short(key: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--space", default="fbnet-cifar")
+    ap.add_argument("--space", default="fbnet-cifar", help="search space whose ops are timed (default fbnet-cifar)")
     ap.add_argument("--limit", type=int, default=None, help="only the first K ops of the space")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per op (default: the profiles')")
-    ap.add_argument("--onnx-device", default="local")
-    ap.add_argument("--tflite-device", default="local-tflite")
+    ap.add_argument("--onnx-device", default="local", help="profile timing the .onnx files (default local)")
+    ap.add_argument("--tflite-device", default="local-tflite",
+                    help="profile timing the .tflite files (default local-tflite)")
     args = ap.parse_args()
 
     from latbench.spaces import get_space
@@ -68,16 +69,23 @@ def main() -> int:
               f"import {t_import.s:.1f} s (not in the per-op times)")
         onnx_s, onnx_failed = export_timed(items, "onnx", cache)
         tflite_s, tflite_failed = export_timed(items, "tflite", cache)
-        results = {}
+        results, threads_of = {}, {}
         for fmt, device in (("onnx", args.onnx_device), ("tflite", args.tflite_device)):
             with Timer() as t:
                 table, report, plan = collect_into(home / f"{fmt}.db", device, items, rounds=args.rounds,
                                                    cache_dir=cache)
             results[fmt] = table
+            from latbench.profiles import load_profile
+
+            threads = load_profile(device).threads
             print(f"{device}: {report.measured} measurements in {t.s:.1f} s ({plan.runtime_label}, "
-                  f"median IQR/median {report.to_dict()['median_relative_iqr'] or 0:.1%})")
+                  f"{threads} thread(s), median IQR/median {report.to_dict()['median_relative_iqr'] or 0:.1%})")
+            threads_of[fmt] = threads
 
     onnx, lite = results["onnx"], results["tflite"]
+    if threads_of["onnx"] != threads_of["tflite"]:
+        print(f"note: {args.onnx_device} times with {threads_of['onnx']} thread(s) and {args.tflite_device} "
+              f"with {threads_of['tflite']}: the ratios compare the runtimes and the thread counts")
     keys = [it.key for it in items if it.key in onnx and it.key in lite]
     ratio = {k: lite[k]["median_ms"] / onnx[k]["median_ms"] for k in keys}
     width = max((len(short(k)) for k in keys), default=10)

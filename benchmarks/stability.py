@@ -20,11 +20,12 @@ from _common import Timer, collect_into, temp_home  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="local")
-    ap.add_argument("--space", default="fbnet-cifar")
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--min-ms", type=float, default=0.1)
+    ap.add_argument("--device", default="local", help="device profile to measure (default local)")
+    ap.add_argument("--space", default="fbnet-cifar", help="search space whose ops are timed (default fbnet-cifar)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first K ops of the space")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per op (default: the profile's)")
+    ap.add_argument("--min-ms", type=float, default=0.1,
+                    help="compare only ops at least this slow: faster ones are timer noise (default 0.1)")
     args = ap.parse_args()
 
     from latbench.spaces import get_space
