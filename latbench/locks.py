@@ -37,10 +37,11 @@ def hardware_name(profile) -> str:
 
 
 @contextmanager
-def device_lock(profile, directory: Path | None = None) -> Iterator[None]:
+def device_lock(profile, directory: Path | None = None, wait_s: float = 0.0) -> Iterator[None]:
     """Hold `<lock_dir>/<hardware>.lock` (an advisory flock, freed by the kernel when this
-    process ends, however it ends) or raise a LatbenchError naming the holder."""
-    import fcntl
+    process ends, however it ends), waiting up to `wait_s` for it, or raise a LatbenchError
+    naming the holder."""
+    import time
 
     directory = directory or lock_dir()
     path = directory / f"{hardware_name(profile)}.lock"
@@ -51,15 +52,16 @@ def device_lock(profile, directory: Path | None = None) -> Iterator[None]:
         raise LatbenchError(f"cannot create the lock file {path}: {exc.strerror or exc}",
                             "set LATBENCH_LOCK_DIR to a writable directory") from None
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another latbench process"
-            raise LatbenchError(f"the hardware of device {profile.name!r} ({hardware_name(profile)}) is "
-                                f"being measured already, by {holder}",
-                                "wait for that collection to finish: two at once would time each "
-                                "other's load") from None
+        deadline = time.monotonic() + wait_s
+        while not _try_lock(handle):
+            if time.monotonic() >= deadline:
+                handle.seek(0)
+                holder = handle.read().strip() or "another latbench process"
+                raise LatbenchError(f"the hardware of device {profile.name!r} ({hardware_name(profile)}) is "
+                                    f"being measured already, by {holder}",
+                                    "wait for that collection to finish: two at once would time each "
+                                    "other's load")
+            time.sleep(0.1)
         handle.seek(0)
         handle.truncate()
         handle.write(f"latbench pid {os.getpid()}, device {profile.name}")
@@ -67,3 +69,13 @@ def device_lock(profile, directory: Path | None = None) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def _try_lock(handle) -> bool:
+    import fcntl
+
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False

@@ -45,9 +45,9 @@ class ArtifactError(LatbenchError):
     """A predictor artifact is missing, corrupt or was written by an incompatible version."""
 
 
-def check_device_name(device: str) -> str:
+def check_device_name(device: str, what: str = "device name") -> str:
     if not _DEVICE_NAME.match(device or ""):
-        raise UsageError(f"bad device name {device!r}",
+        raise UsageError(f"bad {what} {device!r}",
                          "use letters, digits, '.', '_' and '-', or DEVICE@HOST for a farm unit "
                          "(it names a folder)")
     return device

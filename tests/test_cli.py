@@ -254,3 +254,15 @@ def test_collect_into_a_corrupt_database_is_one_line_and_exit_1(cli, fast_profil
     code, out, err = cli("collect", "--device", fast_profile, "--limit", "1")
     assert code == 1 and out == ""
     assert "corrupt" in one_line(err)
+
+
+def test_stdout_to_stderr_moves_even_what_c_code_writes(capfd):
+    import os
+
+    from latbench.cli import output
+
+    with output.stdout_to_stderr():
+        os.write(1, b"c-level text\n")  # as Ray's core does
+    os.write(1, b"after\n")
+    out, err = capfd.readouterr()
+    assert out == "after\n" and "c-level text" in err

@@ -330,3 +330,30 @@ def test_cli_collect_where_every_op_fails_alone_exits_1(warm_home, make_profile,
     summary = json.loads(capsys.readouterr().out)
     assert code == 1 and summary["measured"] == 0 and len(summary["failed"]) == 3
     assert summary["unmeasured"] == 0  # nothing a re-run would measure: each op failed alone
+
+
+def test_the_hardware_lock_waits_when_asked_and_refuses_otherwise():
+    import threading
+
+    from latbench.errors import LatbenchError
+    from latbench.locks import device_lock
+
+    profile = load_profile("local")
+    held, release = threading.Event(), threading.Event()
+
+    def hold():  # as a farm unit holds it for one batch
+        with device_lock(profile):
+            held.set()
+            release.wait(10)
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    with pytest.raises(LatbenchError, match="being measured already"):
+        with device_lock(profile):
+            pass
+    threading.Timer(0.3, release.set).start()
+    started = time.monotonic()
+    with device_lock(profile, wait_s=10):  # the next unit's batch waits its turn
+        waited = time.monotonic() - started
+    holder.join()
+    assert 0.2 < waited < 5

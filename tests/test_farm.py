@@ -58,9 +58,12 @@ class Farm:
         return self.cluster.address
 
     def add_agent(self, unit: Unit, agent_home: Path, profile: Path):
-        """A node the way `latbench farm agent` makes one: the unit resource and the registry."""
+        """A node the way `latbench farm agent` makes one: the unit resource and the registry.
+        Each node stands for another host, so it has its own hardware locks too."""
         return self.cluster.add_node(**NODE, resources={unit.resource: 1},
-                                     env_vars=registry_env({unit: str(profile)}) | {"LATBENCH_HOME": str(agent_home)})
+                                     env_vars=registry_env({unit: str(profile)}) | {
+                                         "LATBENCH_HOME": str(agent_home),
+                                         "LATBENCH_LOCK_DIR": str(agent_home / "locks")})
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +279,29 @@ def test_a_collection_splits_over_the_pool_and_records_each_unit(farm, warm_home
     (queue,) = [c for c in during["collections"] if c["device"] == DEVICE]
     assert queue["total"] == 16 and queue["queued_batches"] + len(queue["running"]) <= 8
     wait_for(lambda: set(unit_states().values()) == {"free"}, 10, "units released")
+
+
+def test_a_units_batch_waits_while_its_hardware_is_measured_by_another(farm, warm_home, make_profile):
+    from latbench.locks import device_lock
+    from latbench.profiles import parse_profile
+
+    make_profile(DEVICE, protocol={"batch_size": 2})
+    local_profile = parse_profile(farm.homes[farm.local.name] / "devices" / f"{DEVICE}.yaml")
+    released = {}
+
+    def hold_then_release(lock):  # a plain `latbench collect` on the agent's host, 2 s long
+        time.sleep(2)
+        released["at"] = time.time()
+        lock.__exit__(None, None, None)
+    lock = device_lock(local_profile, farm.homes[farm.local.name] / "locks")
+    lock.__enter__()
+    threading.Thread(target=hold_then_release, args=(lock,)).start()
+    plan, report = collect_on_farm(4)
+    check_each_pair_stored_once(plan, 4)
+    with sqlite3.connect(home.db_path()) as conn:
+        started = [t for (t,) in conn.execute("SELECT started_at FROM batches WHERE unit=?", (farm.local.name,))]
+    assert started and min(started) >= released["at"] - 0.05  # not one batch timed beside the holder
+    assert report.measured == 8 and not report.failed
 
 
 def test_a_unit_with_other_settings_is_refused(farm, warm_home, make_profile):

@@ -50,6 +50,8 @@ def _nonneg(text: str) -> int:
 
 
 def run(args) -> int:
+    from contextlib import nullcontext
+
     from latbench import home
     from latbench.collect import Collector, space_items
     from latbench.profiles import load_profile
@@ -70,7 +72,9 @@ def run(args) -> int:
         collector = Collector(profile, store, rounds=args.rounds)
     if args.trust_new_host:  # never turns off a profile's trust_unknown_host
         collector.transport.trust_new_host = True
-    with store, collector:  # a Collector holds the hardware's lock (latbench.locks) while open
+    # Ray's C++ core prints task retries on stdout: with --json, stdout is for the summary alone.
+    quiet = output.stdout_to_stderr() if args.json and args.farm else nullcontext()
+    with quiet, store, collector:  # a Collector holds the hardware's lock (latbench.locks) while open
         plan = collector.plan(items)
         options = describe_options(profile.timed_options)
         output.note(
@@ -122,6 +126,9 @@ def run(args) -> int:
             + (f"; median IQR/median {iqr:.1%}, noisy (IQR/median > 10%) {report.noisy} of "
                f"{len(report.relative_iqrs)} measurements" if iqr is not None else "")
             + (f"; max temperature {report.max_temperature_c:.0f} C" if report.max_temperature_c else ""))
+        for unit, info in getattr(report, "units", {}).items():  # a farm's units that dropped out
+            if info.get("lost"):
+                output.note(f"lost unit {unit}: {info['lost']}; what it had not measured went to the units left")
         for key, error in list(report.failed.items())[:10]:
             output.note(f"  failed {key}: {error}")
         if len(report.failed) > 10:
@@ -129,9 +136,9 @@ def run(args) -> int:
     if report.stopped:
         output.note(f"stopped: {report.stopped}")
     if report.unmeasured:
-        where = "`failed` in the JSON" if args.json else "the errors above"
+        where = "`failed` in the JSON says" if args.json else "the errors above say"
         output.note(f"{report.unmeasured} of {report.planned} planned measurements were not made; "
-                    f"fix what {where} says, then re-run the same command to measure only those")
+                    f"fix what {where}, then re-run the same command to measure only those")
     # A run left short fails the command, so `collect && fit-predictor` stops here; an op that
     # fails alone (export, or the runtime rejects it) fails the same way every time: it is
     # listed and left out, unless nothing at all was measured.

@@ -69,7 +69,7 @@ def run(args) -> int:
     from predictors.latency import LatencyPredictor
 
     artifact.check_device_name(args.device)
-    name = args.device if args.unit is None else artifact.check_device_name(args.unit)
+    name = args.device if args.unit is None else artifact.check_device_name(args.unit, "--unit")
     space = get_space(args.space)
     current = profile_settings_hash(args.device)
     info, rows, n_tables = device_table(args.device, args.table, unit=args.unit, settings_hash=current)
@@ -96,7 +96,9 @@ def run(args) -> int:
                 f"{len(data.specs)} ops, {len(data.networks)} networks measured")
     if choice:
         output.note(f"  {choice}")
-    for kind in ("op", "network"):  # ops and networks may be collected with different --rounds
+    # ops and networks may be collected with different --rounds; one farm unit has only the
+    # rounds it happened to measure
+    for kind in ("op", "network") if args.unit is None else ():
         rounds = [r["rounds"] for r in rows if r["kind"] == kind]
         short = sum(1 for n in rounds if n < max(rounds, default=0))
         if short:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 
 def console(stderr: bool = False):
-    import os
-
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
@@ -19,6 +19,21 @@ def console(stderr: bool = False):
     width = None if tty or os.environ.get("COLUMNS") else 160
     # No markup: messages carry paths, errors and pip extras ('.[tflite]') that rich would eat.
     return Console(stderr=stderr, highlight=False, soft_wrap=not tty, width=width, markup=False)
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send what anything in this process writes to stdout (file descriptor 1, C libraries
+    too) to stderr until the block ends, so that stdout carries only what is printed after."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def print_json(data: Any) -> None:

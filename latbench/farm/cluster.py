@@ -106,7 +106,10 @@ def one_line(exc: BaseException) -> str:
     if not lines:
         return type(exc).__name__
     text = f"{lines[0]} {lines[-1]}" if len(lines) > 1 and lines[0].endswith(":") else lines[0]
-    return text[:300]
+    if len(text) <= 300:
+        return text
+    cut = text.rfind(". ", 0, 300)  # whole sentences, not a word cut in two
+    return text[:cut + 1] if cut > 100 else text[:297] + "..."
 
 
 def _cannot_reach(where: str, exc: BaseException) -> NoReturn:

@@ -51,7 +51,7 @@ class UnitWorker:
                               f"start it there: latbench farm agent --address HEAD:6379 --unit {self.unit}")
         if self.collector is None:
             self.profile = parse_profile(Path(self.profile_path))
-            # no store here; Ray's one resource per unit already runs one batch at a time
+            # no store here; the lock is taken per batch (run_batch), not for the agent's life
             collector = Collector(self.profile, None, lock=False)  # type: ignore[arg-type]
             collector.__enter__()
             self.collector = collector
@@ -81,6 +81,7 @@ class UnitWorker:
         """Measure one batch: `items` are (batch id, model file name, sha256), `models` maps
         file names to Ray object refs of their bytes (fetched only when not cached here)."""
         from latbench.collect import Report
+        from latbench.locks import device_lock
         from latbench.runners.base import BatchItem, BatchOutput
 
         started = time.time()
@@ -89,8 +90,11 @@ class UnitWorker:
             collector = self._open()
             paths = {name: self._model(name, sha, models) for _, name, sha in items}
             temp = collector.wait_until_cool(Report())
-            started = time.time()
-            output = collector.runner.run_batch([BatchItem(bid, paths[name]) for bid, name, _ in items])
+            # Units of one piece of hardware (two agents on a host, local and local-tflite) and a
+            # plain `latbench collect` there take turns: the same lock, held for one batch.
+            with device_lock(self.profile, wait_s=self.profile.timeout_s):
+                started = time.time()
+                output = collector.runner.run_batch([BatchItem(bid, paths[name]) for bid, name, _ in items])
         except (LatbenchError, OSError) as exc:
             output = BatchOutput(start=None, error=str(exc))
         if output.error is not None:
