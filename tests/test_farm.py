@@ -247,6 +247,13 @@ def test_agent_errors_are_one_line_and_dry_run_uses_this_hosts_profile(latbench_
     assert registry == {f"{DEVICE}@bench": str(profile)}
     assert argv[argv.index("--address") + 1] == "head:6379"
     assert json.loads(argv[argv.index("--resources") + 1]) == {f"device:{DEVICE}@bench": 1}
+    from sshd import free_port
+
+    started = time.monotonic()  # a head nobody answers at: one line now, not Ray retrying forever
+    nobody = latbench_cli("farm", "agent", "--address", f"127.0.0.1:{free_port()}", "--unit", f"{DEVICE}@bench",
+                          "--no-check")
+    assert nobody.returncode == 1 and nobody.stderr.count("\n") == 1 and "nothing answers at" in nobody.stderr
+    assert time.monotonic() - started < 30
 
 
 # ---- on the cluster -------------------------------------------------------------------------
@@ -302,6 +309,15 @@ def test_a_units_batch_waits_while_its_hardware_is_measured_by_another(farm, war
         started = [t for (t,) in conn.execute("SELECT started_at FROM batches WHERE unit=?", (farm.local.name,))]
     assert started and min(started) >= released["at"] - 0.05  # not one batch timed beside the holder
     assert report.measured == 8 and not report.failed
+
+
+def test_a_second_agent_for_a_unit_already_on_the_farm_is_refused(farm, latbench_home, latbench_cli):
+    write_profile(latbench_home, DEVICE)
+    again = latbench_cli("farm", "agent", "--address", farm.cluster.address, "--unit", farm.local.name,
+                         "--no-check", timeout_s=120)
+    assert again.returncode == 2, again.stderr
+    assert f"unit {farm.local.name} is already offered by a live node of the farm" in again.stderr
+    assert again.stderr.count("\n") == 1, again.stderr
 
 
 def test_a_unit_with_other_settings_is_refused(farm, warm_home, make_profile):
