@@ -46,11 +46,12 @@ def device_lock(profile, directory: Path | None = None, wait_s: float = 0.0) -> 
     directory = directory or lock_dir()
     path = directory / f"{hardware_name(profile)}.lock"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")
+        _own_folder(directory)
+        # never through a link: in a shared /tmp, someone could point it at a file of ours
+        handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600), "r+")
     except OSError as exc:
-        raise LatbenchError(f"cannot create the lock file {path}: {exc.strerror or exc}",
-                            "set LATBENCH_LOCK_DIR to a writable directory") from None
+        raise LatbenchError(f"cannot open the lock file {path}: {exc.strerror or exc}",
+                            "set LATBENCH_LOCK_DIR to a folder of yours") from None
     try:
         deadline = time.monotonic() + wait_s
         while not _try_lock(handle):
@@ -69,6 +70,22 @@ def device_lock(profile, directory: Path | None = None, wait_s: float = 0.0) -> 
         yield
     finally:
         handle.close()
+
+
+def _own_folder(directory: Path) -> None:
+    """Make `directory` (mode 700) or check that the one there is a real folder of this user:
+    the default sits in the shared temporary folder, where anyone could have made it first."""
+    import stat
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise LatbenchError(f"the lock folder {directory} is not a folder of this user",
+                            "remove it, or set LATBENCH_LOCK_DIR to a folder of yours")
 
 
 def _try_lock(handle) -> bool:

@@ -84,6 +84,19 @@ CONNECTION_FIELDS: dict[str, dict[str, tuple[tuple, bool, str]]] = {
 }
 
 
+def settings_differences(here: dict, there: dict, prefix: str = "",
+                         labels: tuple[str, str] = ("here", "there")) -> list[str]:
+    """Stored settings that differ, as 'field: X there, Y here' (nested fields dotted)."""
+    out = []
+    for key in sorted(set(here) | set(there)):
+        a, b = here.get(key), there.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += settings_differences(a, b, f"{prefix}{key}.", labels)
+        elif a != b:
+            out.append(f"{prefix}{key}: {b!r} {labels[1]}, {a!r} {labels[0]}")
+    return out
+
+
 def cores_of_mask(mask: str) -> list[int]:
     """The cores a hex mask names: "f0" -> [4, 5, 6, 7] (bit i = core i)."""
     bits = int(mask, 16)

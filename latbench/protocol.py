@@ -48,8 +48,8 @@ class Protocol:
         if self.max_runs < self.runs:
             raise ValueError(f"The 'max_runs' parameter of Protocol must be >= runs ({self.runs}). "
                              f"Got {self.max_runs}.")
-        if self.rel_ci > 0 and self.max_time_s < self.min_time_s:  # the CI stop could never act
-            raise ValueError(f"The 'max_time_s' parameter of Protocol must be >= min_time_s "
+        if self.rel_ci > 0 and self.max_time_s <= self.min_time_s:  # the CI stop could never act
+            raise ValueError(f"The 'max_time_s' parameter of Protocol must be > min_time_s "
                              f"({self.min_time_s:g}) when rel_ci > 0. Got {self.max_time_s:g}.")
 
     def timing(self) -> dict:
@@ -65,11 +65,14 @@ def describe_timing(timing: dict) -> str:
     """A stored protocol (`Protocol.timing()`) in words, every field that changes a table:
     "warm-up >= 10 runs and 0.01 s; timed >= 20 runs and 0.025 s (max 5000), then on until
     the median is within +-0.5% (95% CI) or 0.5 s"."""
-    g = timing.get
-    text = (f"warm-up >= {g('warmup_runs', '?')} runs and {g('warmup_s', '?'):g} s; timed >= {g('runs', '?')} "
-            f"runs and {g('min_time_s', '?'):g} s (max {g('max_runs', '?')})")
-    if g("rel_ci"):
-        text += f", then on until the median is within +-{100 * g('rel_ci'):g}% (95% CI) or {g('max_time_s', '?'):g} s"
+    def g(key: str) -> str:  # a table stored by an older latbench may lack a field
+        value = timing.get(key)
+        return "?" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    text = (f"warm-up >= {g('warmup_runs')} runs and {g('warmup_s')} s; timed >= {g('runs')} runs and "
+            f"{g('min_time_s')} s (max {g('max_runs')})")
+    if timing.get("rel_ci"):
+        text += f", then on until the median is within +-{100 * timing['rel_ci']:g}% (95% CI) or {g('max_time_s')} s"
     return text
 
 

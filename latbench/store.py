@@ -404,10 +404,10 @@ def device_tables(device: str, db_path: Path | None = None) -> list[ContextInfo]
     return found
 
 
-def profile_settings_hash(device: str) -> str | None:
-    """The settings hash `collect --device DEVICE` would store under now, or None for a name
-    with no (valid) profile: an imported device, or a profile that does not load."""
-    from latbench.profiles import DeviceProfile, list_profiles, load_profile
+def profile_settings(device: str) -> dict | None:
+    """The settings `collect --device DEVICE` would store under now, or None for a name with
+    no (valid) profile: an imported device, or a profile that does not load."""
+    from latbench.profiles import list_profiles, load_profile
 
     if device not in list_profiles():
         return None
@@ -415,9 +415,26 @@ def profile_settings_hash(device: str) -> str | None:
         from latbench.export import exporter_tag
 
         profile = load_profile(device)
-        return DeviceProfile.settings_hash(profile.settings(exporter_tag(profile.format)))
+        return profile.settings(exporter_tag(profile.format))
     except Exception:  # a broken profile or missing converter: say nothing, use the newest
         return None
+
+
+def profile_settings_hash(device: str) -> str | None:
+    """The hash of `profile_settings` (None without a profile)."""
+    from latbench.profiles import DeviceProfile
+
+    settings = profile_settings(device)
+    return DeviceProfile.settings_hash(settings) if settings is not None else None
+
+
+def what_differs(now: dict, then: dict) -> str:
+    """The first settings that differ, "threads: 2 in the table, 1 now; ..." (torch's version
+    is in `exporter`: an upgrade changes it too)."""
+    from latbench.profiles import settings_differences
+
+    found = settings_differences(now, then, labels=("now", "then"))
+    return "; ".join(found[:3]) + ("; ..." if len(found) > 3 else "")
 
 
 def device_table(device: str, table: str | None = None, db_path: Path | None = None,
@@ -446,14 +463,18 @@ def device_table(device: str, table: str | None = None, db_path: Path | None = N
         return info, store.table(info.context, unit=unit), len(found)
 
 
-def table_choice_note(device: str, info: ContextInfo, n_tables: int, settings_hash: str | None,
+def table_choice_note(device: str, info: ContextInfo, n_tables: int, current: dict | None,
                       picked: bool) -> str | None:
     """Says which of several tables a command read and how to read another, and when none
-    matches the profile's current settings (None for one table that does)."""
+    matches the profile's `current` settings (None for one table that does)."""
+    from latbench.profiles import DeviceProfile
+
+    settings_hash = DeviceProfile.settings_hash(current) if current is not None else None
     if not picked and settings_hash is not None and info.context.settings_hash != settings_hash:
-        return (f"no table of {device!r} was measured with its profile's current settings (threads, "
-                f"protocol, runtime options, cores); table {info.context.table_id} is the newest of "
-                f"{n_tables}: its numbers are for the settings it was measured with "
+        differs = what_differs(current, info.settings) if current else ""
+        return (f"no table of {device!r} was measured with its profile's current settings"
+                + (f" ({differs})" if differs else "") + f"; table {info.context.table_id} is the newest "
+                f"of {n_tables}: its numbers are for the settings it was measured with "
                 f"(`latbench lut --device {device} --tables`)")
     if n_tables < 2:
         return None

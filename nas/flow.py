@@ -138,17 +138,19 @@ def advice(job: SearchJob, costs: list[LoadedCost], pick: str) -> list[str]:
         elif c.target > high:
             lines.append(f"warning: {option} {_amount(c.target)} is above the dearest network: {span}; "
                          f"every arch meets it (give a target in that range)")
-    from latbench.store import profile_settings_hash
+    from latbench.profiles import DeviceProfile
+    from latbench.store import profile_settings, what_differs
 
     for c in costs:  # a predictor of other settings than the device is measured with now
-        fitted = (getattr(c.model, "info_", None) or {}).get("settings_hash")
-        current = profile_settings_hash(c.device) if c.device and fitted else None
-        if current and fitted != current:
-            table = c.model.info_.get("table") or fitted
-            lines.append(f"warning: {c.spec} was fitted on table {table}, measured with other settings than "
-                         f"the profile of {c.device} has now (threads, protocol, runtime options, cores), so "
-                         f"--verify would measure something else; collect and `latbench fit-predictor --device "
-                         f"{c.device}` with the profile as it is, or put the profile back")
+        info = getattr(c.model, "info_", None) or {}
+        current = profile_settings(c.device) if c.device and info.get("settings_hash") else None
+        if current is not None and DeviceProfile.settings_hash(current) != info["settings_hash"]:
+            differs = what_differs(current, info.get("settings") or {})
+            lines.append(f"warning: {c.spec} was fitted on table {info.get('table') or info['settings_hash']}, "
+                         f"measured with other settings than the device's profile gives now"
+                         + (f" ({differs})" if differs else "") + "; its predictions are for those, and "
+                         f"--verify would measure under these (collect and `latbench fit-predictor --device "
+                         f"{c.device}` again to match)")
     targeted = [c for c in costs if c.target is not None]
     if job.form == "fbnet" and targeted:
         options = ", ".join(dict.fromkeys(TARGET_OPTIONS.get(c.unit, "--target") for c in targeted))

@@ -173,6 +173,7 @@ def test_lut_reads_the_table_of_the_profiles_current_settings(cli, collected, fa
     write_profile(latbench_home, fast_profile, threads=4)  # never measured: the newest
     code, out, err = cli("lut", "--device", fast_profile, "--json")
     assert json.loads(out)["settings"]["threads"] == 2 and "no table of" in err and "is the newest of 2" in " ".join(err.split())
+    assert "(threads: 2 then, 4 now)" in err  # what differs
 
 
 def test_lut_of_a_device_never_measured_is_one_line(cli, collected):

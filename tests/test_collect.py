@@ -357,3 +357,23 @@ def test_the_hardware_lock_waits_when_asked_and_refuses_otherwise():
         waited = time.monotonic() - started
     holder.join()
     assert 0.2 < waited < 5
+
+
+def test_the_lock_file_is_never_opened_through_a_link(tmp_path):
+    from latbench.errors import LatbenchError
+    from latbench.locks import device_lock, hardware_name
+
+    folder = tmp_path / "locks"
+    folder.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (folder / f"{hardware_name(load_profile('local'))}.lock").symlink_to(victim)
+    with pytest.raises(LatbenchError, match="cannot open the lock file"):
+        with device_lock(load_profile("local"), folder):
+            pass
+    assert victim.read_text() == "precious\n"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "elsewhere")  # a folder that is a link: refused
+    with pytest.raises(LatbenchError, match="is not a folder of this user"):
+        with device_lock(load_profile("local"), tmp_path / "linked"):
+            pass

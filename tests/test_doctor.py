@@ -237,6 +237,9 @@ def test_more_threads_than_cores_is_a_warning(make_profile):
     rows = {r["check"]: r for r in diagnose(load_profile(make_profile("crowded", threads=cores + 3)))}
     assert rows["cores"]["status"] == "warn" and f"is more than the {cores} it may use" in rows["cores"]["detail"]
     assert rows["cores"]["fix"] == f"set threads: {cores} or fewer"
+    pinned = make_profile("pinned-one", threads=2, connection={"cpu_mask": "1"})  # 2 threads, 1 core
+    rows = {r["check"]: r for r in diagnose(load_profile(pinned))}
+    assert rows["cores"]["status"] == "warn" and "is more than the 1 it may use" in rows["cores"]["detail"]
     rows = {r["check"]: r for r in diagnose(load_profile(make_profile("fits", threads=1)))}
     assert rows["cores"]["status"] == "ok" and "converter" not in rows  # an onnx profile converts nothing
 

@@ -311,13 +311,18 @@ def test_a_units_batch_waits_while_its_hardware_is_measured_by_another(farm, war
     assert report.measured == 8 and not report.failed
 
 
-def test_a_second_agent_for_a_unit_already_on_the_farm_is_refused(farm, latbench_home, latbench_cli):
-    write_profile(latbench_home, DEVICE)
-    again = latbench_cli("farm", "agent", "--address", farm.cluster.address, "--unit", farm.local.name,
-                         "--no-check", timeout_s=120)
-    assert again.returncode == 2, again.stderr
-    assert f"unit {farm.local.name} is already offered by a live node of the farm" in again.stderr
-    assert again.stderr.count("\n") == 1, again.stderr
+def test_a_unit_two_live_nodes_offer_is_not_used(farm, warm_home, make_profile, tmp_path):
+    make_profile(DEVICE, protocol={"batch_size": 2})
+    twin = farm.add_agent(farm.local, tmp_path / "twin", write_profile(tmp_path / "twin", DEVICE))
+    wait_for(lambda: sum(1 for n in ray.nodes() if n["Alive"] and farm.local.resource in n["Resources"]) == 2,
+             30, "the second agent for the same unit")
+    try:
+        plan, report = collect_on_farm(2)
+    finally:
+        farm.cluster.remove_node(twin)
+    assert "offered by 2 live nodes" in report.skipped[farm.local.name]  # two agents for one phone
+    by_unit = check_each_pair_stored_once(plan, 2)
+    assert set(by_unit) == {farm.ssh.name}
 
 
 def test_a_unit_with_other_settings_is_refused(farm, warm_home, make_profile):

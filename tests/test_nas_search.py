@@ -169,14 +169,18 @@ def test_a_measured_latency_predictor_drives_theta_to_faster_archs(raspi4_predic
 def test_a_predictor_fitted_under_other_settings_than_the_profile_has_now_is_warned(fast_profile):
     from types import SimpleNamespace
 
-    from latbench.store import profile_settings_hash
+    from latbench.profiles import DeviceProfile
+    from latbench.store import profile_settings
     from nas.cost import LoadedCost
 
-    def cost(settings_hash):
-        model = SimpleNamespace(info_={"settings_hash": settings_hash, "table": "0c4eaba1"}, unit="ms")
+    def cost(settings):
+        model = SimpleNamespace(info_={"settings_hash": DeviceProfile.settings_hash(settings), "table": "0c4eaba1",
+                                       "settings": settings}, unit="ms")
         return LoadedCost(spec=f"latbench:{fast_profile}", model=model, term=None)
 
     job = SearchJob(costs=[f"latbench:{fast_profile}"])
-    (line,) = advice(job, [cost("0123456789abcdef")], "argmax")
+    now = profile_settings(fast_profile)
+    (line,) = advice(job, [cost(now | {"threads": 2})], "argmax")
     assert line.startswith(f"warning: latbench:{fast_profile} was fitted on table 0c4eaba1, measured with other")
-    assert advice(job, [cost(profile_settings_hash(fast_profile))], "argmax") == []  # the same: silent
+    assert "(threads: 2 then, 1 now)" in line  # names what differs
+    assert advice(job, [cost(now)], "argmax") == []  # the same: silent

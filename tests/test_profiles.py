@@ -123,7 +123,7 @@ def test_runtime_options_the_python_runner_does_not_know_are_refused_when_the_pr
 
 def test_a_max_time_below_the_min_time_is_refused(tmp_path):
     err = error_of(write(tmp_path, "transport: local\nprotocol: {min_time_s: 0.05, max_time_s: 0.01, rel_ci: 0.01}\n"))
-    assert "setting 'max_time_s' must be >= min_time_s (0.05)" in err.message
+    assert "setting 'max_time_s' must be > min_time_s (0.05)" in err.message
 
 
 def test_wrong_connection_type_is_refused(tmp_path):

@@ -76,7 +76,7 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
         if info:
             add("device", "ok", f"{info.get('model') or '?'}; {info.get('os') or ''}".strip("; "))
             cores = info.get("cores")
-            usable = len(info.get("online_cpus") or profile.cpus or []) or cores
+            usable = len(profile.cpus) if profile.cpus else len(info.get("online_cpus") or []) or cores
             if not cores:
                 add("cores", "warn", "unknown", "cannot read the core count")
             elif usable and profile.threads > usable:  # threads that share cores time each other

@@ -71,8 +71,10 @@ def _agent(args) -> int:
     argv = agent.ray_start_argv(units, address=args.address, head=args.head, port=args.port,
                                 num_cpus=args.num_cpus, object_store_mb=args.object_store_mb,
                                 node_ip=args.node_ip_address)
-    if not (args.head or args.dry_run):
-        agent.check_not_served(units, args.address)
+    if not (args.head or args.dry_run):  # Ray's node would retry an address nobody answers at, forever
+        from latbench.farm.cluster import probe
+
+        probe(args.address)
     for au in units:
         label = "not checked" if args.no_check else agent.check_unit(au, trust_new_host=args.trust_new_host)
         output.note(f"unit {au.unit}: {au.profile.name} ({au.profile.transport}, {au.profile.source}), "

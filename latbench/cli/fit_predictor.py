@@ -16,10 +16,11 @@ examples:
   latbench fit-predictor --device pixel3 --unit pixel3@desk-a   # one farm unit alone
 
 Fits on the device's newest table (runtime version and settings) measured with its
-profile's current settings (else the newest), or on the one --table names (`latbench lut --device X --tables` lists them): a LUT of the
-measured ops, a GBDT for ops never measured (its features, target, base model and split
-chosen by 5-fold cross-validation), and a network-level correction when whole networks were measured (`latbench collect --networks
-N`); without them a network is the plain sum of its ops. Prints held-out accuracy next to
+profile's current settings (else the newest), or on the one --table names (`latbench lut
+--device X --tables` lists them): a LUT of the measured ops, a GBDT for ops never measured
+(its features, target, base model and split chosen by 5-fold cross-validation), and a
+network-level correction when 3 or more whole networks were measured (`latbench collect
+--networks N`); without them a network is the plain sum of its ops. Prints held-out accuracy next to
 baselines fitted on the same data (ops: FLOPs-linear and a plain LightGBM on raw shape
 columns; networks: FLOPs-linear and the LUT sum without correction), and saves manifest.json, lut.json, gbdt*.{json,txt},
 correction.json, report.json and predicted_vs_measured.png into
@@ -63,7 +64,8 @@ def _folds(text: str) -> int:
 def run(args) -> int:
     from latbench.errors import LatbenchError, UsageError
     from latbench.spaces import get_space
-    from latbench.store import device_table, profile_settings_hash, table_choice_note
+    from latbench.profiles import DeviceProfile
+    from latbench.store import device_table, profile_settings, table_choice_note
     from predictors import artifact, metrics, selection, training
     from predictors.gbdt import MIN_FIT_ROWS, GBDTPredictor
     from predictors.latency import LatencyPredictor
@@ -71,8 +73,9 @@ def run(args) -> int:
     artifact.check_device_name(args.device)
     name = args.device if args.unit is None else artifact.check_device_name(args.unit, "--unit")
     space = get_space(args.space)
-    current = profile_settings_hash(args.device)
-    info, rows, n_tables = device_table(args.device, args.table, unit=args.unit, settings_hash=current)
+    current = profile_settings(args.device)
+    current_hash = DeviceProfile.settings_hash(current) if current is not None else None
+    info, rows, n_tables = device_table(args.device, args.table, unit=args.unit, settings_hash=current_hash)
     choice = table_choice_note(args.device, info, n_tables, current, picked=args.table is not None)
     ctx = info.context
     units = _units(info.context)
@@ -179,7 +182,9 @@ def run(args) -> int:
                  f"a LUT has no answer for held-out ops)", metrics.TABLE_COLUMNS, rows)
     if net_eval:
         form = predictor.correction_.form_ if predictor.correction_ is not None else "none"
-        rows = [metrics.format_row(f"lut+gbdt+correction ({form})", net_eval["predictor"]),
+        folds_forms = sorted(set(net_eval.get("correction_forms") or [form]))
+        label = form if folds_forms == [form] else f"{form}; folds: {', '.join(folds_forms)}"
+        rows = [metrics.format_row(f"lut+gbdt+correction ({label})", net_eval["predictor"]),
                 metrics.format_row("flops_linear", net_eval["flops_linear"]),
                 metrics.format_row("lut_sum (no correction)", net_eval["lut_sum"])]
         output.table(f"networks: held-out ({net_eval['held_out']} of {net_eval['networks']})",
@@ -275,10 +280,12 @@ def _check_network_ratio(predictor, data) -> None:
     ratio = float(np.median(np.asarray(data.network_ms) / np.maximum(summed, 1e-9)))
     low, high = NETWORK_RATIO_RANGE
     if not low <= ratio <= high:
-        output.note(f"note: the measured networks take {ratio:.2f}x the sum of their ops (median), so the "
-                    "correction carries much of every prediction; unless the runtime fuses that much, check "
-                    "that the networks and the ops are of the same space and input size (`latbench import "
-                    "--space`, `latbench lut --device ... --kind network`)")
+        form = predictor.correction_.form_ if predictor.correction_ is not None else "none"
+        effect = ("so the correction carries much of every prediction" if form != "none" else
+                  "and no correction is applied, so network predictions are off by about that much")
+        output.note(f"note: the measured networks take {ratio:.2f}x the sum of their ops (median), {effect}; "
+                    "unless the runtime fuses that much, check that the networks and the ops are of the same "
+                    "space and input size (`latbench import --space`, `latbench lut --device ... --kind network`)")
 
 
 def _strip(evaluation: dict | None) -> dict | None:

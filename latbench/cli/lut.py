@@ -37,19 +37,21 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--kind", choices=["op", "network"], help="only ops or only whole networks")
     p.add_argument("--out", type=Path, help="write to this file instead of stdout (without --csv or "
                    "--json: JSON for a .json name, else CSV)")
-    p.add_argument("--table", metavar="ID", help="read this table (default: the newest measured with the profile's current "
-                   "settings, else the newest; see --tables)")
+    p.add_argument("--table", metavar="ID", help="read this table (default: the newest measured with "
+                   "the profile's current settings, else the newest; see --tables)")
     p.add_argument("--tables", action="store_true",
                    help="list the device's tables (runtime, settings, keys) instead of rows")
 
 
 def run(args) -> int:
-    from latbench.store import device_table, profile_settings_hash, table_choice_note
+    from latbench.profiles import DeviceProfile
+    from latbench.store import device_table, profile_settings, table_choice_note
 
     if args.tables:
         return _list_tables(args)
-    current = profile_settings_hash(args.device)
-    info, rows, n_tables = device_table(args.device, args.table, settings_hash=current)
+    current = profile_settings(args.device)
+    current_hash = DeviceProfile.settings_hash(current) if current is not None else None
+    info, rows, n_tables = device_table(args.device, args.table, settings_hash=current_hash)
     choice = table_choice_note(args.device, info, n_tables, current, picked=args.table is not None)
     if choice:
         output.note(choice)

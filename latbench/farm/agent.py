@@ -55,23 +55,6 @@ def check_unit(agent_unit: AgentUnit, trust_new_host: bool = False) -> str:
         raise type(exc)(f"unit {agent_unit.unit}: {exc.message}", exc.hint) from None
 
 
-def check_not_served(units: list[AgentUnit], address: str) -> None:
-    """Refuse units a live node of the farm already offers: two agents for one phone would let
-    two collections measure it at once. Connecting also fails fast on an address nobody
-    answers at, where Ray's node would retry for ever."""
-    from latbench.errors import UsageError
-    from latbench.farm.cluster import connected, node_units
-
-    with connected(address) as ray:
-        served = {nu.unit.name: nu for nu in node_units(ray.nodes()) if nu.alive}
-    for au in units:
-        if au.unit.name in served:
-            node = served[au.unit.name]
-            raise UsageError(f"unit {au.unit.name} is already offered by a live node of the farm "
-                             f"({node.hostname or node.ip})",
-                             "stop that agent first, or give this one another unit name")
-
-
 def ray_start_argv(units: list[AgentUnit], *, address: str | None, head: bool = False,
                    port: int = DEFAULT_PORT, num_cpus: int = 0, object_store_mb: int | None = None,
                    node_ip: str | None = None) -> list[str]:

@@ -29,8 +29,9 @@ from latbench.errors import LatbenchError
 from latbench.farm import NAMESPACE
 from latbench.farm.cluster import connected, node_units, one_line
 from latbench.farm.queue import CollectionQueue, queue_name
+from latbench.farm.units import unit_of_resource
 from latbench.farm.worker import UnitWorker
-from latbench.profiles import DeviceProfile
+from latbench.profiles import DeviceProfile, settings_differences
 from latbench.runners.base import BatchOutput, make_runner
 from latbench.store import Store
 
@@ -68,18 +69,6 @@ class _Batch:
     pairs: list[tuple[str, int]]
     attempt: int = 1
     not_before: float = 0.0
-
-
-def differences(here: dict, there: dict, prefix: str = "") -> list[str]:
-    """Settings that differ, as 'field: X there, Y here'."""
-    out = []
-    for key in sorted(set(here) | set(there)):
-        a, b = here.get(key), there.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {b!r} there, {a!r} here")
-    return out
 
 
 class FarmCollector(Collector):
@@ -127,6 +116,19 @@ class FarmCollector(Collector):
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
+    def _offered_twice(self) -> dict[str, list[str]]:
+        """Units of this device that more than one live node offers -> those nodes' hosts."""
+        hosts: dict[str, list[str]] = {}
+        for node in self._ray.nodes():
+            if not node.get("Alive"):
+                continue
+            for resource in node.get("Resources") or {}:
+                unit = unit_of_resource(resource)
+                if unit is not None and unit.device == self.profile.name:
+                    hosts.setdefault(unit.name, []).append(node.get("NodeManagerHostname") or
+                                                           node.get("NodeManagerAddress", "?"))
+        return {u: h for u, h in hosts.items() if len(h) > 1}
+
     def _pool(self) -> list:
         return [nu for nu in node_units(self._ray.nodes()) if nu.alive and nu.unit.device == self.profile.name]
 
@@ -141,8 +143,13 @@ class FarmCollector(Collector):
                 f"start an agent on the host it hangs off, `latbench farm agent --address HEAD:6379 "
                 f"--unit {self.profile.name}@HOST`; `latbench farm status` lists the units")
         free = self._free_units(pool)
+        twice = self._offered_twice()
         for nu in pool:
-            if nu.unit.name not in free:
+            if nu.unit.name in twice:  # two agents for one phone: two collections could share it
+                free.discard(nu.unit.name)
+                self.skipped[nu.unit.name] = (f"offered by {len(twice[nu.unit.name])} live nodes "
+                                              f"({', '.join(twice[nu.unit.name])}): stop all but one agent")
+            elif nu.unit.name not in free:
                 self.skipped[nu.unit.name] = "busy: another collection holds it"
         if not free:
             raise LatbenchError(f"every unit of {self.profile.name} is busy ({', '.join(sorted(self.skipped))})",
@@ -182,7 +189,7 @@ class FarmCollector(Collector):
                 _kill(ray, actor)
         if mismatched:
             unit, facts = mismatched[0]
-            diff = "; ".join(differences(here, facts["settings"])[:4])
+            diff = "; ".join(settings_differences(here, facts["settings"])[:4])
             raise LatbenchError(
                 f"unit {unit} on {facts['hostname']} measures {self.profile.name} with other settings than "
                 f"this head ({diff}); its numbers would not be comparable",

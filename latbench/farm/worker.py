@@ -89,10 +89,10 @@ class UnitWorker:
         try:
             collector = self._open()
             paths = {name: self._model(name, sha, models) for _, name, sha in items}
-            temp = collector.wait_until_cool(Report())
-            # Units of one piece of hardware (two agents on a host, local and local-tflite) and a
-            # plain `latbench collect` there take turns: the same lock, held for one batch.
+            # Units of one piece of hardware (local and local-tflite on one host) take turns: the
+            # same lock, held for one batch, its cooling wait and temperature probe included.
             with device_lock(self.profile, wait_s=self.profile.timeout_s):
+                temp = collector.wait_until_cool(Report())
                 started = time.time()
                 output = collector.runner.run_batch([BatchItem(bid, paths[name]) for bid, name, _ in items])
         except (LatbenchError, OSError) as exc:

@@ -7,6 +7,7 @@ library, numpy and one inference runtime, so it imports nothing from latbench.
     python pyrunner.py info                 # JSON: python, runtimes and versions, device state
     python pyrunner.py state                # JSON: device state only (cheap: no runtime import)
     python pyrunner.py run BATCH.json       # JSON lines: a start event, then one result per model
+                                            # (BATCH.json is removed once read: a fresh one per run)
 
 BATCH.json holds ``runtime``, ``threads``, ``options`` (runtime settings),
 ``protocol`` (warmup_runs, warmup_s, runs, min_time_s, max_runs, max_time_s, rel_ci) and ``items``
