@@ -221,6 +221,8 @@ def test_farm_units_are_pooled_by_default_and_fit_alone_with_unit(latbench_home,
         np.testing.assert_allclose(model.predict_ops(specs), scale * expected, rtol=1e-9)
         assert model.info_["unit"] == (args[1] if args else None)
     assert "pooled 2 units: pi@a (225 measurements), pi@b (225 measurements)" in done.stderr
+    one = json.loads(latbench_cli("lut", "--device", "pi", "--unit", "pi@b", "--json").stdout)
+    assert one["unit"] == "pi@b" and sorted(r["median_ms"] for r in one["rows"]) == sorted(2.0 * expected)
     assert model.info_["units"] == {"pi@a": 225, "pi@b": 225}
 
     done = latbench_cli("fit-predictor", "--device", "pi", "--unit", "pi@c")

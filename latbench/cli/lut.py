@@ -39,6 +39,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
                    "--json: JSON for a .json name, else CSV)")
     p.add_argument("--table", metavar="ID", help="read this table (default: the newest measured with "
                    "the profile's current settings, else the newest; see --tables)")
+    p.add_argument("--unit", metavar="DEVICE@HOST", default=None,
+                   help="only what one farm unit measured (default: every unit pooled)")
     p.add_argument("--tables", action="store_true",
                    help="list the device's tables (runtime, settings, keys) instead of rows")
 
@@ -51,7 +53,7 @@ def run(args) -> int:
         return _list_tables(args)
     current = profile_settings(args.device)
     current_hash = DeviceProfile.settings_hash(current) if current is not None else None
-    info, rows, n_tables = device_table(args.device, args.table, settings_hash=current_hash)
+    info, rows, n_tables = device_table(args.device, args.table, settings_hash=current_hash, unit=args.unit)
     choice = table_choice_note(args.device, info, n_tables, current, picked=args.table is not None)
     if choice:
         output.note(choice)
@@ -63,9 +65,10 @@ def run(args) -> int:
             output.note(f"no {args.kind} rows in table {info.context.table_id} of {args.device!r}"
                         + (f"; {how}" if args.kind == "network" else ""))
     ctx = info.context
-    title = (f"{ctx.device}: table {ctx.table_id}, {ctx.runtime_label}{_header(info.settings)}, "
-             f"{len(rows)} keys")
-    return _emit(args, title, COLUMNS, rows, lambda: _json(ctx, info.settings, rows), f"{len(rows)} rows")
+    title = (f"{ctx.device}" + (f" (unit {args.unit} alone)" if args.unit else "")
+             + f": table {ctx.table_id}, {ctx.runtime_label}{_header(info.settings)}, {len(rows)} keys")
+    return _emit(args, title, COLUMNS, rows, lambda: _json(ctx, info.settings, rows, args.unit),
+                 f"{len(rows)} rows")
 
 
 TABLE_COLUMNS = ["table", "runtime", "setup", "protocol", "ops", "networks", "measurements",
@@ -79,9 +82,9 @@ def _list_tables(args) -> int:
 
     from latbench.store import device_tables
 
-    if args.table or args.kind:
-        raise UsageError("--tables lists every table; it takes no --table or --kind",
-                         "drop --table/--kind, or drop --tables to read one table's rows")
+    if args.table or args.kind or args.unit:
+        raise UsageError("--tables lists every table; it takes no --table, --kind or --unit",
+                         "drop them, or drop --tables to read one table's rows")
     found = device_tables(args.device)
     rows = [{"table": c.context.table_id, "runtime": c.context.runtime_label,
              "setup": _setup(c.settings),
@@ -151,8 +154,8 @@ def _header(settings: dict) -> str:
     return f", {_setup(settings)}, {protocol}" if protocol else ""
 
 
-def _json(ctx, settings: dict, rows: list[dict]) -> str:
+def _json(ctx, settings: dict, rows: list[dict], unit: str | None = None) -> str:
     import json
 
-    return json.dumps({"device": ctx.device, "table": ctx.table_id, "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
+    return json.dumps({"device": ctx.device, "unit": unit, "table": ctx.table_id, "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
                        "settings_hash": ctx.settings_hash, "settings": settings, "rows": rows}, indent=2) + "\n"
