@@ -139,8 +139,9 @@ def run(args) -> int:
             lut=data.lut)
         progress("done", 1, 1)
     net_eval = None
+    summed = _network_sums(predictor, data)  # each measured network's op sum, used twice below
     if len(data.networks) >= 2:
-        net_eval = _network_eval(predictor, data, args, selection)
+        net_eval = _network_eval(predictor, data, args, selection, summed)
     coverage = predictor.lut_.coverage(space)
     report = {
         "device": args.device, "unit": args.unit, "units": units if args.unit is None else
@@ -173,7 +174,7 @@ def run(args) -> int:
     report["artifact"] = str(directory)
     if args.json:
         output.print_json(report)
-        _notes(predictor, data, coverage, directory, args, ctx, stderr_only=True)
+        _notes(predictor, data, coverage, directory, args, ctx, summed, stderr_only=True)
         return 0
     rows = [metrics.format_row("gbdt (chosen)", ops_eval["predictor"]),
             metrics.format_row("flops_linear", ops_eval["flops_linear"]),
@@ -196,7 +197,7 @@ def run(args) -> int:
                        t["settings"]["base"], t["settings"]["split"], f"{t['metrics']['log_error']:.4f}",
                        f"{100 * t['metrics']['acc_10']:.1f}", f"{100 * t['metrics']['mape']:.1f}"]
                       for t in tried])
-    _notes(predictor, data, coverage, directory, args, ctx)
+    _notes(predictor, data, coverage, directory, args, ctx, summed)
     return 0
 
 
@@ -208,17 +209,22 @@ def _units(ctx) -> dict[str, int]:
         return store.units(ctx)
 
 
-def _network_eval(predictor, data, args, selection):
+def _network_sums(predictor, data):
     import numpy as np
 
-    summed = np.array([np.sum(predictor.network_op_costs(n.ops)) for n in data.networks])
+    return np.array([np.sum(predictor.network_op_costs(n.ops)) for n in data.networks])
+
+
+def _network_eval(predictor, data, args, selection, summed):
+    import numpy as np
+
     flops = np.array([n.flops for n in data.networks], dtype=float)
     lut_sum = selection.lut_sum_baseline(predictor.lut_, data.specs, data.latency_ms, data.networks)
     return selection.evaluate_networks(summed, flops, lut_sum, data.network_ms,
                                        correction=args.correction, folds=args.folds, seed=args.seed)
 
 
-def _notes(predictor, data, coverage, directory, args, ctx, stderr_only: bool = False) -> None:
+def _notes(predictor, data, coverage, directory, args, ctx, summed, stderr_only: bool = False) -> None:
     from predictors.correction import MIN_AUTO_NETWORKS
 
     output.note(f"coverage: {coverage}")
@@ -244,7 +250,7 @@ def _notes(predictor, data, coverage, directory, args, ctx, stderr_only: bool = 
         output.note(f"note: only {len(data.networks)} measured networks: their held-out figures (above all "
                     f"Spearman and Kendall) say little; measure {FEW_NETWORKS} or more (`--networks 20`)")
     if data.networks:
-        _check_network_ratio(predictor, data)
+        _check_network_ratio(predictor, data, summed)
     output.note(f"saved {directory} (load with predictors.load(\"latbench:{directory.name}\"))")
 
 
@@ -273,10 +279,9 @@ FEW_NETWORKS = 10  # fewer measured networks than this: held-out network figures
 NETWORK_RATIO_RANGE = (0.5, 2.0)
 
 
-def _check_network_ratio(predictor, data) -> None:
+def _check_network_ratio(predictor, data, summed) -> None:
     import numpy as np
 
-    summed = np.array([np.sum(predictor.network_op_costs(n.ops)) for n in data.networks])
     ratio = float(np.median(np.asarray(data.network_ms) / np.maximum(summed, 1e-9)))
     low, high = NETWORK_RATIO_RANGE
     if not low <= ratio <= high:
