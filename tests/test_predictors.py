@@ -122,6 +122,31 @@ def test_estimator_settings_are_checked_in_fit():
         GBDTPredictor().fit(specs, -y)
 
 
+def test_estimators_work_with_scikit_learn_model_selection():
+    sklearn = pytest.importorskip("sklearn")
+    from sklearn.base import clone, is_regressor
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+
+    specs, y = device_table("raspi4")
+    X = spec_matrix(specs)
+    est = LatencyPredictor(GBDTPredictor(n_estimators=10))
+    assert is_regressor(est) and is_regressor(GBDTPredictor())
+    assert est.get_params()["gbdt__n_estimators"] == 10  # deep, as scikit-learn's are
+    assert "gbdt__n_estimators" not in est.get_params(deep=False)
+    est.set_params(gbdt__n_estimators=12)
+    assert est.gbdt.n_estimators == 12 and repr(est) == "LatencyPredictor(gbdt=GBDTPredictor(n_estimators=12))"
+    copy = clone(est)
+    assert copy.gbdt is not est.gbdt and copy.gbdt.n_estimators == 12
+    scores = cross_val_score(GBDTPredictor(n_estimators=10), X, y, cv=3)  # default scorer: score, R^2
+    assert scores.shape == (3,) and np.all(scores > 0.5)
+    search = GridSearchCV(est, {"gbdt__n_estimators": [5, 20]}, cv=3,
+                          scoring="neg_mean_absolute_percentage_error").fit(X, y)
+    assert search.best_params_["gbdt__n_estimators"] in (5, 20)
+    with pytest.raises(ValueError, match="gbdt is None, not an estimator"):
+        LatencyPredictor().set_params(gbdt__n_estimators=3)
+    assert sklearn.__version__  # imported only by scikit-learn's own calls
+
+
 _FC = OpSpec("fc", 8, 1, 1, 4, activation="none")
 
 
