@@ -229,4 +229,19 @@ def _model_text(name: str, text: str) -> str:
     for line in _MODEL_HEADER:
         if not any(h.startswith(line) for h in head):
             raise ValueError(f"{name} is not a LightGBM text model (no {line[:-1]!r} line)")
+    # LightGBM cuts the trees out by the byte sizes its header lists, in parallel threads: a
+    # cut-short or padded model makes it abort the whole process, so check them here.
+    sizes_line = next((h for h in text[:1 << 20].splitlines() if h.startswith("tree_sizes=")), None)
+    end = text.find("end of trees")
+    if end < 0:
+        raise ValueError(f"{name} is not a whole LightGBM text model (no 'end of trees' line: cut short?)")
+    if sizes_line is not None:
+        try:
+            sizes = [int(v) for v in sizes_line.split("=", 1)[1].split()]
+        except ValueError:
+            raise ValueError(f"{name}: its tree_sizes line is not a list of sizes") from None
+        start = text.find("Tree=0\n")
+        if start < 0 or end - start != sum(sizes) or text.count("\nTree=") != len(sizes):
+            raise ValueError(f"{name}: its trees do not match the sizes its header lists "
+                             "(a cut-short or edited model)")
     return text
