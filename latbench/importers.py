@@ -17,7 +17,10 @@ or takes ``--format``.
     optional: p10_ms, p90_ms, mean_ms, std_ms, count (timed runs), round
 
   A key listed again without a ``round`` column counts as another round; the store keeps
-  the median over rounds. Any bad row stops the import (nothing stored) with its line number.
+  the median over rounds; one (key, round) listed twice is an error. Any bad row stops the
+  import (nothing stored) with its line number. A column that looks like a misspelt schema
+  column (``strid``, ``Median_ms``) or a latency in another unit (``median_us``) is an error;
+  other columns (notes, say) are ignored, and the summary lists them.
 
 ``hwnasbench``: HW-NAS-Bench's FBNet block table (``device, op, h, w, cin, cout, expansion,
 kernel, stride, groups, latency_ms``). ``--source-device`` picks the rows of one device
@@ -103,6 +106,12 @@ def _read(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]:
 
     def rows():
         for i, row in enumerate(reader, start=2):
+            extra = row.get(None)
+            if extra and any(str(v).strip() for v in extra):
+                raise ImportFormatError(
+                    f"{path} line {i}: {len(header) + len(extra)} cells, but the header names "
+                    f"{len(header)} columns (extra: {', '.join(repr(v) for v in extra[:3])})",
+                    "name every column in the header, or quote cells that hold a ','")
             yield i, {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
 
     return header, rows()
@@ -145,17 +154,64 @@ def read(path: Path, fmt: str | None = None, *, source_device: str | None = None
 
 # ---- latbench CSV ---------------------------------------------------------------------------
 
+#: Every column of the latbench CSV schema (see the module docstring).
+CSV_COLUMNS = ("key", "kind", "cin", "h", "w", "cout", "kernel", "stride", "expansion", "groups",
+               "activation", "dtype", "space", "arch", "median_ms", "latency_ms", *OPTIONAL_STATS,
+               "count", "round")
+_ALIASES = {"p50_ms": "median_ms", "p50": "median_ms", "median": "median_ms", "latency": "median_ms"}
+_OTHER_UNIT = re.compile(r"^(median|latency|p10|p90|mean|std)(_?(us|ns|s|sec|secs|seconds|micros))$",
+                         re.IGNORECASE)
+
+
+def _check_generic_header(path: Path, header: list[str]) -> list[str]:
+    """Columns of `header` latbench ignores; a likely typo, a unit other than ms or another
+    delimiter is an error, since its values would be read wrong or not at all."""
+    import difflib
+
+    if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+        sep = "';'" if ";" in header[0] else "a tab"
+        raise ImportFormatError(f"{path}: its header is one column, separated by {sep}",
+                                "save it as comma-separated CSV, with '.' as the decimal point")
+    ignored = []
+    for col in header:
+        if col in CSV_COLUMNS:
+            continue
+        unit = _OTHER_UNIT.match(col)
+        if unit:
+            raise ImportFormatError(f"{path}: column {col!r} is not in milliseconds",
+                                    f"latbench reads milliseconds: convert it and name it "
+                                    f"{unit.group(1).lower()}_ms (see `latbench import --help`)")
+        alias = _ALIASES.get(col.lower())
+        close = ([alias] if alias else
+                 difflib.get_close_matches(col.lower(), CSV_COLUMNS, n=1, cutoff=0.8))
+        close = [c for c in close if c not in header]
+        if close or col.lower() in CSV_COLUMNS:
+            name = close[0] if close else col.lower()
+            raise ImportFormatError(f"{path}: column {col!r} is not in the schema; did you mean {name!r}?",
+                                    f"rename it to {name} (column names are lower case; see "
+                                    "`latbench import --help`)")
+        ignored.append(col)
+    return ignored
+
+
 def read_generic(path: Path) -> Imported:
     header, rows = _read(path)
+    ignored = _check_generic_header(path, header)
     cols = set(header)
     latency_col = "median_ms" if "median_ms" in cols else "latency_ms" if "latency_ms" in cols else None
     if latency_col is None:
         raise ImportFormatError(f"{path}: no median_ms (or latency_ms) column",
                                 "see `latbench import --help` for the CSV schema")
-    if not ("key" in cols or {"kind", "cin", "h", "w", "cout"} <= cols or {"space", "arch"} <= cols):
+    by_fields = {"kind", "cin", "h", "w", "cout"}
+    if "key" not in cols and "kind" in cols and not by_fields <= cols:
+        missing = [c for c in ("cin", "h", "w", "cout") if c not in cols]
+        raise ImportFormatError(f"{path}: rows given by kind need cin, h, w and cout columns; "
+                                f"no {', '.join(missing)} column",
+                                "add it (see `latbench import --help` for the CSV schema)")
+    if not ("key" in cols or by_fields <= cols or {"space", "arch"} <= cols):
         raise ImportFormatError(f"{path}: rows need a key column, or kind/cin/h/w/cout, or space/arch",
                                 "see `latbench import --help` for the CSV schema")
-    out, rounds = [], {}
+    out, rounds, seen = [], {}, {}
     spaces: dict[str, object] = {}
     for line, row in rows:
         try:
@@ -175,12 +231,20 @@ def read_generic(path: Path) -> Imported:
                 item["round"] = _int(row["round"], "round", 0)
             else:
                 item["round"] = rounds.get(key, 0)
-                rounds[key] = item["round"] + 1
+            rounds[key] = max(rounds.get(key, 0), item["round"] + 1)
+            first = seen.setdefault((key, item["round"]), line)
+            if first != line:
+                raise ValueError(f"{key} round {item['round']} is already on line {first}; "
+                                 "give each repeat its own round (or leave the round cell empty "
+                                 "to number it after the others)")
         except ValueError as exc:
             raise ImportFormatError(f"{path} line {line}: {exc}",
                                     "fix that row; see `latbench import --help` for the schema") from None
         out.append(item)
-    return Imported(out, "csv", f"csv-{_label(path.stem)}", {"file": path.name})
+    details = {"file": path.name}
+    if ignored:
+        details["ignored_columns"] = ignored
+    return Imported(out, "csv", f"csv-{_label(path.stem)}", details)
 
 
 def _generic_key(row: dict, spaces: dict) -> str:

@@ -152,6 +152,34 @@ def test_csv_without_latency_or_item_columns(tmp_path):
         importers.read(_write(tmp_path / "c.csv", ""))
 
 
+_OP = "fbnet_block,16,32,32,16,3"
+
+
+@pytest.mark.parametrize("text, match", [
+    # a misspelt column would be ignored and its default (stride 1) stored instead
+    ("kind,cin,h,w,cout,kernel,strid,median_ms\n" + _OP + ",2,0.3\n", "'strid' is not in the schema; did you mean 'stride'"),
+    ("Kind,Cin,H,W,Cout,Kernel,Median_ms\n" + _OP + ",0.3\n", "'Kind' is not in the schema; did you mean 'kind'"),
+    ("kind,cin,h,w,cout,kernel,p50_ms\n" + _OP + ",0.3\n", "did you mean 'median_ms'"),
+    ("kind,cin,h,w,cout,kernel,median_us\n" + _OP + ",300\n", "'median_us' is not in milliseconds"),
+    ("kind;cin;h;w;cout;kernel;median_ms\r\nfbnet_block;16;32;32;16;3;0,3\r\n", "separated by ';'"),
+    ("kind,cin,h,w,median_ms\nfbnet_block,16,32,32,0.3\n", "need cin, h, w and cout columns; no cout column"),
+    ("kind,cin,h,w,cout,kernel,median_ms\n" + _OP + ",0.3,hot\n", "line 2: 8 cells, but the header names 7"),
+    ("kind,cin,h,w,cout,kernel,median_ms,round\n" + _OP + ",0.3,0\n" + _OP + ",0.4,0\n",
+     "line 3: .* round 0 is already on line 2"),
+])
+def test_a_header_or_row_that_would_be_read_wrong_is_one_clear_error(tmp_path, text, match):
+    with pytest.raises(importers.ImportFormatError, match=match) as err:
+        importers.read(_write(tmp_path / "m.csv", text))
+    assert "\n" not in str(err.value)
+
+
+def test_other_columns_are_ignored_and_listed_and_rounds_number_after_given_ones(tmp_path):
+    result = importers.read(_write(tmp_path / "n.csv", "kind,cin,h,w,cout,kernel,median_ms,round,note\n"
+                                   f"{_OP},0.3,1,hot\n{_OP},0.4,,\n{_OP},0.5,0,\n"))
+    assert result.details["ignored_columns"] == ["note"]
+    assert [r["round"] for r in result.rows] == [1, 2, 0]
+
+
 def test_import_command_stores_rows_once(latbench_home, latbench_cli):
     done = latbench_cli("import", str(BLOCKS), "--device", "pi", "--source-device", "raspi4", "--json")
     assert done.returncode == 0, done.stderr

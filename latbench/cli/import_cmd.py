@@ -18,7 +18,9 @@ CSV schema (--format csv): a header row, then one row per measurement:
                          none), dtype (float32)
     space,arch           a whole network; arch = candidate indices split by ' ', '-' or ','
   optional: p10_ms, p90_ms, mean_ms, std_ms, count, round
-  A key listed again without a round column is another round (the median is kept).
+  A key listed again without a round column is another round (the median is kept); a
+  (key, round) listed twice is an error. Column names are lower case; a misspelt one
+  (strid, Median_ms) or another unit (median_us) is an error, other columns are ignored.
 
 Other formats:
   hwnasbench  HW-NAS-Bench FBNet blocks (device,op,h,w,cin,cout,expansion,kernel,stride,
@@ -95,6 +97,8 @@ def run(args) -> int:
                 f"{output.plural(result.networks, 'network')}) from {args.file} (format {result.format}) for "
                 f"device {args.device} as source {result.source}"
                 + ("" if args.dry_run else f"; {summary['stored_new']} new"))
+    if result.details.get("ignored_columns"):
+        output.note(f"ignored columns (not in the schema): {', '.join(result.details['ignored_columns'])}")
     if not args.dry_run:
         hint = (f"fit a predictor: latbench fit-predictor --device {args.device}"
                 if summary["ops_in_context"]
