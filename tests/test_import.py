@@ -201,6 +201,20 @@ def test_import_command_stores_rows_once(latbench_home, latbench_cli):
     assert sum(r["kind"] == "network" for r in table) == 5000
 
 
+def test_a_reimport_with_other_values_says_that_the_stored_ones_were_kept(latbench_home, latbench_cli,
+                                                                          tmp_path):
+    first = _write(tmp_path / "phone.csv", f"kind,cin,h,w,cout,kernel,median_ms\n{_OP},0.3\n")
+    assert latbench_cli("import", str(first), "--device", "ph").returncode == 0
+    fixed = _write(tmp_path / "fixed.csv", f"kind,cin,h,w,cout,kernel,median_ms\n{_OP},0.003\n")
+    done = latbench_cli("import", str(fixed), "--device", "ph", "--source", "csv-phone")
+    assert done.returncode == 0, done.stderr
+    assert "kept as stored: 1 row (same key and round), 1 with another median_ms" in done.stderr
+    assert "never overwrites" in done.stderr
+    again = latbench_cli("import", str(first), "--device", "ph", "--json")
+    summary = json.loads(again.stdout)
+    assert (summary["stored_new"], summary["already_stored"], summary["already_stored_differing"]) == (0, 1, 0)
+
+
 def test_an_import_does_not_hide_the_devices_other_table(latbench_home, latbench_cli, tmp_path):
     done = latbench_cli("import", str(BLOCKS), "--device", "pi", "--source-device", "raspi4")
     assert done.returncode == 0, done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from latbench.cli import output
@@ -86,7 +87,13 @@ def run(args) -> int:
         with Store(home.db_path()) as store:
             ctx = store.context(args.device, runtime="imported", runtime_version=result.source,
                                 settings=settings)
+            stored = {(r.key, r.round): r.median_ms for r in store.rows(ctx)}
             summary["stored_new"] = store.save_imported(ctx, result.rows, source=str(args.file))
+            kept = [r for r in result.rows if (r["key"], r.get("round", 0)) in stored]
+            summary["already_stored"] = len(kept)
+            summary["already_stored_differing"] = sum(
+                1 for r in kept if not math.isclose(stored[(r["key"], r.get("round", 0))], r["median_ms"],
+                                                    rel_tol=1e-9, abs_tol=1e-12))
             summary["settings_hash"] = ctx.settings_hash
             summary["ops_in_context"] = len({k for k, _ in store.measured(ctx) if not is_network_key(k)})
     if args.json:
@@ -99,6 +106,14 @@ def run(args) -> int:
                 + ("" if args.dry_run else f"; {summary['stored_new']} new"))
     if result.details.get("ignored_columns"):
         output.note(f"ignored columns (not in the schema): {', '.join(result.details['ignored_columns'])}")
+    if not args.dry_run and summary["already_stored_differing"]:
+        output.note(f"note: already stored for {args.device} as source {result.source}, and kept as "
+                    f"stored: {output.plural(summary['already_stored'], 'row')} (same key and round), "
+                    f"{summary['already_stored_differing']} with another median_ms than this file; an "
+                    f"import never overwrites: to store the new values, import them under another name "
+                    f"(--device {args.device}-2), or give the repeats rounds of their own (round column)")
+    elif not args.dry_run and summary["already_stored"]:
+        output.note(f"already stored, with the same values: {output.plural(summary['already_stored'], 'row')}")
     if not args.dry_run:
         hint = (f"fit a predictor: latbench fit-predictor --device {args.device}"
                 if summary["ops_in_context"]
