@@ -1,7 +1,7 @@
 """predictors: per-device latency predictors (LUT + GBDT + network correction) for NAS code.
 
     import predictors
-    cost = predictors.load("latbench:local")      # or "flops", "params"
+    cost = predictors.load("latbench:local")      # or "flops", "params", or a folder's path
     cost.predict_ops(specs)                       # np.ndarray, in cost.unit
     cost.predict_network(space, arch)             # float, network-level correction included
     cost.cost_table(space), cost.fixed_cost(space)
@@ -29,17 +29,28 @@ __all__ = ["load", "AnalyticCost", "ArtifactError", "CostModel", "Coverage", "GB
 PREFIX = "latbench:"
 
 
-def load(cost_spec: str) -> CostModel:
+def load(cost_spec) -> CostModel:
     """The cost model a cost spec names.
 
     ``"latbench:DEVICE"``: the predictor `latbench fit-predictor --device DEVICE` saved
-    (milliseconds); ``"flops"``, ``"params"``: analytic counts.
+    (milliseconds) in ``$LATBENCH_HOME/predictors/DEVICE``; a path (`pathlib.Path`, or a
+    string with a ``/``): a predictor folder copied anywhere; ``"flops"``, ``"params"``:
+    analytic counts.
     """
+    import os
+
     from latbench.errors import UsageError
 
+    if isinstance(cost_spec, os.PathLike) or (isinstance(cost_spec, str) and "/" in cost_spec
+                                              and not cost_spec.startswith(PREFIX)):
+        from pathlib import Path
+
+        from predictors import artifact
+
+        return artifact.load(Path(cost_spec).expanduser())
     if not isinstance(cost_spec, str):
-        raise UsageError(f"a cost spec is a string; got {type(cost_spec).__name__}",
-                         "use latbench:<device>, flops or params")
+        raise UsageError(f"a cost spec is a string or a path; got {type(cost_spec).__name__}",
+                         "use latbench:<device>, flops, params or a predictor folder's path")
     if cost_spec in ("flops", "params"):
         return AnalyticCost(cost_spec)
     if cost_spec.startswith(PREFIX) and len(cost_spec) > len(PREFIX):

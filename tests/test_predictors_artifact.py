@@ -81,6 +81,21 @@ def test_round_trip_gives_the_same_predictions(fitted, saved):
             assert name.startswith("gbdt_") and text.startswith("tree")
 
 
+def test_a_folder_copied_anywhere_loads_by_its_path(fitted, saved, tmp_path, latbench_home):
+    import shutil
+
+    import predictors
+
+    copy = tmp_path / "other machine" / "rpi copy"
+    shutil.copytree(saved, copy)
+    ops = probe_ops()
+    for spec in (copy, str(copy)):
+        model = predictors.load(spec)
+        np.testing.assert_allclose(model.predict_ops(ops), fitted.predict_ops(ops))
+    with pytest.raises(ArtifactError, match="does not exist"):
+        predictors.load(tmp_path / "nothing")
+
+
 def test_saving_again_replaces_the_artifact_whole(fitted, saved):
     (saved / "stray.txt").write_text("left over")
     artifact.save(fitted, saved, info=INFO)
