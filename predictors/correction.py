@@ -58,6 +58,8 @@ class NetworkCorrection(Estimator):
     def predict(self, summed_ms):
         """Corrected latency of summed op latencies (float, numpy array or torch tensor)."""
         self._check_fitted("scale_")
+        if isinstance(summed_ms, (list, tuple)):  # a list * float is a TypeError
+            summed_ms = np.asarray(summed_ms, dtype=np.float64)
         return self.scale_ * summed_ms + self.offset_ms_
 
     def to_dict(self) -> dict:

@@ -180,7 +180,8 @@ def features_from_quantities(q: dict[str, np.ndarray], n: int, feature_set: str)
 
 def as_spec_matrix(specs_or_matrix) -> np.ndarray:
     """A spec matrix from a list of OpSpec, or a 2-D array already in `SPEC_COLUMNS` order."""
-    if isinstance(specs_or_matrix, np.ndarray):
+    if isinstance(specs_or_matrix, np.ndarray) and not (specs_or_matrix.ndim == 1
+                                                        and specs_or_matrix.dtype == object):
         m = specs_or_matrix
         if m.ndim != 2 or m.shape[1] != len(SPEC_COLUMNS):
             raise ValueError(

@@ -154,7 +154,7 @@ class LatencyPredictor(CostModel, Estimator):
 
 
 def _as_specs(X) -> list[OpSpec]:
-    if isinstance(X, np.ndarray):
+    if isinstance(X, np.ndarray) and not (X.ndim == 1 and X.dtype == object):
         return specs_from_matrix(X)
     specs = X if isinstance(X, list) else list(X)
     for s in specs:

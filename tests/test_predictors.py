@@ -391,6 +391,20 @@ def test_an_identity_keeps_its_own_time_but_adds_nothing_to_a_network():
         assert model.predict_network(space, arch) == pytest.approx(float(model.correct(total)), rel=1e-12)
 
 
+def test_lists_tuples_and_object_arrays_are_taken_where_arrays_are():
+    specs, y = device_table("raspi4")
+    model = LatencyPredictor(GBDTPredictor(n_estimators=5)).fit(specs, y)
+    ops = get_space("fbnet-cifar").network([0] * 22).ops
+    expected = model.predict_ops(list(ops))
+    as_objects = np.array(ops, dtype=object)  # e.g. after selecting ops with a numpy mask
+    np.testing.assert_allclose(model.predict_ops(as_objects), expected)
+    np.testing.assert_allclose(model.gbdt_.predict(as_objects), model.gbdt_.predict(list(ops)))
+    assert model.predict_network(as_objects) == model.predict_network(list(ops))
+    corr = NetworkCorrection("affine").fit([1.0, 2.0, 3.0, 4.0], [1.1, 2.2, 3.1, 4.3])
+    np.testing.assert_allclose(corr.predict([5.0, 6.0]), corr.predict(np.array([5.0, 6.0])))
+    assert corr.predict((5.0,)).shape == (1,)
+
+
 def test_the_lut_sum_baseline_adds_nothing_for_an_identity_as_the_predictor_does():
     from latbench.spaces import get_space
     from predictors.selection import lut_sum_baseline
