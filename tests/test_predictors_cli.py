@@ -163,6 +163,21 @@ def test_keys_with_fewer_rounds_are_noted_and_show_no_spread(latbench_home, latb
     assert all(r["round_spread"] > 0 for r in rows if r["key"] != ops[0].key)
 
 
+def test_low_coverage_of_an_imported_device_says_to_import_not_to_collect(latbench_home, latbench_cli,
+                                                                           tmp_path):
+    from latbench.spaces import get_space
+
+    ops = get_space("fbnet-cifar").ops()[:12]
+    (tmp_path / "few.csv").write_text("key,median_ms\n" + "".join(f"{op.key},{1 + i / 10}\n"
+                                                                  for i, op in enumerate(ops)))
+    assert latbench_cli("import", str(tmp_path / "few.csv"), "--device", "board").returncode == 0
+    fit = latbench_cli("fit-predictor", "--device", "board", "--no-select")
+    assert fit.returncode == 0, fit.stderr
+    assert "of fbnet-cifar's ops are measured" in fit.stderr
+    assert "latbench import ... --device board --source csv-few" in fit.stderr
+    assert "latbench collect" not in fit.stderr  # an imported device has no profile to collect with
+
+
 def test_fit_predictor_without_a_database(latbench_cli):
     done = latbench_cli("fit-predictor", "--device", "local")
     assert done.returncode == 1 and "no measurements yet" in done.stderr

@@ -229,10 +229,12 @@ def _notes(predictor, data, coverage, directory, args, ctx, summed, stderr_only:
 
     output.note(f"coverage: {coverage}")
     if coverage.fraction < 0.5:
+        how = (f"import the device's measurements of the other ops (`latbench import ... --device "
+               f"{args.device} --source {ctx.runtime_version}`)" if ctx.runtime == "imported" else
+               f"measure the space (`latbench collect --device {args.device} --space {coverage.space}`)")
         output.note(f"note: {coverage.fraction:.0%} of {coverage.space}'s ops are measured: the GBDT predicts the "
-                    f"other {len(coverage.missing)} from {len(data.specs)} ops, beyond what it has seen; measure "
-                    f"the space (`latbench collect --device {args.device} --space {coverage.space}`) before "
-                    "trusting its network predictions")
+                    f"other {len(coverage.missing)} from {len(data.specs)} ops, beyond what it has seen; {how} "
+                    "before trusting its network predictions")
     output.note(predictor.describe())
     if not data.networks:
         output.note(f"note: no measured networks for {args.device}: a network's latency is the plain "
