@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import re
 import shutil
@@ -104,6 +105,7 @@ def save(predictor: LatencyPredictor, directory: Path, *, info: dict,
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 700: others sharing the home could not load it
         for name, data in {**files, **reports, MANIFEST: _json_bytes(manifest)}.items():
             (tmp / name).write_bytes(data)
         old = None
@@ -118,6 +120,12 @@ def save(predictor: LatencyPredictor, directory: Path, *, info: dict,
         raise ArtifactError(f"cannot write the predictor to {directory}: {exc.strerror or exc}",
                             "check permissions or set LATBENCH_HOME to a writable directory") from None
     return directory
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def fit_command(name: str) -> str:

@@ -41,7 +41,11 @@ class CostModel:
             return specs_or_space.ops
         if hasattr(specs_or_space, "network"):
             raise TypeError("predict_network(space, arch): give the arch of the space")
-        return list(specs_or_space)
+        specs = list(specs_or_space)
+        if specs and isinstance(specs[0], (int, np.integer)):
+            raise TypeError("predict_network got a list of ints: for an arch, give its space too, "
+                            "predict_network(space, arch); for ops, give a list of OpSpec")
+        return specs
 
     def network_op_costs(self, specs: Sequence[OpSpec]) -> np.ndarray:
         """What each op adds to a network it is part of; the op's own cost unless a model
@@ -80,4 +84,7 @@ def as_space(space):
         from latbench.spaces import get_space
 
         return get_space(space)
+    if not hasattr(space, "candidate_op"):
+        raise TypeError(f"expected a search space or its name (such as 'fbnet-cifar'); "
+                        f"got {type(space).__name__}")
     return space

@@ -215,6 +215,14 @@ def test_a_reimport_with_other_values_says_that_the_stored_ones_were_kept(latben
     assert (summary["stored_new"], summary["already_stored"], summary["already_stored_differing"]) == (0, 1, 0)
 
 
+def test_values_that_look_like_seconds_get_a_note(latbench_home, latbench_cli, tmp_path):
+    seconds = _write(tmp_path / "secs.csv", f"kind,cin,h,w,cout,kernel,median_ms\n{_OP},0.0003\n")
+    done = latbench_cli("import", str(seconds), "--device", "ph", "--dry-run")
+    assert done.returncode == 0 and "every median_ms is below 0.01 ms (the largest is 0.0003)" in done.stderr
+    millis = _write(tmp_path / "ms.csv", f"kind,cin,h,w,cout,kernel,median_ms\n{_OP},0.3\n")
+    assert "below 0.01 ms" not in latbench_cli("import", str(millis), "--device", "ph", "--dry-run").stderr
+
+
 def test_an_import_does_not_hide_the_devices_other_table(latbench_home, latbench_cli, tmp_path):
     done = latbench_cli("import", str(BLOCKS), "--device", "pi", "--source-device", "raspi4")
     assert done.returncode == 0, done.stderr

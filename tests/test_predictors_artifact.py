@@ -96,6 +96,17 @@ def test_a_folder_copied_anywhere_loads_by_its_path(fitted, saved, tmp_path, lat
         predictors.load(tmp_path / "nothing")
 
 
+def test_the_folder_is_readable_by_others_as_the_umask_allows(fitted, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        folder = artifact.save(fitted, tmp_path / "shared", info=INFO)
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 700
+
+
 def test_saving_again_replaces_the_artifact_whole(fitted, saved):
     (saved / "stray.txt").write_text("left over")
     artifact.save(fitted, saved, info=INFO)
@@ -235,3 +246,10 @@ def test_loading_a_fitted_predictor_needs_no_torch(saved, tmp_path):
             "assert not bad, bad\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_an_arch_without_its_space_or_a_non_space_is_a_clear_type_error(fitted):
+    with pytest.raises(TypeError, match=r"give its space too, predict_network\(space, arch\)"):
+        fitted.predict_network([0] * 22)
+    with pytest.raises(TypeError, match="expected a search space or its name.*got int"):
+        fitted.cost_table(3)

@@ -59,6 +59,7 @@ def test_fit_without_networks_saves_a_loadable_plain_sum_predictor(imported, lat
     specs = [OpSpec.from_key(r["key"]) for r in rows]
     np.testing.assert_array_equal(model.predict_ops(specs), [r["median_ms"] for r in rows])
     assert model.info_["runtime_version"] == "pi-tables" and model.info_["device"] == "pi"
+    assert model.info_["units"] == {}  # farm units only; a plain collection has none
 
 
 def test_fit_with_networks_reports_held_out_networks_and_baselines(imported, latbench_cli):

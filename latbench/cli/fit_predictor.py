@@ -144,7 +144,7 @@ def run(args) -> int:
         net_eval = _network_eval(predictor, data, args, selection, summed)
     coverage = predictor.lut_.coverage(space)
     report = {
-        "device": args.device, "unit": args.unit, "units": units if args.unit is None else
+        "device": args.device, "unit": args.unit, "units": farm_units if args.unit is None else
         {args.unit: units[args.unit]}, "table": ctx.table_id, "runtime": ctx.runtime,
         "runtime_version": ctx.runtime_version, "settings_hash": ctx.settings_hash, "settings": info.settings, "space": space.name,
         "ops": len(data.specs), "networks": len(data.networks),

@@ -64,6 +64,10 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
 
+#: No whole table of real ops is this fast: below it, the values are likely in seconds.
+TINY_MS = 0.01
+
+
 def run(args) -> int:
     from latbench import home, importers
     from latbench.ops import is_network_key
@@ -104,6 +108,11 @@ def run(args) -> int:
                 f"{output.plural(result.networks, 'network')}) from {args.file} (format {result.format}) for "
                 f"device {args.device} as source {result.source}"
                 + ("" if args.dry_run else f"; {summary['stored_new']} new"))
+    largest_ms = max((r["median_ms"] for r in result.rows), default=None)
+    if largest_ms is not None and largest_ms < TINY_MS:
+        output.note(f"note: every median_ms is below {TINY_MS:g} ms (the largest is {largest_ms:.3g}): if the "
+                    "file holds seconds or another unit, convert it to milliseconds and import it again "
+                    "under another --device")
     if result.details.get("ignored_columns"):
         output.note(f"ignored columns (not in the schema): {', '.join(result.details['ignored_columns'])}")
     if not args.dry_run and summary["already_stored_differing"]:
