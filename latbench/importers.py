@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from latbench.errors import LatbenchError, UsageError
+from latbench.errors import LatbenchError, UsageError, did_you_mean
 from latbench.ops import KINDS, Network, OpSpec, is_network_key
 
 FORMATS = ("csv", "hwnasbench", "help")
@@ -299,7 +299,8 @@ def read_hwnasbench(path: Path, source_device: str | None) -> Imported:
         source_device = devices[0]
     if source_device not in devices:
         raise UsageError(f"no rows of device {source_device!r} in {path}",
-                         f"devices in the file: {', '.join(devices)}")
+                         " ".join(filter(None, (did_you_mean(source_device, devices),
+                                                f"devices in the file: {', '.join(devices)}"))))
     out = []
     for line, row in rows:
         if row["device"] != source_device:
@@ -357,7 +358,8 @@ def read_help(path: Path, column: str | None, space_name: str = "fbnet-cifar") -
         raise UsageError(f"pick the latency column of {path} with --column",
                          f"columns: {', '.join(columns)}")
     if column not in columns:
-        raise UsageError(f"no column {column!r} in {path}", f"columns: {', '.join(columns)}")
+        raise UsageError(f"no column {column!r} in {path}",
+                         " ".join(filter(None, (did_you_mean(column, columns), f"columns: {', '.join(columns)}"))))
     space = get_space(space_name)
     out, empty = [], 0
     for line, row in rows:

@@ -56,6 +56,8 @@ def test_hwnasbench_needs_a_source_device_when_the_file_has_several():
     assert "--source-device" in str(info.value)
     with pytest.raises(UsageError, match="no rows of device 'pixel9'"):
         importers.read(BLOCKS, source_device="pixel9")
+    with pytest.raises(UsageError, match="did you mean 'raspi4'"):
+        importers.read(BLOCKS, source_device="raspi")
 
 
 def test_help_column_becomes_whole_networks_of_fbnet_cifar():
@@ -71,6 +73,8 @@ def test_help_column_becomes_whole_networks_of_fbnet_cifar():
     assert "pixel2" in str(info.value)
     with pytest.raises(UsageError, match="no column 'pixel3'"):
         importers.read(NETWORKS, column="pixel3")
+    with pytest.raises(UsageError, match="did you mean 'pixel2'"):
+        importers.read(NETWORKS, column="pixl2")
 
 
 def _write(path: Path, text: str) -> Path:
