@@ -113,6 +113,7 @@ class Collector:
 
         self._stack = ExitStack()
         try:
+            self._stop_on_sigterm()
             if self.lock:
                 self._stack.enter_context(device_lock(self.profile))
             self.transport.connect()
@@ -125,6 +126,26 @@ class Collector:
 
     def __exit__(self, *exc) -> None:
         self._stack.close()
+
+    def _stop_on_sigterm(self) -> None:
+        """While open, SIGTERM (`kill PID`, a job scheduler, systemd) stops collection as Ctrl-C
+        does: the runner in flight is killed and reaped before the hardware lock is released.
+        By default SIGTERM ends this process at once and the runner goes on timing an op, with
+        the lock already free, so a collection started next times it as load."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers (a farm or test thread keeps its own)
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous not in (signal.SIG_DFL, None):
+            return  # someone else's handler: leave it be
+
+        def on_sigterm(signum, frame):
+            raise KeyboardInterrupt("SIGTERM")
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        self._stack.callback(signal.signal, signal.SIGTERM, previous)
 
     def plan(self, items: Sequence[Item], runner_info: dict | None = None) -> Plan:
         """What is missing in the store for `items`. `runner_info` (a runner's info()) is asked

@@ -377,3 +377,53 @@ def test_the_lock_file_is_never_opened_through_a_link(tmp_path):
     with pytest.raises(LatbenchError, match="is not a folder of this user"):
         with device_lock(load_profile("local"), tmp_path / "linked"):
             pass
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = open(f"/proc/{pid}/task/{pid}/children").read()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not gone and not a zombie."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+def test_sigterm_stops_the_runner_too_and_says_cancelled(warm_home, make_profile):
+    """`kill PID` of a collect (a scheduler's stop) must not leave its runner timing on, unlocked."""
+    name = make_profile("termme", protocol={"batch_size": 3, "rounds": 1, "runs": 5, "min_time_s": 4.0,
+                                            "max_runs": 10_000_000})
+    argv = [sys.executable, "-m", "latbench", "collect", "--device", name, "--limit", "3"]
+    log = warm_home / "collect.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ),
+                                start_new_session=True)
+        runner = []
+        try:
+            deadline = time.monotonic() + 60
+            while not runner:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "no runner started within 60 s"
+                runner = _children(proc.pid)
+                time.sleep(0.05)
+            time.sleep(0.5)
+            os.kill(proc.pid, signal.SIGTERM)  # the collect alone, not its process group
+            proc.wait(timeout=30)
+            time.sleep(0.3)
+            assert not any(_alive(c) for c in runner), "the runner outlived its collect"
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            for c in runner:
+                if _alive(c):
+                    os.kill(c, signal.SIGKILL)
+    assert proc.returncode == 130, log.read_text()
+    assert "latbench: cancelled" in log.read_text()
