@@ -379,12 +379,21 @@ def test_the_lock_file_is_never_opened_through_a_link(tmp_path):
             pass
 
 
-def _children(pid: int) -> list[int]:
+def _runners(pid: int) -> list[int]:
+    """Children of `pid` that time a batch (`pyrunner.py run ...`; not its `info` or `state`)."""
     try:
-        text = open(f"/proc/{pid}/task/{pid}/children").read()
+        children = [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
     except OSError:
         return []
-    return [int(c) for c in text.split()]
+    found = []
+    for child in children:
+        try:
+            argv = open(f"/proc/{child}/cmdline").read().split("\0")
+        except OSError:
+            continue
+        if "run" in argv and any(a.endswith("pyrunner.py") for a in argv):
+            found.append(child)
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -411,9 +420,9 @@ def test_sigterm_stops_the_runner_too_and_says_cancelled(warm_home, make_profile
             while not runner:
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, "no runner started within 60 s"
-                runner = _children(proc.pid)
+                runner = _runners(proc.pid)
                 time.sleep(0.05)
-            time.sleep(0.5)
+            time.sleep(2.0)  # the runner has imported its runtime and is timing the first op (4 s)
             os.kill(proc.pid, signal.SIGTERM)  # the collect alone, not its process group
             proc.wait(timeout=30)
             time.sleep(0.3)
