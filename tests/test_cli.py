@@ -103,6 +103,42 @@ def collected(warm_home, fast_profile, cli):
         return info, store.table(info.context)
 
 
+def stored_columns(rows: list[dict]) -> list[dict]:
+    """lut rows less what lut adds to the store's table (rel_iqr, noisy)."""
+    return [{k: v for k, v in r.items() if k not in ("rel_iqr", "noisy")} for r in rows]
+
+
+def test_lut_shows_each_keys_noise_from_its_raw_samples(cli, collected, fast_profile):
+    """rel_iqr: the median over rounds of IQR / median of each round's raw samples; noisy: > 10%."""
+    import numpy as np
+
+    info, _ = collected
+    code, out, _ = cli("lut", "--device", fast_profile, "--json")
+    assert code == 0
+    rows = json.loads(out)["rows"]
+    with Store(home.db_path()) as store:
+        for row in rows:
+            ratios = []
+            for rnd in range(row["rounds"]):
+                x = store.samples(info.context, row["key"], rnd)
+                q1, med, q3 = np.percentile(x, [25, 50, 75])
+                ratios.append((q3 - q1) / med)
+            assert row["rel_iqr"] == pytest.approx(float(np.median(ratios)), rel=1e-12)
+            assert row["noisy"] is (row["rel_iqr"] > 0.10)
+    code, out, _ = cli("lut", "--device", fast_profile)
+    assert code == 0 and "rel_iqr" in out and "noisy" in out
+
+
+def test_lut_csv_rows_say_where_they_came_from(cli, collected, fast_profile):
+    info, _ = collected
+    code, out, _ = cli("lut", "--device", fast_profile, "--csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rows and all(r["device"] == fast_profile and r["table"] == info.context.table_id
+                        and r["runtime"] == info.context.runtime_label and r["threads"] == "1"
+                        and r["rel_iqr"] and r["noisy"] in ("True", "False") for r in rows)
+
+
 def test_lut_csv_matches_the_store(cli, collected, fast_profile):
     _, table = collected
     code, out, _ = cli("lut", "--device", fast_profile, "--csv")
@@ -122,7 +158,7 @@ def test_lut_json_matches_the_store_and_names_its_context(cli, collected, fast_p
     code, out, err = cli("lut", "--device", fast_profile, "--json", "--out", str(out_file))
     assert code == 0 and out == "" and "wrote 3 rows" in err
     data = json.loads(out_file.read_text())
-    assert data["rows"] == table
+    assert stored_columns(data["rows"]) == table
     assert data["device"] == fast_profile
     assert data["runtime_version"] == info.context.runtime_version
     assert data["settings_hash"] == info.context.settings_hash and data["table"] == info.context.table_id
@@ -146,7 +182,7 @@ def test_lut_out_without_a_format_writes_the_file_by_its_name(cli, collected, fa
     assert [r["key"] for r in csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text()))] == \
         [r["key"] for r in table]
     code, _, _ = cli("lut", "--device", fast_profile, "--out", str(tmp_path / "t.json"))
-    assert code == 0 and json.loads((tmp_path / "t.json").read_text())["rows"] == table
+    assert code == 0 and stored_columns(json.loads((tmp_path / "t.json").read_text())["rows"]) == table
 
 
 def test_lut_kind_filters_rows(cli, collected, fast_profile):
@@ -169,7 +205,7 @@ def test_lut_reads_the_table_of_the_profiles_current_settings(cli, collected, fa
     write_profile(latbench_home, fast_profile)  # back to 1 thread: its 3 keys, not the newest 1
     code, out, err = cli("lut", "--device", fast_profile, "--json")
     assert code == 0 and json.loads(out)["table"] == info.context.table_id
-    assert json.loads(out)["rows"] == table
+    assert stored_columns(json.loads(out)["rows"]) == table
     write_profile(latbench_home, fast_profile, threads=4)  # never measured: the newest
     code, out, err = cli("lut", "--device", fast_profile, "--json")
     assert json.loads(out)["settings"]["threads"] == 2 and "no table of" in err and "is the newest of 2" in " ".join(err.split())

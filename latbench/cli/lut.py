@@ -8,10 +8,15 @@ import io
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from latbench.cli import output
 from latbench.errors import UsageError
 
-COLUMNS = ["key", "kind", "median_ms", "p10_ms", "p90_ms", "round_spread", "rounds", "count"]
+COLUMNS = ["key", "kind", "median_ms", "p10_ms", "p90_ms", "round_spread", "rounds", "count", "rel_iqr", "noisy"]
+#: Where each CSV row came from (a CSV has no header block to say it once): the table id names
+#: the full settings in `latbench lut --tables`.
+CSV_PROVENANCE = ["device", "runtime", "table", "threads"]
 EXAMPLES = """\
 examples:
   latbench lut --device local                  # a table on the terminal
@@ -24,7 +29,12 @@ A device has one table per runtime version and measurement settings (threads, pr
 cores); rows come from the newest table measured with the profile's current settings (else
 the newest) unless --table names another by the id --tables prints (a prefix is enough).
 median_ms is the median over rounds of each round's median, round_spread is (max - min) /
-median of those round medians (empty for a key measured in one round only)."""
+median of those round medians (empty for a key measured in one round only): how far apart
+repeated measurements of the key came out, the number to read for reproducibility. rel_iqr is
+the median over rounds of each round's IQR / median of its raw samples, noisy is rel_iqr > 10%
+(as `collect` counts noisy measurements); both are empty for a table without raw samples
+(imported, or a tool that printed statistics only). --csv adds device, runtime, table and
+threads to every row."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -54,6 +64,7 @@ def run(args) -> int:
     current = profile_settings(args.device)
     current_hash = DeviceProfile.settings_hash(current) if current is not None else None
     info, rows, n_tables = device_table(args.device, args.table, settings_hash=current_hash, unit=args.unit)
+    rows = _with_noise(info.context, rows, args.unit)
     choice = table_choice_note(args.device, info, n_tables, current, picked=args.table is not None)
     if choice:
         output.note(choice)
@@ -67,8 +78,31 @@ def run(args) -> int:
     ctx = info.context
     title = (f"{ctx.device}" + (f" (unit {args.unit} alone)" if args.unit else "")
              + f": table {ctx.table_id}, {ctx.runtime_label}{_header(info.settings)}, {len(rows)} keys")
+    provenance = {"device": ctx.device, "runtime": ctx.runtime_label, "table": ctx.table_id,
+                  "threads": info.settings.get("threads", "")}
     return _emit(args, title, COLUMNS, rows, lambda: _json(ctx, info.settings, rows, args.unit),
-                 f"{len(rows)} rows")
+                 f"{len(rows)} rows", csv_extra=provenance)
+
+
+def _with_noise(ctx, rows: list[dict], unit: str | None) -> list[dict]:
+    """`rows` with rel_iqr (median over rounds of IQR / median of the round's raw samples) and
+    noisy (rel_iqr above the noisy threshold); None for keys without raw samples."""
+    from latbench import home
+    from latbench.measurement import NOISY_IQR_RATIO
+    from latbench.store import Store
+
+    ratios: dict[str, list[float]] = {}
+    with Store(home.db_path()) as store:
+        for row in store.rows(ctx, unit=unit):
+            samples = store.samples(ctx, row.key, row.round)
+            if samples.size:
+                q1, med, q3 = np.percentile(samples, [25, 50, 75])
+                ratios.setdefault(row.key, []).append(float((q3 - q1) / med) if med > 0 else float("inf"))
+    out = []
+    for r in rows:
+        rel = float(np.median(ratios[r["key"]])) if r["key"] in ratios else None
+        out.append({**r, "rel_iqr": rel, "noisy": None if rel is None else rel > NOISY_IQR_RATIO})
+    return out
 
 
 TABLE_COLUMNS = ["table", "runtime", "setup", "protocol", "ops", "networks", "measurements",
@@ -99,9 +133,10 @@ def _list_tables(args) -> int:
                  output.plural(len(rows), "table"))
 
 
-def _emit(args, title: str, columns: list[str], rows: list[dict], json_text, what: str) -> int:
+def _emit(args, title: str, columns: list[str], rows: list[dict], json_text, what: str,
+          csv_extra: dict | None = None) -> int:
     """`rows` as a table on the terminal, or as --json (`json_text()`) or --csv on stdout or
-    into --out."""
+    into --out; `csv_extra` (column -> value) is added to every CSV row."""
     if not (args.json or args.csv or args.out):
         output.table(title, columns, [[r[c] for c in columns] for r in rows])
         return 0
@@ -109,9 +144,10 @@ def _emit(args, title: str, columns: list[str], rows: list[dict], json_text, wha
         text = json_text()
     else:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        extra = csv_extra or {}
+        writer = csv.DictWriter(buf, fieldnames=columns + list(extra), lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**r, **extra} for r in rows)
         text = buf.getvalue()
     if args.out:
         try:
