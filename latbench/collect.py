@@ -58,6 +58,16 @@ class Report:
     # that fail alone (export, or the runtime rejects the model) are in `failed`, not here.
     unmeasured: int = 0
     stopped: str | None = None  # why collection stopped before the end of the plan
+    # Reproducibility: per key of the plan measured in 2+ rounds, (max - min) / median of its
+    # round medians (as `lut`'s round_spread). Within-round figures (IQR, the stop rule's CI)
+    # miss drift between rounds, which on a shared or throttling machine is the larger error.
+    round_spreads: list[float] = field(default_factory=list)
+    cpus: list | None = None  # the cores the runner reported it could run on
+    max_load_1m: float | None = None  # the device's 1-minute load average, highest seen
+
+    @property
+    def unstable(self) -> int:
+        return sum(1 for r in self.round_spreads if r > 0.10)
 
     @property
     def noisy(self) -> int:
@@ -71,6 +81,10 @@ class Report:
             "median_relative_iqr": float(np.median(self.relative_iqrs)) if self.relative_iqrs else None,
             "max_temperature_c": self.max_temperature_c,
             "unmeasured": self.unmeasured, "stopped": self.stopped,
+            "median_round_spread": float(np.median(self.round_spreads)) if self.round_spreads else None,
+            "max_round_spread": max(self.round_spreads) if self.round_spreads else None,
+            "round_spread_over_10pct": self.unstable, "keys_with_rounds": len(self.round_spreads),
+            "cpus": self.cpus, "max_load_1m": self.max_load_1m,
         }
 
 
@@ -201,6 +215,8 @@ class Collector:
                                   f"misconfigured; {len(batches) - i - 1} batch(es) were not tried")
                 break
         report.unmeasured = self.count_unmeasured(plan, paths)
+        report.round_spreads = [row["round_spread"] for row in self.store.table(plan.context)
+                                if row["key"] in plan.items and row["round_spread"] is not None]
         report.wall_s = time.perf_counter() - start
         return report
 
@@ -281,6 +297,11 @@ class Collector:
         """Store what one runner invocation produced (here or on a farm agent); returns the
         (key, round) pairs of `ids` still to measure."""
         state = (output.start or {}).get("state") or {}
+        for seen in (state, (output.end or {}).get("state") or {}):
+            if isinstance(seen.get("load_1m"), (int, float)):
+                report.max_load_1m = max(seen["load_1m"], report.max_load_1m or seen["load_1m"])
+        if (output.start or {}).get("cpus"):
+            report.cpus = output.start["cpus"]
         if temp is None:
             temp = state.get("max_temperature_c")
         results, remaining, estimated = [], [], {}

@@ -105,6 +105,27 @@ def test_collect_measures_then_measures_nothing_more_then_only_a_new_round(fast_
     assert after[:6] == rows and {r[2] for r in after[6:]} == {2}
 
 
+def test_the_report_says_how_reproducible_the_rounds_were_and_where_they_ran(fast_profile):
+    """Round spread (what `lut` shows per key), the cores and the load, in the summary."""
+    import numpy as np
+
+    items = SPACE.ops()[:3]
+    plan, report = collect(fast_profile, items)  # 2 rounds
+    with Store(home.db_path()) as store:
+        rows = store.rows(store.latest_context(fast_profile).context)
+    spreads = []
+    for op in items:
+        medians = np.array([r.median_ms for r in rows if r.key == op.key])
+        spreads.append((medians.max() - medians.min()) / np.median(medians))
+    summary = report.to_dict()
+    assert summary["keys_with_rounds"] == 3
+    assert summary["median_round_spread"] == pytest.approx(float(np.median(spreads)))
+    assert summary["max_round_spread"] == pytest.approx(max(spreads))
+    assert summary["round_spread_over_10pct"] == sum(s > 0.10 for s in spreads)
+    assert summary["cpus"] == sorted(os.sched_getaffinity(0))
+    assert isinstance(summary["max_load_1m"], float)
+
+
 def test_an_op_that_cannot_be_exported_is_reported_and_the_rest_measured(fast_profile):
     bad = OpSpec("fc", 16, 1, 1, 10, activation="none", dtype="int8")
     items = [SPACE.ops()[3], bad]
