@@ -64,6 +64,9 @@ class Report:
     round_spreads: list[float] = field(default_factory=list)
     cpus: list | None = None  # the cores the runner reported it could run on
     max_load_1m: float | None = None  # the device's 1-minute load average, highest seen
+    # Measurements whose samples' median is not known to within the protocol's rel_ci: the stop
+    # rule ran out of max_runs or max_time_s first (0 when rel_ci is 0).
+    short_of_ci: int = 0
 
     @property
     def unstable(self) -> int:
@@ -84,7 +87,7 @@ class Report:
             "median_round_spread": float(np.median(self.round_spreads)) if self.round_spreads else None,
             "max_round_spread": max(self.round_spreads) if self.round_spreads else None,
             "round_spread_over_10pct": self.unstable, "keys_with_rounds": len(self.round_spreads),
-            "cpus": self.cpus, "max_load_1m": self.max_load_1m,
+            "cpus": self.cpus, "max_load_1m": self.max_load_1m, "short_of_rel_ci": self.short_of_ci,
         }
 
 
@@ -323,6 +326,11 @@ class Collector:
             if getattr(m, "estimated", ()):
                 estimated[key] = list(m.estimated)
             report.relative_iqrs.append(m.relative_iqr)
+            rel_ci = self.profile.protocol.rel_ci
+            if rel_ci > 0 and m.samples_ms.size and self.profile.runner == "python":
+                from latbench.runners.pyrunner import median_rel_ci  # the runner's own stop test
+
+                report.short_of_ci += median_rel_ci(m.samples_ms.tolist()) > rel_ci
             results.append((key, rnd, kind_of(plan.items[key]), m,
                             {"position": position, "temperature_c": temp}))
         if output.error is None and not remaining:

@@ -126,6 +126,13 @@ def test_the_report_says_how_reproducible_the_rounds_were_and_where_they_ran(fas
     assert isinstance(summary["max_load_1m"], float)
 
 
+def test_the_report_counts_measurements_the_stop_rule_left_short_of_rel_ci(make_profile):
+    """max_runs 30 cannot pin a median to +-0.01%: every measurement stops short, and says so."""
+    name = make_profile("short", protocol={"rel_ci": 0.0001, "max_runs": 30, "max_time_s": 0.5})
+    _, report = collect(name, SPACE.ops()[:2])
+    assert report.measured == 4 and report.to_dict()["short_of_rel_ci"] == 4
+
+
 def test_an_op_that_cannot_be_exported_is_reported_and_the_rest_measured(fast_profile):
     bad = OpSpec("fc", 16, 1, 1, 10, activation="none", dtype="int8")
     items = [SPACE.ops()[3], bad]
