@@ -16,12 +16,16 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from latbench.errors import DeviceError, ExportError
-from latbench.measurement import Measurement, ReportedMeasurement
+from latbench.measurement import NOISY_IQR_RATIO, Measurement, ReportedMeasurement
 from latbench.ops import Network, OpSpec
 from latbench.profiles import DeviceProfile
 from latbench.store import Context, Store
 from latbench.runners.base import BatchItem, BatchOutput, make_runner
 from latbench.transports import open_transport
+
+#: A key whose round medians differ by more than this share of their median did not reproduce
+#: within the collection (the device drifted between batches).
+UNSTABLE_ROUND_SPREAD = 0.10
 
 Item = Union[OpSpec, Network]
 #: on_event(stage, done, total, info): stage is "export" or "measure".
@@ -70,11 +74,11 @@ class Report:
 
     @property
     def unstable(self) -> int:
-        return sum(1 for r in self.round_spreads if r > 0.10)
+        return sum(1 for r in self.round_spreads if r > UNSTABLE_ROUND_SPREAD)
 
     @property
     def noisy(self) -> int:
-        return sum(1 for r in self.relative_iqrs if r > 0.10)
+        return sum(1 for r in self.relative_iqrs if r > NOISY_IQR_RATIO)
 
     def to_dict(self) -> dict:
         return {
@@ -218,10 +222,14 @@ class Collector:
                                   f"misconfigured; {len(batches) - i - 1} batch(es) were not tried")
                 break
         report.unmeasured = self.count_unmeasured(plan, paths)
-        report.round_spreads = [row["round_spread"] for row in self.store.table(plan.context)
-                                if row["key"] in plan.items and row["round_spread"] is not None]
+        report.round_spreads = self.round_spreads(plan)
         report.wall_s = time.perf_counter() - start
         return report
+
+    def round_spreads(self, plan: Plan) -> list[float]:
+        """Round spread of each key of the plan measured in 2+ rounds (as `lut` shows it)."""
+        return [row["round_spread"] for row in self.store.table(plan.context)
+                if row["key"] in plan.items and row["round_spread"] is not None]
 
     def count_unmeasured(self, plan: Plan, paths: dict[str, Path]) -> int:
         """Planned (key, round) pairs still not in the store, of ops that exported and did not

@@ -64,7 +64,8 @@ class Protocol:
 def describe_timing(timing: dict) -> str:
     """A stored protocol (`Protocol.timing()`) in words, every field that changes a table:
     "warm-up >= 10 runs and 0.01 s; timed >= 20 runs and 0.025 s (max 5000), then on until
-    the median is within +-0.5% (95% CI) or 0.5 s"."""
+    the round's median is within +-0.5% (95% CI of its samples) or 0.5 s". That interval is one
+    round's: drift between rounds is what `round_spread` shows."""
     def g(key: str) -> str:  # a table stored by an older latbench may lack a field
         value = timing.get(key)
         return "?" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
@@ -72,7 +73,8 @@ def describe_timing(timing: dict) -> str:
     text = (f"warm-up >= {g('warmup_runs')} runs and {g('warmup_s')} s; timed >= {g('runs')} runs and "
             f"{g('min_time_s')} s (max {g('max_runs')})")
     if timing.get("rel_ci"):
-        text += f", then on until the median is within +-{100 * timing['rel_ci']:g}% (95% CI) or {g('max_time_s')} s"
+        text += (f", then on until the round's median is within +-{100 * timing['rel_ci']:g}% "
+                 f"(95% CI of its samples) or {g('max_time_s')} s")
     return text
 
 

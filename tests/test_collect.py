@@ -133,6 +133,24 @@ def test_the_report_counts_measurements_the_stop_rule_left_short_of_rel_ci(make_
     assert report.measured == 4 and report.to_dict()["short_of_rel_ci"] == 4
 
 
+def test_the_summary_says_when_rounds_disagree_and_when_the_stop_rule_fell_short(make_profile):
+    from latbench.cli.collect import _trust_notes
+    from latbench.collect import Report
+    from latbench.profiles import load_profile
+
+    profile = load_profile(make_profile("trust", protocol={"rel_ci": 0.005}))
+    quiet = Report(planned=4, already=0, round_spreads=[0.01, 0.03, 0.02])
+    assert _trust_notes(quiet, profile) == [
+        "reproducibility: rounds of a key differ by 2.0% (median round spread, max 3.0%) over 3 keys"]
+    drifting = Report(planned=4, already=0, round_spreads=[0.02, 0.25, 0.30], max_load_1m=2.5, cpus=[0, 1],
+                      short_of_ci=3)
+    first, second = _trust_notes(drifting, profile)
+    assert "2 differ by over 10%: the device drifted between batches; the highest 1-minute load seen was " \
+           "2.5 on 2 usable cores" in first
+    assert second.startswith("3 measurement(s) reached max_runs or max_time_s before their median was within +-0.5%")
+    assert _trust_notes(Report(planned=1, already=0), profile) == []  # one round: nothing to compare
+
+
 def test_an_op_that_cannot_be_exported_is_reported_and_the_rest_measured(fast_profile):
     bad = OpSpec("fc", 16, 1, 1, 10, activation="none", dtype="int8")
     items = [SPACE.ops()[3], bad]

@@ -126,6 +126,8 @@ def run(args) -> int:
             + (f"; median IQR/median {iqr:.1%}, noisy (IQR/median > 10%) {report.noisy} of "
                f"{len(report.relative_iqrs)} measurements" if iqr is not None else "")
             + (f"; max temperature {report.max_temperature_c:.0f} C" if report.max_temperature_c else ""))
+        for line in _trust_notes(report, profile):
+            output.note(line)
         for unit, info in getattr(report, "units", {}).items():  # a farm's units that dropped out
             if info.get("lost"):
                 output.note(f"lost unit {unit}: {info['lost']}; what it had not measured went to the units left")
@@ -144,3 +146,30 @@ def run(args) -> int:
     # listed and left out, unless nothing at all was measured.
     nothing = bool(report.failed) and not report.measured and report.planned > 0
     return 1 if report.unmeasured or nothing else 0
+
+
+def _trust_notes(report, profile) -> list[str]:
+    """How far to trust the numbers: rounds that disagree (drift between batches, which no
+    within-round figure shows) and rounds the stop rule left short of its interval."""
+    import numpy as np
+
+    from latbench.collect import UNSTABLE_ROUND_SPREAD
+
+    lines = []
+    spreads = report.round_spreads
+    if spreads:
+        line = (f"reproducibility: rounds of a key differ by {np.median(spreads):.1%} (median round spread, "
+                f"max {max(spreads):.1%}) over {len(spreads)} keys")
+        if report.unstable:
+            load = ("" if report.max_load_1m is None else
+                    f"; the highest 1-minute load seen was {report.max_load_1m:.1f}"
+                    + (f" on {len(report.cpus)} usable cores" if report.cpus else ""))
+            line += (f"; {report.unstable} differ by over {UNSTABLE_ROUND_SPREAD:.0%}: the device drifted "
+                     f"between batches{load}. Quiet it (or pin cores with cpu_mask) and compare two "
+                     f"collections with benchmarks/stability.py before trusting small differences")
+        lines.append(line)
+    if report.short_of_ci:
+        rel_ci = profile.protocol.rel_ci
+        lines.append(f"{report.short_of_ci} measurement(s) reached max_runs or max_time_s before their median was "
+                     f"within +-{100 * rel_ci:g}%; raise protocol.max_time_s to time them longer")
+    return lines

@@ -272,6 +272,7 @@ class FarmCollector(Collector):
                 break
             batches = plan_batches(missing, self.profile.protocol.batch_size, self.profile.protocol.seed)
         report.unmeasured = self.count_unmeasured(plan, paths)
+        report.round_spreads = self.round_spreads(plan)
         report.wall_s = time.perf_counter() - start
         self._publish(deque(), {}, report)
         return report
