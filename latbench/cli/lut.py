@@ -28,7 +28,8 @@ examples:
 A device has one table per runtime version and measurement settings (threads, protocol,
 cores); rows come from the newest table measured with the profile's current settings (else
 the newest) unless --table names another by the id --tables prints (a prefix is enough).
-median_ms is the median over rounds of each round's median, round_spread is (max - min) /
+median_ms is the median over rounds of each round's median (p10_ms and p90_ms likewise of each
+round's p10 and p90), round_spread is (max - min) /
 median of those round medians (empty for a key measured in one round only): how far apart
 repeated measurements of the key came out, the number to read for reproducibility. rel_iqr is
 the median over rounds of each round's IQR / median of its raw samples, noisy is rel_iqr > 10%
