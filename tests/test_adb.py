@@ -346,6 +346,45 @@ def test_a_dropped_connection_fails_fast_and_the_next_call_reconnects(tmp_path, 
     assert peer.connections_seen == 2
 
 
+def test_a_silent_link_is_noticed_by_tcp_keepalive(tmp_path, peer, adb_key):
+    """A phone that leaves the Wi-Fi sends no FIN or RST, and a benchmark prints nothing for
+    minutes: without TCP keepalive a run waited its whole timeout (30 min in the templates)
+    before the retry. The socket probes the link, and a probe that times out (ETIMEDOUT from
+    recv) is a lost connection, not a timeout to raise."""
+    from latbench.transports import adb as adb_mod
+
+    with open_transport(make_profile(tmp_path, peer.address, adb_key)) as t:
+        t.run(["true"], 10)
+        sock = t._device._io_manager._transport._connection
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == adb_mod._KEEPALIVE_IDLE_S
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == adb_mod._KEEPALIVE_COUNT
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == adb_mod._SILENT_LINK_S * 1000
+        assert adb_mod._SILENT_LINK_S <= 60
+
+    a, b = socket.socketpair()
+    try:
+        b.sendall(b"x")  # readable, so adb-shell's select lets recv run
+
+        class DeadLink:
+            def fileno(self) -> int:
+                return a.fileno()
+
+            def recv(self, n: int) -> bytes:
+                raise TimeoutError(110, "Connection timed out")
+
+        transport = adb_mod._tcp_transport_class()("10.0.0.9", 5555)
+        transport._connection = DeadLink()
+        with pytest.raises(ConnectionAbortedError, match="10.0.0.9:5555 stopped answering"):
+            transport.bulk_read(4, 5)
+        transport._connection = None
+    finally:
+        a.close()
+        b.close()
+
+
 def test_two_connections_at_once(tmp_path, peer, adb_key):
     profile = make_profile(tmp_path, peer.address, adb_key)
     outs: dict[int, str] = {}

@@ -88,24 +88,66 @@ def _require_adb_shell() -> None:
                           "reinstall latbench (pip install -e .), or pip install adb-shell")
 
 
+#: TCP keepalive on the adb socket: a phone that leaves the Wi-Fi (or loses power) sends no
+#: FIN or RST, and a benchmark prints nothing for minutes, so without probes a run would wait
+#: its whole timeout (timeout_s, 30 min in the templates) before the retry. Probes after this
+#: many idle seconds, every _KEEPALIVE_INTERVAL_S, _KEEPALIVE_COUNT unanswered ones = gone.
+_KEEPALIVE_IDLE_S = 15
+_KEEPALIVE_INTERVAL_S = 5
+_KEEPALIVE_COUNT = 4
+#: The same bound for data the phone never acknowledges (TCP_USER_TIMEOUT, Linux).
+_SILENT_LINK_S = _KEEPALIVE_IDLE_S + _KEEPALIVE_INTERVAL_S * _KEEPALIVE_COUNT
+
+
+def _keep_alive(sock: socket.socket) -> None:
+    """Turn on TCP keepalive (and the unacknowledged-data timeout) where the OS has them."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", _KEEPALIVE_IDLE_S), ("TCP_KEEPALIVE", _KEEPALIVE_IDLE_S),
+                        ("TCP_KEEPINTVL", _KEEPALIVE_INTERVAL_S), ("TCP_KEEPCNT", _KEEPALIVE_COUNT),
+                        ("TCP_USER_TIMEOUT", _SILENT_LINK_S * 1000)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            except OSError:
+                pass
+
+
 @functools.cache
 def _tcp_transport_class():
-    """adb-shell's TCP transport with two fixes for long sessions: a connection closed by the
-    phone raises at once (adb-shell would spin on empty reads until its read timeout), and a
-    write sends every byte (its socket is non-blocking and a partial send went unnoticed)."""
+    """adb-shell's TCP transport with three fixes for long sessions: a connection closed by the
+    phone raises at once (adb-shell would spin on empty reads until its read timeout), a link
+    that went silent (Wi-Fi lost: no FIN, no RST) raises after about a minute of TCP keepalive
+    instead of after the run's whole timeout, and a write sends every byte (its socket is
+    non-blocking and a partial send went unnoticed)."""
     from adb_shell.transport.tcp_transport import TcpTransport
 
     class _TcpTransport(TcpTransport):
+        def connect(self, transport_timeout_s: float | None) -> None:
+            super().connect(transport_timeout_s)
+            _keep_alive(self._connection)
+
+        def _silent(self, exc: TimeoutError) -> ConnectionAbortedError:
+            return ConnectionAbortedError(
+                f"{self._host}:{self._port} stopped answering: no TCP acknowledgement for about "
+                f"{_SILENT_LINK_S} s (the phone left the network, slept or lost power)")
+
         def bulk_read(self, numbytes: int, transport_timeout_s: float | None) -> bytes:
-            data = super().bulk_read(numbytes, transport_timeout_s)
+            try:
+                data = super().bulk_read(numbytes, transport_timeout_s)
+            except TimeoutError as exc:  # ETIMEDOUT from recv: keepalive gave up (not adb-shell's own)
+                raise self._silent(exc) from exc
             if not data:
                 raise ConnectionResetError(f"{self._host}:{self._port} closed the connection")
             return data
 
         def bulk_write(self, data: bytes, transport_timeout_s: float | None) -> int:
             view, sent = memoryview(data), 0
-            while sent < len(view):
-                sent += super().bulk_write(view[sent:], transport_timeout_s)
+            try:
+                while sent < len(view):
+                    sent += super().bulk_write(view[sent:], transport_timeout_s)
+            except TimeoutError as exc:  # ETIMEDOUT from send: TCP_USER_TIMEOUT gave up
+                raise self._silent(exc) from exc
             return sent
 
     return _TcpTransport
