@@ -14,6 +14,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -466,6 +467,73 @@ def test_device_info_of_the_peer_is_this_host(tmp_path, peer, adb_key):
     zones = [z for z in glob.glob("/sys/class/thermal/thermal_zone*") if os.access(f"{z}/temp", os.R_OK)]
     assert len(info["temperatures_c"]) <= len(zones)
     assert info["model"] is None  # no getprop on this host
+
+
+def test_a_work_directory_that_cannot_be_written_is_refused_at_connect(tmp_path, peer, adb_key):
+    """An existing directory on a read-only filesystem passes `mkdir -p`; connect says so in one
+    line, and `latbench doctor` shows the phone reached and logged in, with the work directory
+    as what fails (it said "reachable: FAIL ... device not reachable")."""
+    from latbench.cli.doctor import diagnose
+
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc, where no file can be created")
+    profile = make_profile(tmp_path, peer.address, adb_key, workdir=Path("/proc"))
+    with pytest.raises(DeviceError) as err:
+        open_transport(profile).connect()
+    assert err.value.message.startswith(f"cannot write to the work directory /proc on {peer.address}: ")
+    assert ".latbench-probe-" in err.value.message and "connection.workdir" in err.value.hint
+    assert err.value.stage == "setup"
+    rows = {r["check"]: r for r in diagnose(profile)}
+    assert rows["reachable"]["status"] == "ok" and rows["auth"]["status"] == "ok"
+    assert rows["work dir"]["status"] == "FAIL" and "cannot write to" in rows["work dir"]["detail"]
+    assert rows["runtime"]["status"] == "skipped"
+    info = open_transport(profile).device_info()
+    assert (info["reachable"], info["auth"]) == (True, True) and "cannot write" in info["error"]
+
+
+def _noexec_dir() -> Path | None:
+    """A writable directory on a noexec mount of this host (as /sdcard is on a phone), if any."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) > 3 and "noexec" in fields[3].split(",") and os.access(fields[1], os.W_OK):
+            target = Path(fields[1].replace("\\040", " "))
+            try:
+                probe = Path(tempfile.mkdtemp(prefix="latbench-noexec-", dir=target))
+            except OSError:
+                continue
+            return probe
+    return None
+
+
+def test_a_noexec_work_directory_is_found_at_connect(tmp_path, peer, adb_key):
+    """A tool pushed to a work directory on a noexec mount cannot start ("is not executable",
+    which hides why); connect finds out, and doctor says it for a tool runner."""
+    from latbench.cli.doctor import noexec_row
+
+    with open_transport(make_profile(tmp_path, peer.address, adb_key)) as t:
+        assert t.workdir_exec is True and t.device_info()["workdir_exec"] is True
+        assert not list(Path(t.workdir).glob(".latbench-probe-*"))
+    profile = make_profile(tmp_path, peer.address, adb_key, name="sd")
+    _, status, detail, fix = noexec_row(profile, "/sdcard/latbench")
+    assert status == "ok" and "noexec" in detail  # the python runner only reads files there
+    import dataclasses
+
+    tool = dataclasses.replace(profile, runner="benchmark_model",
+                               runtime_options={"binary_local": "/x/benchmark_model"})
+    _, status, detail, fix = noexec_row(tool, "/sdcard/latbench")
+    assert status == "FAIL" and "binary_local" in detail and "/data/local/tmp" in fix
+    where = _noexec_dir()
+    if where is None:
+        pytest.skip("no writable noexec mount on this host")
+    try:
+        with open_transport(make_profile(tmp_path, peer.address, adb_key, workdir=where)) as t:
+            assert t.workdir_exec is False
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def test_device_info_when_the_phone_is_unreachable(tmp_path, adb_key):

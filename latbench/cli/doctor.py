@@ -51,7 +51,15 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
         transport.connect()
     except DeviceError as exc:
         # The ssh/adb transports say how far they got: a refused login or host key means it answered.
-        answered = getattr(exc, "stage", "reach") != "reach"
+        stage = getattr(exc, "stage", "reach")
+        if stage == "setup":  # reached and logged in; the work directory or a tool is wrong
+            add("reachable", "ok", f"{profile.transport} {where}")
+            add("auth", "ok", "logged in")
+            add("work dir", "FAIL", exc.message, exc.hint or "")
+            for check in INFO_CHECKS:
+                add(check, "skipped", "the device is not set up")
+            return rows
+        answered = stage != "reach"
         if answered:
             add("reachable", "ok", f"{profile.transport} {where} answered")
         add("auth" if answered else "reachable", "FAIL", exc.message, exc.hint or "")
@@ -63,6 +71,8 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
         trusted = getattr(transport, "trusted_new_key", None)
         add("auth", "ok", "not needed" if profile.transport == "local" else
             "logged in" + (f"; trusted and remembered the new host key {trusted}" if trusted else ""))
+        if getattr(transport, "workdir_exec", None) is False:
+            add(*noexec_row(profile, transport.workdir))
         try:
             info = transport.device_info()
         except (DeviceError, NotImplementedError) as exc:
@@ -117,6 +127,22 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
     finally:
         transport.close()
     return rows
+
+
+def noexec_row(profile, workdir: str) -> tuple[str, str, str, str]:
+    """A work directory on a noexec mount (/sdcard, /storage on Android): models and the bundled
+    Python runner are read from it, but a tool pushed there (binary_local, or the work
+    directory's bin/) cannot start."""
+    detail = f"{workdir} is on a filesystem mounted noexec (as /sdcard is on Android)"
+    fix = (f"set connection.workdir in {profile.source or profile.name} to a directory under "
+           "/data/local/tmp, e.g. /data/local/tmp/latbench")
+    if profile.runner == "python":
+        return ("work dir", "ok", detail + "; fine for the python runner", "")
+    if profile.runtime_options.get("binary_local"):
+        return ("work dir", "FAIL", detail + f": the {profile.runner} that binary_local pushes there "
+                "cannot run", fix)
+    return ("work dir", "warn", detail + f": a {profile.runner} in its bin/ cannot run (one elsewhere, "
+            "such as /data/local/tmp/, can)", fix)
 
 
 def converter_row() -> tuple[str, str, str, str]:

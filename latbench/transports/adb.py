@@ -54,8 +54,15 @@ _HASHERS = {"sha256sum": hashlib.sha256, "md5sum": hashlib.md5}
 _HASH_LINE = re.compile(r"^([0-9a-f]{64}|[0-9a-f]{32}) [ *](.+)$")
 _DIR_MARK = "@@dir\t"
 
-# One command at connect: create the work directory, say which tools the phone has.
-_SETUP_SCRIPT = ('mkdir -p "$1" || exit 1; for t in sha256sum md5sum timeout taskset; do '
+# One command at connect: create the work directory, check that a file can be written there
+# (exit 3; not with `:`, whose failed redirection ends sh at once: an existing directory on a
+# read-only filesystem passes `mkdir -p`, and every later
+# command, which sends its stderr to a file there, would fail oddly) and run there (not on a
+# noexec mount such as /sdcard: a pushed tool could not start), say which tools the phone has.
+_SETUP_SCRIPT = ('mkdir -p "$1" || exit 1; f="$1/.latbench-probe-$$"; '
+                 'printf "exit 0\\n" > "$f" || exit 3; chmod 700 "$f" 2>/dev/null; '
+                 '"$f" >/dev/null 2>&1 && echo "exec ok"; rm -f "$f"; '
+                 'for t in sha256sum md5sum timeout taskset; do '
                  'command -v "$t" >/dev/null 2>&1 && echo "have $t"; done; exit 0')
 # One command for the hashes of every file in several directories; $0 = sha256sum or md5sum.
 _HASH_DIRS_SCRIPT = ('for d do printf "@@dir\\t%s\\n" "$d"; '
@@ -212,6 +219,7 @@ class ADBTransport(Transport):
         self._connected_once = False
         self._prompted = False
         self._tools: set[str] = set()
+        self.workdir_exec: bool | None = None
         self._dir_hashes: dict[str, dict[str, str]] = {}
         self._local_hashes: dict[tuple[str, int, int, str], str] = {}
 
@@ -256,14 +264,22 @@ class ADBTransport(Transport):
                          self.connect_timeout_s + _GRACE_S, "creating the work directory",
                          split_stderr=False)
         if res.exit_code != 0:
-            raise DeviceError(f"cannot create the work directory {self.workdir} on {self.where}: "
+            what = "cannot write to" if res.exit_code == 3 else "cannot create"
+            err = DeviceError(f"{what} the work directory {self.workdir} on {self.where}: "
                               f"{res.stdout.strip()[:200]}",
                               f"set connection.workdir in {self._src} to a writable directory "
                               f"such as {DEFAULT_WORKDIR}")
-        self._tools = {line[5:].strip() for line in res.stdout.splitlines() if line.startswith("have ")}
+            err.stage = "setup"  # reached and logged in: `latbench doctor` says so
+            raise err
+        lines = res.stdout.splitlines()
+        self._tools = {line[5:].strip() for line in lines if line.startswith("have ")}
+        #: whether a file in the work directory can be executed (False on a noexec mount)
+        self.workdir_exec = "exec ok" in lines
         if self.cpu_mask and "taskset" not in self._tools:
-            raise DeviceError(f"cpu_mask is set but {self.where} has no taskset",
+            err = DeviceError(f"cpu_mask is set but {self.where} has no taskset",
                               f"remove connection.cpu_mask from {self._src}")
+            err.stage = "setup"
+            raise err
 
     @property
     def _src(self) -> str:
@@ -551,10 +567,12 @@ class ADBTransport(Transport):
         except DeviceError as exc:
             stage = getattr(exc, "stage", "reach")
             info["reachable"] = stage != "reach"
+            info["auth"] = stage == "setup"
             info["error"], info["hint"] = exc.message, exc.hint
             return info
         info.update(reachable=True, auth=True, workdir=self.workdir, hasher=self.hasher,
-                    has_timeout="timeout" in self._tools, cpu_mask=self.cpu_mask)
+                    has_timeout="timeout" in self._tools, cpu_mask=self.cpu_mask,
+                    workdir_exec=self.workdir_exec)
         try:
             res = self.run(["sh", "-c", _INFO_SCRIPT, "sh", self.workdir], 30)
         except DeviceError as exc:
