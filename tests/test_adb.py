@@ -564,6 +564,7 @@ def test_parse_device_info_of_a_phone():
     info = parse_device_info(PIXEL3_INFO)
     assert (info["model"], info["android_version"], info["abi"]) == ("Pixel 3", "12", "arm64-v8a")
     assert (info["cores"], info["cores_online"]) == (8, 7)
+    assert info["online_cpus"] == [0, 1, 2, 3, 4, 5, 6]  # cpu7 is offline
     assert info["governors"]["cpu4"] == "schedutil" and "cpu7" not in info["governors"]
     assert info["max_frequencies_khz"]["cpu4"] == 2803200 and info["frequencies_khz"]["cpu0"] == 1766400
     assert info["temperatures_c"]["cpu4-gold-usr"] == 41.7
@@ -572,6 +573,24 @@ def test_parse_device_info_of_a_phone():
     assert info["max_temperature_c"] == 41.7
     assert info["free_mb"] == 32551336 // 1024 and info["free_bytes"] == 32551336 * 1024
     assert info["os"] == "Android 12 (arm64-v8a)"
+
+
+def test_doctor_checks_cpu_mask_and_threads_against_the_phones_online_cores():
+    """A phone takes big cores offline (idle, hot): a mask on them pins to fewer cores than
+    meant, or fails every op ("taskset: failed to set pid's affinity"). Doctor read only the
+    core count of an adb phone, so it said "ok" for cores that were offline."""
+    from latbench.cli.doctor import cpu_mask_row
+
+    class Profile:
+        cpus = [4, 5, 6, 7]
+        connection = {"cpu_mask": "f0"}
+        source = "pixel3.yaml"
+        name = "pixel3"
+
+    check, status, detail, fix = cpu_mask_row(Profile(), parse_device_info(PIXEL3_INFO))
+    assert (check, status) == ("cpu mask", "FAIL") and "names cores 7" in detail, detail
+    Profile.cpus, Profile.connection = [4, 5, 6], {"cpu_mask": "70"}
+    assert cpu_mask_row(Profile(), parse_device_info(PIXEL3_INFO))[1] == "ok"
 
 
 def test_split_output_reads_status_and_stderr():

@@ -620,10 +620,11 @@ def parse_device_info(text: str) -> dict:
     """Read the tab-separated lines of `_INFO_SCRIPT` into doctor's fields (the names the ssh
     transport and `latbench doctor` use, plus Android's version, ABI and online cores)."""
     out: dict = {"model": None, "android_version": None, "abi": None, "cores": None,
-                 "cores_online": None, "governors": {}, "frequencies_khz": {},
+                 "cores_online": None, "online_cpus": None, "governors": {}, "frequencies_khz": {},
                  "min_frequencies_khz": {}, "max_frequencies_khz": {}, "temperatures_c": {},
                  "free_bytes": None, "free_mb": None, "os": None}
     cores = online = 0
+    online_cpus: list[int] = []
     for line in text.splitlines():
         tag, *vals = line.split("\t")
         if tag == "prop" and len(vals) == 2 and vals[0] in _PROPS:
@@ -632,6 +633,8 @@ def parse_device_info(text: str) -> dict:
             cpu, on, gov, cur, low, high = (v.strip() for v in vals)
             cores += 1
             online += on != "0"  # cpu0 has no `online` file: always on
+            if on != "0" and cpu[3:].isdigit():
+                online_cpus.append(int(cpu[3:]))
             if gov:
                 out["governors"][cpu] = gov
             for key, value in (("frequencies_khz", cur), ("min_frequencies_khz", low),
@@ -650,7 +653,9 @@ def parse_device_info(text: str) -> dict:
     if out["android_version"]:
         out["os"] = f"Android {out['android_version']}" + (f" ({out['abi']})" if out["abi"] else "")
     if cores:
-        out["cores"], out["cores_online"] = cores, online
+        # online_cpus, as the ssh and local transports give it: what doctor checks cpu_mask
+        # and threads against (a phone takes big cores offline when idle or hot)
+        out["cores"], out["cores_online"], out["online_cpus"] = cores, online, sorted(online_cpus)
     temps = out["temperatures_c"].values()
     out["max_temperature_c"] = max(temps) if temps else None
     return out
