@@ -491,6 +491,22 @@ def test_a_work_directory_that_cannot_be_written_is_refused_at_connect(tmp_path,
     assert (info["reachable"], info["auth"]) == (True, True) and "cannot write" in info["error"]
 
 
+def test_doctor_leaves_a_phone_alone_while_a_collection_measures_it(tmp_path, peer, adb_key):
+    """doctor starts the runtime on the phone (the python runner imports onnxruntime there):
+    during a collection that load lands in its timings, and doctor said nothing of it."""
+    from latbench.cli.doctor import diagnose
+    from latbench.locks import device_lock
+
+    profile = make_profile(tmp_path, peer.address, adb_key)
+    with device_lock(profile):  # a collection of this phone is running
+        rows = {r["check"]: r for r in diagnose(profile)}
+    assert rows["busy"]["status"] == "warn" and "being measured already" in rows["busy"]["detail"]
+    assert rows["runtime"]["status"] == rows["reachable"]["status"] == "skipped"
+    assert peer.commands == [] and peer.connections_seen == 0  # the phone was not touched
+    rows = {r["check"]: r for r in diagnose(profile)}  # once it is done: the checks run
+    assert "busy" not in rows and rows["reachable"]["status"] == "ok"
+
+
 def _noexec_dir() -> Path | None:
     """A writable directory on a noexec mount of this host (as /sdcard is on a phone), if any."""
     try:

@@ -13,7 +13,8 @@ examples:
 
 Checks: the profile, reachability and authentication, the runtime and its version on the
 device, cores, CPU governors and frequencies, temperatures against the profile's limit,
-and free space in the device's work directory. Exit code 1 when a check fails."""
+and free space in the device's work directory. Exit code 1 when a check fails. While a
+collection measures the device, the checks are skipped (they would disturb its timings)."""
 
 MIN_FREE_BYTES = 200 * 1024 * 1024
 #: The checks that need a connection, in table order.
@@ -30,7 +31,37 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
-    """Run every check in order; a failed connection skips the checks that need one."""
+    """Run every check in order; a failed connection skips the checks that need one. The
+    checks start the runtime on the device, so while a collection measures it (it holds the
+    hardware's lock, latbench.locks) they are skipped instead of disturbing its timings; the
+    lock is held meanwhile, so a collection does not start under them."""
+    from contextlib import ExitStack
+
+    from latbench.errors import LatbenchError
+    from latbench.locks import device_lock
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(device_lock(profile))
+        except LatbenchError as exc:
+            if "being measured already" in exc.message:
+                return busy_rows(profile, exc.message)
+            # a lock folder that cannot be used does not stop the checks
+        return _diagnose(profile, trust_new_host)
+
+
+def busy_rows(profile, message: str) -> list[dict]:
+    rows = [{"check": "profile", "status": "ok", "fix": "",
+             "detail": f"{profile.source} ({profile.transport}, {profile.runner}, {profile.runtime})"},
+            {"check": "busy", "status": "warn", "detail": message,
+             "fix": "re-run doctor when that collection has finished: its checks start the runtime "
+                    "on the device and would disturb the timings"}]
+    rows += [{"check": check, "status": "skipped", "detail": "a collection is measuring the device",
+              "fix": ""} for check in ("reachable", "auth") + INFO_CHECKS]
+    return rows
+
+
+def _diagnose(profile, trust_new_host: bool) -> list[dict]:
     from latbench.errors import DeviceError
     from latbench.runners.base import make_runner
     from latbench.transports import open_transport
