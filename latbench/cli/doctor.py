@@ -33,21 +33,20 @@ def add_parser(sub, name: str, help_text: str) -> None:
 def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
     """Run every check in order; a failed connection skips the checks that need one. The
     checks start the runtime on the device, so while a collection measures it (it holds the
-    hardware's lock, latbench.locks) they are skipped instead of disturbing its timings; the
-    lock is held meanwhile, so a collection does not start under them."""
-    from contextlib import ExitStack
-
+    hardware's lock, latbench.locks) they are skipped instead of disturbing its timings. The
+    lock is only looked at, not kept: a collection started meanwhile is not refused (it
+    connects and exports before it measures)."""
     from latbench.errors import LatbenchError
     from latbench.locks import device_lock
 
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(device_lock(profile))
-        except LatbenchError as exc:
-            if "being measured already" in exc.message:
-                return busy_rows(profile, exc.message)
-            # a lock folder that cannot be used does not stop the checks
-        return _diagnose(profile, trust_new_host)
+    try:
+        with device_lock(profile):
+            pass
+    except LatbenchError as exc:
+        if "being measured already" in exc.message:
+            return busy_rows(profile, exc.message)
+        # a lock folder that cannot be used does not stop the checks
+    return _diagnose(profile, trust_new_host)
 
 
 def busy_rows(profile, message: str) -> list[dict]:
