@@ -441,6 +441,34 @@ def test_push_skips_what_the_phone_has_and_replaces_what_changed(tmp_path, peer,
     assert len(hash_commands) == 1
 
 
+def test_hashing_many_pushed_models_may_take_as_long_as_a_batch(tmp_path, adb_key, monkeypatch):
+    """What the phone has is hashed once per connection, every model ever pushed: gigabytes of
+    networks take longer than the 30 s transfer timeout on a phone, and the first batch after
+    each connect failed "while hashing pushed files", whatever timeout_s said."""
+    from latbench.transports import adb as adb_mod
+
+    monkeypatch.setattr(adb_mod, "_MIN_IO_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(adb_mod, "_GRACE_S", 0.5)
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    real = shutil.which("sha256sum")
+    (slow / "sha256sum").write_text(f'#!/bin/sh\nsleep 3\nexec {real} "$@"\n')
+    (slow / "sha256sum").chmod(0o755)
+    env = dict(os.environ, PATH=f"{slow}:{os.environ['PATH']}")
+    model = tmp_path / "local" / "m.onnx"
+    model.parent.mkdir()
+    model.write_bytes(os.urandom(1000))
+    with AdbPeer(shell_cwd=tmp_path, keys=[Path(f"{adb_key}.pub").read_bytes()], shell_env=env) as peer:
+        with open_transport(make_profile(tmp_path, peer.address, adb_key, connect_timeout_s=1)) as t:
+            assert t.hasher == "sha256sum"
+            t.stage_many([model])  # hashes (3 s) the directory, then pushes
+            assert t.uploads == 1
+        with open_transport(make_profile(tmp_path, peer.address, adb_key, connect_timeout_s=1)) as t:
+            t.stage_many([model])
+            assert t.uploads == 0  # the phone has it
+        assert peer.errors == []
+
+
 def test_pull_and_a_missing_file(tmp_path, peer, adb_key):
     remote = tmp_path / "on-phone.json"
     remote.write_text('{"ok": true}\n')

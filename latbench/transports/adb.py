@@ -518,8 +518,11 @@ class ADBTransport(Transport):
         todo = [d for d in directories if d and d not in self._dir_hashes]
         if not todo:
             return
+        # Every model ever pushed is hashed, again after each reconnect: with whole networks
+        # that is gigabytes at the speed of a phone's core, so allow as long as a batch may take.
+        limit_s = max(self.io_timeout_s, float(self.profile.timeout_s))
         res = self._exec(shlex.join(["sh", "-c", _HASH_DIRS_SCRIPT, algo, *todo]),
-                         self.io_timeout_s + _GRACE_S, "hashing pushed files")
+                         limit_s + _GRACE_S, "hashing pushed files")
         self._dir_hashes.update(parse_dir_hashes(res.stdout, todo))
 
     def _local_hash(self, local: Path, algo: str) -> str:
