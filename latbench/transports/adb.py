@@ -54,11 +54,11 @@ _HASHERS = {"sha256sum": hashlib.sha256, "md5sum": hashlib.md5}
 _HASH_LINE = re.compile(r"^([0-9a-f]{64}|[0-9a-f]{32}) [ *](.+)$")
 _DIR_MARK = "@@dir\t"
 
-# One command at connect: create the work directory, check that a file can be written there
-# (exit 3; not with `:`, whose failed redirection ends sh at once: an existing directory on a
-# read-only filesystem passes `mkdir -p`, and every later
-# command, which sends its stderr to a file there, would fail oddly) and run there (not on a
-# noexec mount such as /sdcard: a pushed tool could not start), say which tools the phone has.
+# One command at connect: create the work directory; check that a file can be written there
+# (exit 3: an existing directory on a read-only filesystem passes `mkdir -p`, and each later
+# command, which sends its stderr to a file there, would fail oddly; printf, not `:`, whose
+# failed redirection ends sh at once) and run from there (not on a noexec mount such as
+# /sdcard, where a pushed tool cannot start); say which tools the phone has.
 _SETUP_SCRIPT = ('mkdir -p "$1" || exit 1; f="$1/.latbench-probe-$$"; '
                  'printf "exit 0\\n" > "$f" || exit 3; chmod 700 "$f" 2>/dev/null; '
                  '"$f" >/dev/null 2>&1 && echo "exec ok"; rm -f "$f"; '
@@ -97,8 +97,9 @@ def _require_adb_shell() -> None:
 
 #: TCP keepalive on the adb socket: a phone that leaves the Wi-Fi (or loses power) sends no
 #: FIN or RST, and a benchmark prints nothing for minutes, so without probes a run would wait
-#: its whole timeout (timeout_s, 30 min in the templates) before the retry. Probes after this
-#: many idle seconds, every _KEEPALIVE_INTERVAL_S, _KEEPALIVE_COUNT unanswered ones = gone.
+#: its whole timeout (timeout_s, 30 min in the templates) before the retry. Probes start after
+#: this many idle seconds, one every _KEEPALIVE_INTERVAL_S; _KEEPALIVE_COUNT unanswered = gone.
+#: (TCP_KEEPIDLE on Linux and Android, TCP_KEEPALIVE on macOS.)
 _KEEPALIVE_IDLE_S = 15
 _KEEPALIVE_INTERVAL_S = 5
 _KEEPALIVE_COUNT = 4
@@ -124,8 +125,8 @@ def _keep_alive(sock: socket.socket) -> None:
 def _tcp_transport_class():
     """adb-shell's TCP transport with three fixes for long sessions: a connection closed by the
     phone raises at once (adb-shell would spin on empty reads until its read timeout), a link
-    that went silent (Wi-Fi lost: no FIN, no RST) raises after about a minute of TCP keepalive
-    instead of after the run's whole timeout, and a write sends every byte (its socket is
+    that went silent (Wi-Fi lost: no FIN, no RST) raises after about 35 s of TCP keepalive
+    (_SILENT_LINK_S) instead of after the run's whole timeout, and a write sends every byte (its socket is
     non-blocking and a partial send went unnoticed)."""
     from adb_shell.transport.tcp_transport import TcpTransport
 
