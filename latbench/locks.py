@@ -29,8 +29,13 @@ def hardware_name(profile) -> str:
     c = profile.connection
     if profile.transport == "ssh":
         name = f"ssh-{c.get('host', '')}-{c.get('port', 22)}"
+    elif profile.transport == "adb" and c.get("address"):
+        from latbench.transports.adb import split_address
+
+        host, port = split_address(str(c["address"]), profile.source or profile.name)
+        name = f"adb-{host}-{port}"  # "10.0.0.5" and "10.0.0.5:5555" are one phone
     elif profile.transport == "adb":
-        name = f"adb-{c.get('address') or c.get('serial') or 'usb'}"
+        name = f"adb-{c.get('serial') or 'usb'}"
     else:
         name = "this-host"
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)

@@ -325,6 +325,18 @@ def test_cli_collect_left_short_exits_1_and_says_how_to_finish(warm_home, make_p
     assert "4 of 6 planned measurements were not made" in " ".join(out.err.split())
 
 
+def test_one_phone_is_one_lock_however_its_address_is_spelt(make_profile):
+    from latbench.locks import hardware_name
+
+    names = {hardware_name(load_profile(make_profile(f"phone{i}", transport="adb", runner="python",
+                                                     connection={"address": address})))
+             for i, address in enumerate(("10.0.0.5", "10.0.0.5:5555"))}
+    assert names == {"adb-10.0.0.5-5555"}
+    other = load_profile(make_profile("phone9", transport="adb", runner="python",
+                                      connection={"address": "10.0.0.5:5556"}))
+    assert hardware_name(other) == "adb-10.0.0.5-5556"
+
+
 def test_a_second_collection_on_the_same_hardware_is_refused(warm_home, fast_profile, capsys, monkeypatch):
     from latbench.cli.main import main
     from latbench.locks import device_lock, hardware_name
