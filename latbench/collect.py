@@ -95,6 +95,11 @@ class Report:
         }
 
 
+def _disk_full(error: str | None) -> bool:
+    """A batch failed for want of space on the device (a retry cannot help)."""
+    return bool(error) and ("No space left on device" in error or "ENOSPC" in error)
+
+
 def plan_batches(missing: Sequence[tuple[str, int]], batch_size: int, seed: int) -> list[list[tuple[str, int]]]:
     """Round by round, each round in its own shuffled order, cut into batches.
 
@@ -217,6 +222,8 @@ class Collector:
             done_items += len(batch)
             self.on_event("measure", done_items, total, {"report": report})
             failed_in_a_row = failed_in_a_row + 1 if report.batches_failed > failed_before else 0
+            if report.stopped:
+                break
             if failed_in_a_row >= give_up and i + 1 < len(batches):
                 report.stopped = (f"{give_up} batches in a row failed, so the device looks unreachable or "
                                   f"misconfigured; {len(batches) - i - 1} batch(es) were not tried")
@@ -260,6 +267,11 @@ class Collector:
             if not remaining:
                 report.batches_ok += 1
                 return
+            if _disk_full(output.error):  # every retry and batch would fail the same way
+                report.stopped = (f"the device's disk is full ({output.error}); free space in its work "
+                                  f"directory (`latbench doctor --device {self.profile.name}` shows how "
+                                  f"much is left), then re-run the same command to measure the rest")
+                break
             if attempt < attempts:
                 delay = min(backoff_s * 2 ** (attempt - 1), max_backoff_s)
                 self.on_event("retry", attempt, attempts, {"error": output.error, "delay_s": delay})

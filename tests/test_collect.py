@@ -294,6 +294,27 @@ def test_batches_failing_in_a_row_stop_the_collection(make_profile, monkeypatch)
     assert "2 batches in a row failed" in report.stopped and "3 batch(es) were not tried" in report.stopped
 
 
+def test_a_full_disk_stops_the_collection_at_once_instead_of_retrying(make_profile, monkeypatch):
+    import latbench.collect as collect_module
+    from latbench.errors import DeviceError
+
+    class _FullRunner(_DownRunner):
+        def run_batch(self, items):
+            raise DeviceError("pushing op.onnx: write failed: No space left on device")
+
+    real = collect_module.make_runner
+    monkeypatch.setattr(collect_module, "make_runner", lambda *a, **k: _FullRunner(real(*a, **k)))
+    retries = []
+    name = make_profile("full", protocol={"batch_size": 1, "rounds": 1},
+                        retry={"attempts": 3, "backoff_s": 0, "max_failed_batches": 3})
+    with Store(home.db_path()) as store, Collector(load_profile(name), store) as collector:
+        collector.on_event = lambda stage, *a: retries.append(stage) if stage == "retry" else None
+        report = collector.run(collector.plan(SPACE.ops()[:4]))
+    assert (report.measured, report.batches_failed, report.unmeasured) == (0, 1, 4) and not retries
+    assert report.stopped.startswith("the device's disk is full (pushing op.onnx: write failed: No space")
+    assert "latbench doctor --device full" in report.stopped
+
+
 def test_cli_collect_left_short_exits_1_and_says_how_to_finish(warm_home, make_profile, monkeypatch, capsys):
     import latbench.collect as collect_module
     from latbench.cli.main import main
