@@ -721,6 +721,8 @@ def _batch_over(profile: DeviceProfile, tmp_path: Path) -> None:
         assert [out.results[str(i)]["ok"] for i in range(len(models))] == [True, True, False, True, True]
         assert out.results["0"]["summary"]["mean_ms"] == pytest.approx(1207.33)
         assert runner.state()["time"] is not None
+        batches = Path(transport.workdir) / "batches"  # the device is this host in both tests
+        assert batches.is_dir() and list(batches.iterdir()) == []  # each script removed itself
     finally:
         transport.close()
     graphs = [ln for ln in (tmp_path / "argv.log").read_text().splitlines() if ln.startswith("--graph=")]

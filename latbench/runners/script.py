@@ -111,9 +111,14 @@ def run_line(argv: list[str], limit_s: float, prefix: list[str] | None = None) -
 
 
 def batch_script(items: list[ScriptItem], *, nonce: str, workdir: str | None = None,
-                 prelude: list[str] | None = None) -> str:
-    """The sh script that times `items` in order and frames each one's output."""
+                 prelude: list[str] | None = None, removes_itself: bool = False) -> str:
+    """The sh script that times `items` in order and frames each one's output.
+
+    `removes_itself`: run as ``sh PATH PATH``, the script deletes PATH as it starts (sh keeps
+    reading the open file), so batch scripts do not pile up on the device."""
     lines = _prelude(nonce, workdir)
+    if removes_itself:
+        lines.append('[ -n "${1:-}" ] && rm -f -- "$1"')
     lines += list(prelude or [])
     lines.append("lb_state before")
     for item in items:

@@ -197,12 +197,13 @@ class ToolRunner(Runner):
         remotes = self.transport.stage_many([it.path for it in items])  # one hash check per batch
         parts = [self.item(it, remote, limit_s) for it, remote in zip(items, remotes)]
         nonce = new_nonce()
-        script = batch_script(parts, nonce=nonce, workdir=self.transport.workdir, prelude=self.prelude())
+        script = batch_script(parts, nonce=nonce, workdir=self.transport.workdir, prelude=self.prelude(),
+                              removes_itself=True)
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / f"batch-{uuid.uuid4().hex[:12]}.sh"
             local.write_text(script)
             remote = self.transport.stage(local, "batches")
-            res = self.transport.run(["sh", remote], self.profile.timeout_s)
+            res = self.transport.run(["sh", remote, remote], self.profile.timeout_s)
         return self.read_batch(res.stdout, res.stderr, res.exit_code, nonce)
 
     def read_batch(self, stdout: str, stderr: str, exit_code: int, nonce: str) -> BatchOutput:
