@@ -11,6 +11,7 @@ execution, not by reading the script. (This host has none of the real tools.)
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import shutil
@@ -718,6 +719,8 @@ def _batch_over(profile: DeviceProfile, tmp_path: Path) -> None:
         assert runner.runtime_version(info).startswith("benchmark_model sha256:")
         out = runner.run_batch([BatchItem(str(i), m) for i, m in enumerate(models)])
         assert out.error is None and out.start["state"] is not None
+        # each stored batch names the device it ran on (another board under one profile shows)
+        assert out.start["device"]["hostname"] == os.uname().nodename and out.start["where"]
         assert [out.results[str(i)]["ok"] for i in range(len(models))] == [True, True, False, True, True]
         assert out.results["0"]["summary"]["mean_ms"] == pytest.approx(1207.33)
         assert runner.state()["time"] is not None

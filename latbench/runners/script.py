@@ -155,12 +155,14 @@ def info_script(nonce: str, candidates: list[str], workdir: str, probe: list[str
         "lb_kv() { echo \"$LB_M kv $1 $2\"; }",
         "if command -v getprop >/dev/null 2>&1; then",
         "  for p in ro.product.model ro.product.manufacturer ro.build.version.release"
-        " ro.build.version.sdk ro.product.cpu.abi ro.board.platform ro.soc.model; do",
+        " ro.build.version.sdk ro.product.cpu.abi ro.board.platform ro.soc.model"
+        " ro.build.fingerprint ro.serialno; do",
         "    v=$(getprop \"$p\" 2>/dev/null); [ -n \"$v\" ] && lb_kv \"$p\" \"$v\"",
         "  done",
         "fi",
         "lb_kv arch \"$(uname -m 2>/dev/null)\"",
         "lb_kv kernel \"$(uname -r 2>/dev/null)\"",
+        "lb_kv hostname \"$(uname -n 2>/dev/null)\"",
         "[ -r /proc/device-tree/model ] && lb_kv board \"$(tr -d '\\000' < /proc/device-tree/model)\"",
         "n=0; for c in /sys/devices/system/cpu/cpu[0-9]*; do [ -d \"$c\" ] && n=$((n+1)); done",
         "lb_kv cores \"$n\"",

@@ -50,6 +50,7 @@ class ToolRunner(Runner):
         super().__init__(transport, profile)
         self._check_profile()
         self._binary: str | None = None
+        self._device: dict | None = None  # the device description info() read
 
     # ---- profile ---------------------------------------------------------------------------
 
@@ -123,6 +124,7 @@ class ToolRunner(Runner):
                               f"{self.profile.name}")
         device = {k: v for k, v in kv.items() if k not in ("binary", "sha256", "executable", "cores",
                                                              "free_kb") and not k.startswith("max_khz.")}
+        self._device = device
         info: dict = {
             "tool": self.tool, "binary": kv.get("binary"), "binary_sha256": kv.get("sha256"),
             "looked_for": cands, "device": device, "state": state,
@@ -187,9 +189,12 @@ class ToolRunner(Runner):
         return self._binary
 
     def start_record(self, state: dict | None) -> dict:
+        """What each stored batch says about where it ran: the tool, and the device's model,
+        build and serial (another phone, or an OTA update, under the same profile shows here)."""
         return {"runner": self.name, "tool": self.tool, "binary": self._binary,
                 "runtime": self.runtime, "threads": self.profile.threads,
-                "options": dict(self.profile.runtime_options), "state": state}
+                "options": dict(self.profile.runtime_options), "device": self._device,
+                "where": getattr(self.transport, "where", None), "state": state}
 
     def run_batch(self, items: list[BatchItem]) -> BatchOutput:
         self.binary()
