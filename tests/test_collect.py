@@ -294,6 +294,16 @@ def test_batches_failing_in_a_row_stop_the_collection(make_profile, monkeypatch)
     assert "2 batches in a row failed" in report.stopped and "3 batch(es) were not tried" in report.stopped
 
 
+def test_failures_with_one_error_are_one_line():
+    from latbench.cli.collect import _failure_lines
+
+    down = "run: nothing accepts adb connections at 10.0.0.5:5555"
+    failed = {f"op{i}": down for i in range(9)} | {"bad": "export: int8 fc"}
+    assert _failure_lines(failed) == [f"  failed 9 items (the first op0): {down}", "  failed bad: export: int8 fc"]
+    many = {f"op{i}": f"error {i}" for i in range(12)}
+    assert _failure_lines(many)[-1] == "  ... and 2 more with other errors (see --json)"
+
+
 def test_a_full_disk_stops_the_collection_at_once_instead_of_retrying(make_profile, monkeypatch):
     import latbench.collect as collect_module
     from latbench.errors import DeviceError

@@ -135,10 +135,8 @@ def run(args) -> int:
         for unit, info in getattr(report, "units", {}).items():  # a farm's units that dropped out
             if info.get("lost"):
                 output.note(f"lost unit {unit}: {info['lost']}; what it had not measured went to the units left")
-        for key, error in list(report.failed.items())[:10]:
-            output.note(f"  failed {key}: {error}")
-        if len(report.failed) > 10:
-            output.note(f"  ... and {len(report.failed) - 10} more (see --json)")
+        for line in _failure_lines(report.failed):
+            output.note(line)
     if report.stopped:
         output.note(f"stopped: {report.stopped}")
     if report.unmeasured:
@@ -176,4 +174,19 @@ def _trust_notes(report, profile) -> list[str]:
         rel_ci = profile.protocol.rel_ci
         lines.append(f"{report.short_of_ci} measurement(s) reached max_runs or max_time_s before their median was "
                      f"within +-{100 * rel_ci:g}%; raise protocol.max_time_s to time them longer")
+    return lines
+
+
+def _failure_lines(failed: dict[str, str], most: int = 10) -> list[str]:
+    """One line per distinct error (a phone that went away fails every op the same way),
+    naming the op when one failed so and a count with the first op otherwise."""
+    by_error: dict[str, list[str]] = {}
+    for key, error in failed.items():
+        by_error.setdefault(error, []).append(key)
+    lines = [f"  failed {keys[0]}: {error}" if len(keys) == 1 else
+             f"  failed {len(keys)} items (the first {keys[0]}): {error}"
+             for error, keys in list(by_error.items())[:most]]
+    if len(by_error) > most:
+        rest = sum(len(keys) for keys in list(by_error.values())[most:])
+        lines.append(f"  ... and {rest} more with other errors (see --json)")
     return lines
