@@ -40,7 +40,12 @@ class ProfileError(LatbenchError):
 
 
 class DeviceError(LatbenchError):
-    """The device could not be reached or the runner failed on it."""
+    """The device could not be reached or the runner failed on it.
+
+    `partial_stdout`: what a command had printed when its connection was lost, so a runner
+    keeps the results already finished instead of timing them again."""
+
+    partial_stdout: str = ""
 
 
 class ExportError(LatbenchError):

@@ -181,6 +181,7 @@ class _ShellStream(_Stream):
     def __init__(self, conn: "_Connection", local_id: int, remote_id: int, command: str):
         super().__init__(conn, local_id, remote_id)
         peer = conn.peer
+        self.command = command
         self.proc = subprocess.Popen(
             ["/bin/sh", "-c", command], cwd=str(peer.shell_cwd), env=peer.shell_env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -197,6 +198,11 @@ class _ShellStream(_Stream):
                 if not chunk:
                     break
                 self.write(chunk)
+                on_output = self.conn.peer.on_output
+                if on_output is not None and on_output(self.command, chunk) == "drop":
+                    self.conn.kill()  # the cable came out after this much output
+                    self.on_closed()
+                    return
             self.proc.wait()
             self.close()
         except (_StreamClosed, OSError):
@@ -532,6 +538,8 @@ class AdbPeer:
     shell_env: dict | None = None  # environment of shell commands (default: this process's)
     #: on_shell(command) -> "drop" closes the connection instead of running it (a phone lost mid-batch)
     on_shell: Callable[[str], str | None] | None = None
+    #: on_output(command, chunk) -> "drop" closes the connection after that output was sent
+    on_output: Callable[[str, bytes], str | None] | None = None
 
     def __post_init__(self) -> None:
         self.commands: list[str] = []

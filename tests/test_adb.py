@@ -744,6 +744,38 @@ def test_phone_gone_mid_collection_loses_nothing(tmp_path, peer, adb_key, model_
         assert {k: after[k] for k in first_rows} == first_rows  # not measured again
 
 
+def test_a_drop_mid_batch_keeps_what_the_batch_finished(tmp_path, peer, adb_key, model_cache):
+    """The cable comes out after the runner printed two of four results: those two are stored,
+    and the retry times only the other two."""
+    pytest.importorskip("onnxruntime", reason="the python runner here needs onnxruntime")
+    from latbench.collect import Collector
+    from latbench.store import Store
+
+    ops = _ops(4)
+    profile = make_profile(tmp_path, peer.address, adb_key, ops_per_batch=4,
+                           retry={"attempts": 2, "backoff_s": 0.05})
+    printed = []
+
+    def drop_after_two_results(command: str, chunk: bytes) -> str | None:
+        if not _runs(command) or printed == ["dropped"]:
+            return None
+        printed.extend(line for line in chunk.decode().splitlines() if line.startswith('{"id"'))
+        if len(printed) >= 2:
+            printed[:] = ["dropped"]
+            return "drop"
+        return None
+
+    peer.on_output = drop_after_two_results
+    with Store(tmp_path / "latbench.db") as store:
+        with Collector(profile, store, cache_dir=model_cache) as col:
+            report = col.run(col.plan(ops))
+        assert report.measured == 4 and report.batches_failed == 0, report.to_dict()
+        first, retry = store.batches(profile.name)
+        assert "lost the adb connection" in first["error"] and first["items"] == 4
+        assert retry["items"] == 2 and retry["status"] == "ok"  # only what the drop left
+        assert _count(store, store.latest_context(profile.name).context) == (4, 4)
+
+
 def test_collection_rides_out_a_dropped_connection_with_retries(tmp_path, peer, adb_key, model_cache):
     """The connection drops as the second batch starts (the phone stays reachable): the
     Collector's retry reconnects and the same run measures everything, once."""

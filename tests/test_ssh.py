@@ -381,6 +381,19 @@ def test_a_dropped_connection_is_lost_and_its_run_ended_on_reconnect(sshd, tmp_p
         assert t._lost_runs == []
 
 
+def test_a_lost_connection_hands_on_what_the_command_printed(sshd, tmp_path):
+    """What a run printed before the drop (a runner's finished results) comes with the error,
+    without the pid line the transport adds."""
+    marker = f"5{time.time() % 1000:.4f}"
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        cut = _drop(t, 1.5)
+        with pytest.raises(DeviceError) as err:
+            t.run(["sh", "-c", 'echo first; echo second; exec sleep "$1"', "sh", marker], 30)
+        cut.join()
+        assert err.value.partial_stdout == "first\nsecond\n"
+        assert t.run(["echo", "again"], 10).stdout == "again\n"  # and the old run is ended
+
+
 def test_a_shell_killed_by_a_signal_is_not_a_lost_connection(sshd, tmp_path):
     # bash execs the last command of `-c`, so this kills the login shell itself: the channel
     # closes without an exit status while the connection stays up.

@@ -70,8 +70,15 @@ class PythonRunner(Runner):
             local = Path(tmp) / f"batch-{uuid.uuid4().hex[:12]}.json"
             local.write_text(json.dumps(batch))
             remote = self.transport.stage(local, "batches")
-            res = self.transport.run([self.transport.python(), self._runner_path(), "run", remote],
-                                     self.profile.timeout_s)
+            try:
+                res = self.transport.run([self.transport.python(), self._runner_path(), "run", remote],
+                                         self.profile.timeout_s)
+            except DeviceError as exc:
+                if not exc.partial_stdout:
+                    raise
+                out = parse_output(exc.partial_stdout, "", -1)  # keep what finished before the drop
+                out.error = str(exc)
+                return out
         return parse_output(res.stdout, res.stderr, res.exit_code)
 
 

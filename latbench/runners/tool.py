@@ -208,7 +208,14 @@ class ToolRunner(Runner):
             local = Path(tmp) / f"batch-{uuid.uuid4().hex[:12]}.sh"
             local.write_text(script)
             remote = self.transport.stage(local, "batches")
-            res = self.transport.run(["sh", remote, remote], self.profile.timeout_s)
+            try:
+                res = self.transport.run(["sh", remote, remote], self.profile.timeout_s)
+            except DeviceError as exc:
+                if not exc.partial_stdout:
+                    raise
+                out = self.read_batch(exc.partial_stdout, "", -1, nonce)  # keep what finished
+                out.error = str(exc)
+                return out
         return self.read_batch(res.stdout, res.stderr, res.exit_code, nonce)
 
     def read_batch(self, stdout: str, stderr: str, exit_code: int, nonce: str) -> BatchOutput:

@@ -468,8 +468,22 @@ class ADBTransport(Transport):
                       f"cat {err} 2>/dev/null; rm -f {err}")
         else:
             script = f"{{ {command}; }} 2>&1; rc=$?; echo; echo \"{mark}$rc\""
-        out = self._call(action, lambda d: d.shell(script, transport_timeout_s=timeout_s,
-                                                   read_timeout_s=timeout_s, timeout_s=timeout_s))
+        chunks: list[bytes] = []  # bytes: a chunk may end inside a UTF-8 character
+
+        def stream(device) -> str:  # streamed, so a lost connection still leaves what was printed
+            deadline = time.monotonic() + timeout_s
+            for chunk in device.streaming_shell(script, transport_timeout_s=timeout_s,
+                                                read_timeout_s=timeout_s, decode=False):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no end within {timeout_s:g} s")
+            return b"".join(chunks).decode("utf-8", "replace")
+
+        try:
+            out = self._call(action, stream)
+        except DeviceError as exc:
+            exc.partial_stdout = b"".join(chunks).decode("utf-8", "replace")
+            raise
         return split_output(out, mark, f"{action} on {self.where}")
 
     # ---- files -----------------------------------------------------------------------------

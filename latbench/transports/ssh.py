@@ -89,6 +89,14 @@ printf 'python\t%s\n' "$("$2" -c 'import platform; print(platform.python_version
 """
 
 
+def _command_stdout(out: bytearray) -> str:
+    """A run's stdout without the pid line `_PID_PREFIX` printed first."""
+    stdout = out.decode("utf-8", "replace")
+    if stdout.startswith(_PID_MARK):
+        stdout = stdout.split("\n", 1)[1] if "\n" in stdout else ""
+    return stdout
+
+
 def _run_mark(out: bytes | bytearray) -> tuple[str, str, str] | None:
     """(pid, start time, boot id) from the first line `_PID_PREFIX` printed, "-" for what the
     board did not tell; None before the whole line arrived."""
@@ -501,7 +509,7 @@ class SSHTransport(Transport):
         except Exception as exc:
             self._remember_lost(out)
             self.close()
-            raise self._lost(argv, exc) from None
+            raise self._lost(argv, exc, out) from None
         # paramiko leaves exit_status at -1 when the channel closed without one: a dropped
         # connection (its thread closes the channels a moment before it marks itself
         # inactive) or, on a live one, a login shell killed by a signal.
@@ -516,11 +524,9 @@ class SSHTransport(Transport):
                                   "what is missing")
             self._remember_lost(out)
             self.close()
-            raise self._lost(argv, None)
+            raise self._lost(argv, None, out)
         chan.close()
-        stdout = out.decode("utf-8", "replace")
-        if stdout.startswith(_PID_MARK):
-            stdout = stdout.split("\n", 1)[1] if "\n" in stdout else ""
+        stdout = _command_stdout(out)
         stderr = err.decode("utf-8", "replace")
         if code == 127 and "not found" in stderr:
             raise DeviceError(f"{argv[0]} not found on {self.profile.name}",
@@ -528,11 +534,13 @@ class SSHTransport(Transport):
                               f"{self.profile.source or self.profile.name}")
         return CommandResult(code, stdout, stderr)
 
-    def _lost(self, argv: list[str], exc: BaseException | None) -> DeviceError:
+    def _lost(self, argv: list[str], exc: BaseException | None, out: bytearray | None = None) -> DeviceError:
         why = f" ({type(exc).__name__}: {exc})" if exc is not None and str(exc) else ""
-        return DeviceError(f"lost the SSH connection to {self.where} while running {argv[0]}{why}"[:400],
-                           "check that the board is up (it may have rebooted); re-run, "
-                           "collection resumes with what is missing")
+        err = DeviceError(f"lost the SSH connection to {self.where} while running {argv[0]}{why}"[:400],
+                          "check that the board is up (it may have rebooted); re-run, "
+                          "collection resumes with what is missing")
+        err.partial_stdout = _command_stdout(out or bytearray())
+        return err
 
     @staticmethod
     def _wait_inactive(client, wait_s: float) -> bool:
