@@ -8,6 +8,7 @@ from pathlib import Path
 
 from latbench import __version__
 from latbench.cli import exit_codes
+from latbench.cli.arguments import int_at_least
 
 EXAMPLES = """\
 examples:
@@ -60,18 +61,6 @@ def _amount(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-    return parse
 
 
 def _fraction(text: str) -> float:
@@ -136,19 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--space", default="fbnet-cifar", help="fbnet-cifar (default) or fbnet-imagenet")
     d.add_argument("--data", default="digits",
                    help="digits (scikit-learn's, default), imagefolder:PATH or cifar10:PATH (binary release)")
-    d.add_argument("--input-size", type=_int_at_least(4), default=None, metavar="PX",
+    d.add_argument("--input-size", type=int_at_least(4), default=None, metavar="PX",
                    help="train at this input size (default: the space's, 32 or 224)")
     d.add_argument("--width-mult", type=_amount, default=1.0, metavar="X",
                    help="channel scale of the trained supernet only (default 1.0)")
-    d.add_argument("--limit-train", type=_int_at_least(2), default=None, metavar="N",
+    d.add_argument("--limit-train", type=int_at_least(2), default=None, metavar="N",
                    help="use only N training images (a quick run)")
     d.add_argument("--weight-split", type=_fraction, default=0.8, metavar="F",
                    help="share of training images for the weights; the rest trains theta (default 0.8)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=_int_at_least(1), default=10, help="search epochs (default 10)")
-    t.add_argument("--warmup-epochs", type=_int_at_least(0), default=2,
+    t.add_argument("--epochs", type=int_at_least(1), default=10, help="search epochs (default 10)")
+    t.add_argument("--warmup-epochs", type=int_at_least(0), default=2,
                    help="epochs with theta frozen, weights only (default 2; --epochs must be more)")
-    t.add_argument("--batch-size", type=_int_at_least(1), default=64, help="default 64")
+    t.add_argument("--batch-size", type=int_at_least(1), default=64, help="default 64")
     t.add_argument("--lr", type=_nonneg_float, default=0.1,
                    help="SGD learning rate of the weights (default 0.1, cosine)")
     t.add_argument("--momentum", type=_nonneg_float, default=0.9, help="SGD momentum (default 0.9)")
@@ -159,11 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial Gumbel-softmax temperature (default 5.0)")
     t.add_argument("--temperature-decay", type=_fraction_or_one, default=0.956,
                    help="temperature factor per epoch (default 0.956)")
-    t.add_argument("--seed", type=_int_at_least(0), default=0, help="default 0")
+    t.add_argument("--seed", type=int_at_least(0), default=0, help="default 0")
     t.add_argument("--torch-device", default="cpu", help="cpu (default), cuda or cuda:N")
-    t.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads (default: torch's)")
+    t.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads (default: torch's)")
     o = p.add_argument_group("result")
-    o.add_argument("--samples", type=_int_at_least(0), default=10, metavar="K",
+    o.add_argument("--samples", type=int_at_least(0), default=10, metavar="K",
                    help="also score K archs drawn from theta (default 10)")
     o.add_argument("--pick", choices=["auto", "argmax", "target"], default="auto",
                    help="final arch: theta's argmax, or (target) the most likely of argmax and the K "
@@ -172,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--tolerance", type=_fraction, default=None, metavar="F",
                    help="--pick target: allowed relative miss of each target, as predicted (default 0.05, "
                         "which leaves the rest of a +-10%% band for the predictor's own error)")
-    o.add_argument("--retrain-epochs", type=_int_at_least(0), default=5, metavar="N",
+    o.add_argument("--retrain-epochs", type=int_at_least(0), default=5, metavar="N",
                    help="train the final arch alone for N epochs and report its held-out accuracy "
                         "(default 5; 0: off)")
     o.add_argument("--out", type=Path, default=None, metavar="DIR",

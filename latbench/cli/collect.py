@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from latbench.cli import output
+from latbench.cli.arguments import int_at_least
 
 EXAMPLES = """\
 examples:
@@ -21,36 +22,18 @@ def add_parser(sub, name: str, help_text: str) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", required=True, help="device profile name (see `latbench devices`)")
     p.add_argument("--space", default="fbnet-cifar", help="search space (default: fbnet-cifar)")
-    p.add_argument("--networks", type=_nonneg, default=0, metavar="N",
+    p.add_argument("--networks", type=int_at_least(0), default=0, metavar="N",
                    help="also measure N whole networks sampled from the space (seeded)")
-    p.add_argument("--rounds", type=_positive, default=None, metavar="R",
+    p.add_argument("--rounds", type=int_at_least(1), default=None, metavar="R",
                    help="rounds per op, each in a new shuffled order (default: the profile's)")
-    p.add_argument("--limit", type=_positive, default=None, metavar="K",
+    p.add_argument("--limit", type=int_at_least(1), default=None, metavar="K",
                    help="measure only the first K ops of the space")
-    p.add_argument("--seed", type=_nonneg, default=0, help="seed for sampling networks (default 0)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed for sampling networks (default 0)")
     p.add_argument("--trust-new-host", action="store_true",
                    help="SSH: accept and remember the host key of a board never connected to before")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--farm", metavar="ADDRESS", help="measure on the device's units of a Ray farm: HEAD:6379 "
                    "or ray://HEAD:10001 (needs the `farm` extra; see `latbench farm --help`)")
-
-
-def _whole_number(text: str, least: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    return _whole_number(text, 1)
-
-
-def _nonneg(text: str) -> int:
-    return _whole_number(text, 0)
 
 
 def run(args) -> int:

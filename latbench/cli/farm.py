@@ -7,6 +7,7 @@ import argparse
 import shlex
 
 from latbench.cli import output
+from latbench.cli.arguments import int_at_least
 
 EXAMPLES = """\
 examples:
@@ -36,10 +37,10 @@ def add_parser(sub, name: str, help_text: str) -> None:
     a.add_argument("--unit", action="append", default=[], metavar="DEVICE[@HOST]",
                    help="a device attached here (repeat for each; a head may have none); "
                         "HOST defaults to this host's name")
-    a.add_argument("--port", type=int, default=6379, help="port of a new head (with --head; default 6379)")
-    a.add_argument("--num-cpus", type=int, default=0, metavar="N",
+    a.add_argument("--port", type=int_at_least(1), default=6379, help="port of a new head (with --head; default 6379)")
+    a.add_argument("--num-cpus", type=int_at_least(0), default=0, metavar="N",
                    help="CPUs this node lends to other Ray work (default 0: nothing else runs where devices are timed)")
-    a.add_argument("--object-store-mb", type=int, default=None, metavar="MB",
+    a.add_argument("--object-store-mb", type=int_at_least(1), default=None, metavar="MB",
                    help="Ray object store size for this node (default: Ray's)")
     a.add_argument("--node-ip-address", default=None, metavar="IP", help="this host's address as the farm sees it")
     a.add_argument("--no-check", action="store_true", help="do not reach each device before joining")

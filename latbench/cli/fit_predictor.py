@@ -7,6 +7,7 @@ import json
 import time
 
 from latbench.cli import output
+from latbench.cli.arguments import int_at_least
 
 EXAMPLES = """\
 examples:
@@ -39,12 +40,12 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--device", required=True, help="device name, as measured or imported")
     p.add_argument("--space", default="fbnet-cifar",
                    help="search space for the coverage report (default: fbnet-cifar)")
-    p.add_argument("--folds", type=_folds, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--folds", type=int_at_least(2), default=5, help="cross-validation folds (default 5)")
     p.add_argument("--correction", choices=["auto", "none", "scale", "affine"], default="auto",
                    help="network-level correction form (default: auto, by leave-one-out)")
     p.add_argument("--no-select", action="store_true",
                    help="skip the settings search; use the default GBDT settings")
-    p.add_argument("--seed", type=int, default=0, help="seed of the folds and the models (default 0)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the folds and the models (default 0)")
     p.add_argument("--unit", metavar="DEVICE@HOST", default=None,
                    help="fit on one farm unit's measurements alone (default: pool every unit)")
     p.add_argument("--table", metavar="ID",
@@ -52,13 +53,6 @@ def add_parser(sub, name: str, help_text: str) -> None:
                         "current settings, else the newest; "
                         "`latbench lut --device X --tables` lists them)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-
-
-def _folds(text: str) -> int:
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be >= 2, got {value}")
-    return value
 
 
 def run(args) -> int:
