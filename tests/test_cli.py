@@ -48,6 +48,14 @@ def test_help_of_each_command_shows_an_example(cli, command):
     assert f"latbench {command} " in out  # an example invocation of this very command
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_description_keeps_the_case_of_the_command_list(cli, command):
+    # str.capitalize() lowercases the rest: `farm --help` said "a device farm on ray"
+    _, out, _ = cli(command, "--help")
+    help_text = COMMANDS[command][1]
+    assert help_text[0].upper() + help_text[1:] + "." in " ".join(out.split())
+
+
 def test_top_level_help_lists_the_commands_with_an_example(cli):
     code, out, _ = cli("--help")
     assert code == 0

@@ -22,7 +22,7 @@ host, with the same versions of Python, Ray and latbench. See docs/farm.md."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(name, help=help_text, description=help_text.capitalize() + ".",
+    p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     farm = p.add_subparsers(dest="farm_command", metavar="{agent,status}", required=True)
 
