@@ -13,7 +13,10 @@ examples:
   latbench devices --show local      # print a profile, e.g. to start your own from it
 
 Profiles are looked up in ./device_profiles, then $LATBENCH_HOME/devices, then the
-bundled ones; the first file named DEVICE.yaml wins."""
+bundled ones; the first file named DEVICE.yaml wins. To add a board or phone, copy
+device_profiles/TEMPLATE-ssh.yaml.txt or TEMPLATE-adb.yaml.txt from the latbench sources
+(every field is documented there) to ./device_profiles/NAME.yaml, set `name: NAME`, and run
+`latbench doctor --device NAME`."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:

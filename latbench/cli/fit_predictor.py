@@ -19,13 +19,14 @@ examples:
 Fits on the device's newest table (runtime version and settings) measured with its
 profile's current settings (else the newest), or on the one --table names (`latbench lut
 --device X --tables` lists them): a LUT of the measured ops, a GBDT for ops never measured
-(its features, target, base model and split chosen by 5-fold cross-validation), and a
-network-level correction when 3 or more whole networks were measured (`latbench collect
---networks N`); without them a network is the plain sum of its ops. Prints held-out accuracy next to
-baselines fitted on the same data (ops: FLOPs-linear and a plain LightGBM on raw shape
-columns; networks: FLOPs-linear and the LUT sum without correction), and saves manifest.json, lut.json, gbdt*.{json,txt},
-correction.json, report.json and predicted_vs_measured.png into
-$LATBENCH_HOME/predictors/<device>/, where `predictors.load("latbench:<device>")` finds them.
+(its features, target, base model and split chosen by cross-validation over --folds, default
+5), and a network-level correction when 3 or more whole networks were measured (`latbench
+collect --networks N`); without them a network is the plain sum of its ops. Prints held-out
+accuracy next to baselines fitted on the same data (ops: FLOPs-linear and a plain LightGBM on
+raw shape columns; networks: FLOPs-linear and the LUT sum without correction), and saves
+manifest.json, lut.json, gbdt*.{json,txt}, correction.json, report.json and
+predicted_vs_measured.png into $LATBENCH_HOME/predictors/<device>/, where
+`predictors.load("latbench:<device>")` finds them.
 
 On a farm (`latbench collect --farm`), several units of one device share the work and the
 store records which unit measured what. By default every unit's measurements are pooled

@@ -29,9 +29,9 @@ A device has one table per runtime version and measurement settings (threads, pr
 cores); rows come from the newest table measured with the profile's current settings (else
 the newest) unless --table names another by the id --tables prints (a prefix is enough).
 median_ms is the median over rounds of each round's median (p10_ms and p90_ms likewise of each
-round's p10 and p90), round_spread is (max - min) /
-median of those round medians (empty for a key measured in one round only): how far apart
-repeated measurements of the key came out, the number to read for reproducibility. rel_iqr is
+round's p10 and p90), round_spread is (max - min) / median of those round medians (empty for a
+key measured in one round only): how far apart repeated measurements of the key came out, the
+number to read for reproducibility. rel_iqr is
 the median over rounds of each round's IQR / median of its raw samples, noisy is rel_iqr > 10%
 (as `collect` counts noisy measurements); both are empty for a table without raw samples
 (imported, or a tool that printed statistics only). --csv adds device, runtime, table and
@@ -41,7 +41,7 @@ threads to every row."""
 def add_parser(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text.capitalize() + ".",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", required=True, help="device profile name")
+    p.add_argument("--device", required=True, help="device name, as measured or imported")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="write CSV")
     fmt.add_argument("--json", action="store_true", help="write JSON (rows plus their context)")
