@@ -13,11 +13,12 @@ from latbench.cli.arguments import int_at_least
 EXAMPLES = """\
 examples:
   nas search --cost latbench:pixel3                       # FBNet loss, the device's latency predictor
-  nas search --cost latbench:local --form hinge --target-ms 2 --verify
+  nas search --cost latbench:local --form hinge --target-ms 1.2 --width-mult 0.25 --input-size 8 \\
+      --epochs 8 --theta-lr 0.1 --verify            # minutes on a laptop CPU (scripts/run-local.sh)
   nas search --cost flops --form hinge --target-flops 150M --epochs 5 --width-mult 0.25 --input-size 8
   nas search --cost latbench:pixel3 --cost latbench:rpi4 --form hinge --target-ms 20 --target-ms 90
-  nas search --cost latbench:local --form hinge --target-ms 2 --data cifar10:./cifar-10-batches-bin \\
-      --torch-device cuda
+  nas search --cost latbench:local --form hinge --target-ms 1.2 --data cifar10:./cifar-10-batches-bin \\
+      --torch-device cuda                           # full width at 32x32: give it a GPU
   torchrun --standalone --nproc-per-node 4 -m nas search --cost latbench:pixel3 --torch-device cuda
 
 Under torchrun the search is data-parallel (DistributedDataParallel: NCCL on GPUs, one per
@@ -36,8 +37,9 @@ per unit: give one for all costs of that unit, or one per cost in --cost order.
 The final arch is theta's argmax, or, when a target is given (--pick auto), the most likely
 of the argmax and the --samples draws whose predicted cost is within --tolerance of it.
 --width-mult and --input-size shrink only the trained supernet (for speed on a small CPU,
-e.g. --width-mult 0.25 --input-size 8 with the 8x8 digits); costs, predictions, exports and
---verify always use the full-width network of the space.
+e.g. --width-mult 0.25 --input-size 8 with the 8x8 digits: the defaults, full width at the
+space's 32 or 224 px, take some 45 minutes for 10 epochs of digits on a 2-core CPU); costs,
+predictions, exports and --verify always use the full-width network of the space.
 Writes OUT/result.json (archs, predictions, accuracy, curves) and OUT/arch.onnx, OUT/arch.tflite."""
 
 _SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9}
@@ -95,7 +97,9 @@ def _fraction_or_one(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nas", description="Hardware-aware neural architecture search with latbench costs.",
-                     epilog="Example: nas search --cost latbench:local --form hinge --target-ms 2 --verify",
+                     epilog="Example: nas search --cost latbench:local --form hinge --target-ms 1.2 "
+                            "--width-mult 0.25 --input-size 8 --verify\n"
+                            "(a CPU-sized run; more in `nas search --help`)",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"nas (latbench) {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -116,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lambda", dest="lam", type=_nonneg_float, default=None,
                    help="linear/hinge forms: weight of the cost term (default 1.0)")
     c.add_argument("--target-ms", type=_amount, action="append", default=[], metavar="MS",
-                   help="latency target of latbench:DEVICE costs (linear/hinge)")
+                   help="latency target of latbench:DEVICE costs: linear/hinge train toward it; "
+                        "with fbnet it only picks the final arch")
     c.add_argument("--target-flops", type=_amount, action="append", default=[], metavar="N",
                    help="FLOPs target of the flops cost, e.g. 150M")
     c.add_argument("--target-params", type=_amount, action="append", default=[], metavar="N",
