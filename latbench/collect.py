@@ -122,9 +122,11 @@ class Collector:
     """Measures items on one device into one store. Use as a context manager."""
 
     def __init__(self, profile: DeviceProfile, store: Store, *, rounds: int | None = None,
-                 cache_dir: Path | None = None, on_event: EventCallback | None = None, lock: bool = True):
+                 cache_dir: Path | None = None, on_event: EventCallback | None = None, lock: bool = True,
+                 lock_wait_s: float = 0.0):
         self.profile = profile
         self.lock = lock  # hold the hardware's lock (latbench.locks) while open
+        self.lock_wait_s = lock_wait_s  # how long to wait for a collection that holds it
         self.store = store
         self.rounds = rounds or profile.protocol.rounds
         self.cache_dir = cache_dir
@@ -141,7 +143,7 @@ class Collector:
         try:
             self._stop_on_sigterm()
             if self.lock:
-                self._stack.enter_context(device_lock(self.profile))
+                self._stack.enter_context(device_lock(self.profile, wait_s=self.lock_wait_s))
             self.transport.connect()
             self._stack.callback(self.transport.close)
             self.runner = make_runner(self.transport, self.profile)

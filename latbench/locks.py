@@ -15,6 +15,14 @@ from typing import Iterator
 from latbench.errors import LatbenchError
 
 
+class HardwareBusy(LatbenchError):
+    """Another process measures this hardware; `holder` says which ("latbench pid N, device D")."""
+
+    def __init__(self, message: str, hint: str, holder: str):
+        super().__init__(message, hint)
+        self.holder = holder
+
+
 def lock_dir() -> Path:
     """`LATBENCH_LOCK_DIR`, else one folder per user in the host's temporary directory."""
     import tempfile
@@ -63,10 +71,10 @@ def device_lock(profile, directory: Path | None = None, wait_s: float = 0.0) -> 
             if time.monotonic() >= deadline:
                 handle.seek(0)
                 holder = handle.read().strip() or "another latbench process"
-                raise LatbenchError(f"the hardware of device {profile.name!r} ({hardware_name(profile)}) is "
-                                    f"being measured already, by {holder}",
-                                    "wait for that collection to finish: two at once would time each "
-                                    "other's load")
+                raise HardwareBusy(f"the hardware of device {profile.name!r} ({hardware_name(profile)}) is "
+                                   f"being measured already, by {holder}",
+                                   "wait for that collection to finish: two at once would time each "
+                                   "other's load", holder)
             time.sleep(0.1)
         handle.seek(0)
         handle.truncate()
@@ -75,6 +83,16 @@ def device_lock(profile, directory: Path | None = None, wait_s: float = 0.0) -> 
         yield
     finally:
         handle.close()
+
+
+def lock_holder(profile, directory: Path | None = None) -> str | None:
+    """Who measures the hardware of `profile` now, or None: the lock is looked at, not kept
+    (a check that should not disturb, or warn about, a collection)."""
+    try:
+        with device_lock(profile, directory):
+            return None
+    except HardwareBusy as exc:
+        return exc.holder
 
 
 def _own_folder(directory: Path) -> None:

@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--verify", action="store_true",
                    help="measure the found network on the cost's device and print measured vs predicted")
     o.add_argument("--verify-device", metavar="NAME", help="device for --verify (default: each latbench cost's)")
+    o.add_argument("--verify-wait-s", type=_nonneg_float, default=None, metavar="S",
+                   help="--verify: how long to wait for a collection that measures the device when the "
+                        "search ends (default 600); the result is written either way")
     o.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     return parser
 

@@ -10,7 +10,7 @@ from latbench.errors import UsageError
 
 
 def job_from_args(args):
-    from nas.flow import SearchJob
+    from nas.flow import VERIFY_LOCK_WAIT_S, SearchJob
     from nas.search import SearchConfig
 
     try:
@@ -34,7 +34,8 @@ def job_from_args(args):
         weight_fraction=args.weight_split, config=config, samples=args.samples,
         pick=args.pick, tolerance=args.tolerance, retrain_epochs=args.retrain_epochs, out_dir=out,
         export=not args.no_export,
-        verify=args.verify, verify_device=args.verify_device)
+        verify=args.verify, verify_device=args.verify_device,
+        verify_wait_s=VERIFY_LOCK_WAIT_S if args.verify_wait_s is None else args.verify_wait_s)
 
 
 def run(args) -> int:
@@ -89,12 +90,19 @@ def run(args) -> int:
         print_targets(result)  # on stderr: a script reads stdout, the person running it reads this
     else:
         print_summary(result)
-    return 0
+    failed = [v for v in result["verify"] if "error" in v]
+    arch = "-".join(str(c) for c in result["final"]["arch"])
+    for v in failed:
+        output.note(f"verify on {v['device']} failed: {v['error']}" + (f" ({v['hint']})" if v.get("hint") else "")
+                    + f"; the search's result is in {result['result_file']}; measure its arch later with "
+                    f"latbench collect --device {v['device']} --space {result['space']} --arch {arch}",
+                    style="yellow")
+    return 1 if failed else 0
 
 
 def print_targets(result: dict) -> None:
     """One line per target on stderr: hit, or missed by how much, as predicted (and measured)."""
-    measured = {f"latbench:{v['device']}": v["median_ms"] for v in result.get("verify", [])}
+    measured = {f"latbench:{v['device']}": v["median_ms"] for v in result.get("verify", []) if "error" not in v}
     for t in result.get("targets", []):
         miss, tol, unit = t["relative_miss"], t["tolerance"], t["unit"]
         side = "over" if miss > 0 else "under"
@@ -137,14 +145,15 @@ def print_summary(result: dict) -> None:
         r = final["retrained"]
         output.note(f"final arch retrained alone for {output.plural(r['epochs'], 'epoch')}: "
                     f"accuracy {r['accuracy']:.1%}")
-    if result["verify"]:
+    verified = [v for v in result["verify"] if "error" not in v]
+    if verified:
         output.table("measured vs predicted (final arch)",
                      ["device", "runtime", "measured_ms", "p10-p90 ms", "rounds", "predicted_ms", "predicted vs measured %",
                       "target_ms"],
                      [[v["device"], f"{v['runtime']}, table {v.get('table', '?')}", v["median_ms"], f"{_num(v['p10_ms'])}-{_num(v['p90_ms'])}",
                        v["rounds"], v["predicted_ms"],
                        None if v["relative_error"] is None else f"{100 * v['relative_error']:+.1f}",
-                       v["target_ms"]] for v in result["verify"]])
+                       v["target_ms"]] for v in verified])
     print_targets(result)
     for note in result["exports"].get("notes", []):
         output.note(f"note: {note}")

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from latbench.errors import UsageError
+from latbench.errors import LatbenchError, UsageError
 from nas.cost import CostForm, LoadedCost, TARGET_OPTIONS, assign_targets, load_costs
 from nas.data import load_data
 from nas.distributed import init_world, is_worker_rank
@@ -26,6 +26,8 @@ from nas.verify import measure_networks
 PICKS = ("auto", "argmax", "target")
 #: --tolerance when none is given: the rest of a +-10% band is left to the predictor's own error.
 DEFAULT_TOLERANCE = 0.05
+#: How long --verify waits for a collection that measures the device when the search ends.
+VERIFY_LOCK_WAIT_S = 600.0
 
 
 @dataclass
@@ -53,6 +55,7 @@ class SearchJob:
     export: bool = True
     verify: bool = False
     verify_device: str | None = None
+    verify_wait_s: float = VERIFY_LOCK_WAIT_S
 
 
 @dataclass
@@ -252,10 +255,22 @@ def score_candidates(space, costs: list[LoadedCost], outcome, data, job: SearchJ
     return scored[0], scored[1:]
 
 
-def verify_on(device: str, network, final: dict, costs: list[LoadedCost], hooks: Hooks) -> dict:
-    """Measure the final network on `device` through latbench; measured next to predicted."""
+def verify_on(device: str, network, final: dict, costs: list[LoadedCost], hooks: Hooks,
+              wait_s: float = VERIFY_LOCK_WAIT_S) -> dict:
+    """Measure the final network on `device` through latbench; measured next to predicted. A
+    collection measuring the device is waited for (up to `wait_s`); a failure is an entry with
+    its error, so the search's result is still written."""
+    from latbench.locks import lock_holder
+    from latbench.profiles import load_profile
+
     hooks.stage(f"verify:{device}")
-    measured = measure_networks([network], device, on_event=hooks.measure)[network.key]
+    try:
+        holder = lock_holder(load_profile(device))
+        if holder:
+            hooks.note(f"verify: {device} is being measured by {holder}; waiting up to {wait_s:g} s for it")
+        measured = measure_networks([network], device, on_event=hooks.measure, lock_wait_s=wait_s)[network.key]
+    except LatbenchError as exc:
+        return {"device": device, "error": exc.message, "hint": exc.hint}
     cost = next((c for c in costs if c.device == device), None)
     predicted = final["predicted"][cost.spec] if cost else None
     error = None if predicted is None else (predicted - measured["median_ms"]) / measured["median_ms"]
@@ -271,6 +286,21 @@ def verify_devices(job: SearchJob, costs: list[LoadedCost]) -> list[str]:
         raise UsageError("--verify needs a device: no --cost is a latbench:DEVICE latency",
                          "add --verify-device NAME (see `latbench devices`)")
     return list(dict.fromkeys(devices))
+
+
+def busy_notes(devices: list[str], wait_s: float) -> list[str]:
+    """A --verify device another collection measures now: say so before training."""
+    from latbench.locks import lock_holder
+    from latbench.profiles import load_profile
+
+    notes = []
+    for device in devices:
+        holder = lock_holder(load_profile(device))
+        if holder:
+            notes.append(f"note: {device} is being measured now, by {holder}: --verify will wait up to "
+                         f"{wait_s:g} s for it after the search (--verify-wait-s; the result is written "
+                         "either way)")
+    return notes
 
 
 def check_after_search(job: SearchJob, devices: list[str]) -> bool:
@@ -311,6 +341,7 @@ def run_job(job: SearchJob, hooks: Hooks | None = None, loader=None) -> dict | N
     devices = verify_devices(job, costs) if job.verify else []
     made_out = check_after_search(job, devices)
     if not is_worker_rank():
+        notes += busy_notes(devices, job.verify_wait_s)
         for line in notes:
             hooks.note(line)
     world = None
@@ -355,7 +386,7 @@ def _run_job(job: SearchJob, hooks: Hooks, world, space, costs, form, pick, devi
     if job.export:
         hooks.stage("export")
         exports = export_network(network, out_dir)
-    verified = [verify_on(device, network, final, costs, hooks) for device in devices]
+    verified = [verify_on(device, network, final, costs, hooks, job.verify_wait_s) for device in devices]
     epoch_s = [r["epoch_s"] for r in outcome.curves]
     result = {
         "space": space.name,

@@ -9,7 +9,7 @@ from latbench.ops import Network
 
 
 def measure_networks(networks: Sequence[Network], device: str, *, rounds: int | None = None,
-                     on_event=None) -> dict[str, dict]:
+                     on_event=None, lock_wait_s: float = 0.0) -> dict[str, dict]:
     """network key -> {"median_ms", "p10_ms", "p90_ms", "rounds", "runtime"} measured on `device`.
 
     Goes through the same Collector as `latbench collect`, into the same store, so a
@@ -22,7 +22,8 @@ def measure_networks(networks: Sequence[Network], device: str, *, rounds: int | 
 
     profile = load_profile(device)
     home.writable_home()
-    with Store(home.db_path()) as store, Collector(profile, store, rounds=rounds, on_event=on_event) as col:
+    with Store(home.db_path()) as store, Collector(profile, store, rounds=rounds, on_event=on_event,
+                                                    lock_wait_s=lock_wait_s) as col:
         plan = col.plan(list(networks))
         report = col.run(plan)
         table = {row["key"]: row for row in store.table(plan.context)}

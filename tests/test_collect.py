@@ -294,6 +294,24 @@ def test_batches_failing_in_a_row_stop_the_collection(make_profile, monkeypatch)
     assert "2 batches in a row failed" in report.stopped and "3 batch(es) were not tried" in report.stopped
 
 
+def test_cli_arch_measures_just_that_network(warm_home, fast_profile, capsys, monkeypatch):
+    from latbench.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["latbench"])
+    network = SPACE.sample_networks(1, seed=0)[0]  # in the warm cache
+    arch = network.arch
+    text = "-".join(str(c) for c in arch)
+    assert main(["collect", "--device", fast_profile, "--arch", text, "--rounds", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["planned"], summary["measured"]) == (1, 1)
+    with Store(home.db_path()) as store:
+        keys = {k for k, _ in store.measured(store.latest_context(fast_profile).context)}
+    assert keys == {network.key}
+    assert main(["collect", "--device", fast_profile, "--arch", "1-2"]) == 2
+    assert "--arch: an arch of fbnet-cifar is 22 candidate indices" in capsys.readouterr().err
+    assert main(["collect", "--device", fast_profile, "--arch", text, "--limit", "3"]) == 2
+
+
 def test_failures_with_one_error_are_one_line():
     from latbench.cli.collect import _failure_lines
 

@@ -140,6 +140,28 @@ def test_search_writes_result_exports_and_verifies(latbench_home, fast_profile, 
     assert f"{verified['p10_ms']:.4g}-{verified['p90_ms']:.4g}" in shown
 
 
+def test_a_busy_verify_device_keeps_the_result_and_says_how_to_measure_it(latbench_home, fast_profile, tmp_path):
+    """A collection holds the device when the search ends: --verify waits --verify-wait-s, then
+    the result is still written, and the message gives the command that measures the arch."""
+    pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn (pip install scikit-learn)")
+    from latbench.locks import device_lock
+    from latbench.profiles import load_profile
+
+    out = tmp_path / "run"
+    with device_lock(load_profile(fast_profile)):  # this test process is "the other collection"
+        done = nas("search", "--cost", "flops", *QUICK, "--samples", "1", "--retrain-epochs", "0", "--no-export",
+                   "--out", str(out), "--verify", "--verify-device", fast_profile, "--verify-wait-s", "0.5",
+                   home=latbench_home)
+    assert done.returncode == 1, done.stderr
+    err = " ".join(done.stderr.split())
+    assert f"note: {fast_profile} is being measured now, by latbench pid {os.getpid()}" in err  # before training
+    assert f"verify on {fast_profile} failed: the hardware of device '{fast_profile}'" in err
+    result = json.loads((out / "result.json").read_text())
+    arch = "-".join(str(c) for c in result["final"]["arch"])
+    assert f"latbench collect --device {fast_profile} --space fbnet-cifar --arch {arch}" in err
+    assert result["verify"][0]["device"] == fast_profile and "being measured already" in result["verify"][0]["error"]
+
+
 def test_human_output_and_no_export(latbench_home, tmp_path):
     pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn (pip install scikit-learn)")
     out = tmp_path / "run"

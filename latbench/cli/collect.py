@@ -13,6 +13,7 @@ examples:
   latbench collect --device local --space fbnet-cifar --networks 20 --rounds 5
   latbench collect --device local --limit 10 --json     # a quick partial run, machine-readable summary
   latbench collect --device pixel3 --farm HEAD:6379      # on every pixel3 of a device farm (docs/farm.md)
+  latbench collect --device local --arch 0-8-3-1-...     # only this network (as `nas search` printed it)
 
 Re-running measures only what is missing; Ctrl-C keeps every finished batch."""
 
@@ -29,6 +30,9 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--limit", type=int_at_least(1), default=None, metavar="K",
                    help="measure only the first K ops of the space")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed for sampling networks (default 0)")
+    p.add_argument("--arch", action="append", metavar="ARCH",
+                   help="measure only this whole network of --space: its candidate index per layer, "
+                        "as `nas search` prints it (0-8-3-...); repeat for more")
     p.add_argument("--trust-new-host", action="store_true",
                    help="SSH: accept and remember the host key of a board never connected to before")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -49,7 +53,19 @@ def run(args) -> int:
     profile = load_profile(args.device)
     space = get_space(args.space)
     home.writable_home()
-    items = space_items(space, networks=args.networks, limit=args.limit, seed=args.seed)
+    if args.arch:
+        from latbench.errors import UsageError
+
+        if args.networks or args.limit:
+            raise UsageError("--arch measures only the networks it names",
+                             "drop --networks and --limit, or run them as a collection of their own")
+        try:
+            items = [space.network(space.check_arch(a)) for a in args.arch]
+        except ValueError as exc:
+            raise UsageError(f"--arch: {exc}", f"give {space.num_layers} candidate indices of {space.name}, "
+                             "such as 0-8-3-... from `nas search`") from None
+    else:
+        items = space_items(space, networks=args.networks, limit=args.limit, seed=args.seed)
     store = Store(home.db_path())
     if args.farm:  # the same plan, export and store here; the batches run on the farm's units
         from latbench.farm.dispatch import FarmCollector

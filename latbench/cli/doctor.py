@@ -37,15 +37,15 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
     lock is only looked at, not kept: a collection started meanwhile is not refused (it
     connects and exports before it measures)."""
     from latbench.errors import LatbenchError
-    from latbench.locks import device_lock
+    from latbench.locks import HardwareBusy, device_lock
 
     try:
         with device_lock(profile):
             pass
-    except LatbenchError as exc:
-        if "being measured already" in exc.message:
-            return busy_rows(profile, exc.message)
-        # a lock folder that cannot be used does not stop the checks
+    except HardwareBusy as exc:
+        return busy_rows(profile, exc.message)
+    except LatbenchError:
+        pass  # a lock folder that cannot be used does not stop the checks
     return _diagnose(profile, trust_new_host)
 
 
