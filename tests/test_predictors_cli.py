@@ -92,10 +92,14 @@ def test_few_networks_or_networks_far_from_their_op_sums_get_a_note(imported, la
     done = latbench_cli("import", str(small), "--device", "pi", "--column", "raspi4",
                         "--space", "fbnet-imagenet", "--source", "pi-tables")
     assert done.returncode == 0, done.stderr
-    done = latbench_cli("fit-predictor", "--device", "pi", "--no-select", "--folds", "2")
+    done = latbench_cli("fit-predictor", "--device", "pi", "--no-select", "--folds", "2", "--space", "fbnet-imagenet")
     assert done.returncode == 0, done.stderr
     assert "only 3 measured networks" in done.stderr
     assert "take 0.2" in done.stderr and "same space and input size" in done.stderr
+    done = latbench_cli("fit-predictor", "--device", "pi", "--no-select", "--folds", "2", "--json")
+    assert done.returncode == 0, done.stderr  # --space fbnet-cifar: those three are of another space
+    assert "left out 3 measured networks of fbnet-imagenet" in " ".join(done.stderr.split())
+    assert json.loads(done.stdout)["networks"] == 0
 
 
 def test_fit_predictor_errors(latbench_home, latbench_cli, imported):

@@ -75,6 +75,14 @@ def run(args) -> int:
     ctx = info.context
     units = _units(info.context)
     data = training.from_rows(rows)
+    # The network correction is fitted for --space: one verified network of another space (far
+    # bigger or smaller) would tilt it for every network of this one.
+    other_spaces = sorted({n.space for n in data.networks if n.space != space.name})
+    if other_spaces:
+        keep = [i for i, n in enumerate(data.networks) if n.space == space.name]
+        left_out = len(data.networks) - len(keep)
+        data.networks = [data.networks[i] for i in keep]
+        data.network_ms = data.network_ms[keep]
     if len(data.specs) < MIN_FIT_ROWS + 1:  # cross-validation fits on all but one at most
         others = (f", or fit another of its {n_tables} tables with --table ID (`latbench lut --device "
                   f"{args.device} --tables`)" if n_tables > 1 else "")
@@ -94,6 +102,10 @@ def run(args) -> int:
                 f"{len(data.specs)} ops, {len(data.networks)} networks measured")
     if choice:
         output.note(f"  {choice}")
+    if other_spaces:
+        output.note(f"  left out {output.plural(left_out, 'measured network')} of {', '.join(other_spaces)}: "
+                    f"the network correction is fitted on networks of --space {space.name} (fit with "
+                    f"--space {other_spaces[0]} for those)")
     # ops and networks may be collected with different --rounds; one farm unit has only the
     # rounds it happened to measure
     for kind in ("op", "network") if args.unit is None else ():
