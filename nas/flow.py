@@ -21,6 +21,7 @@ from nas.distributed import init_world, is_worker_rank
 from nas.result import RESULT_FILE, export_network, write_json
 from nas.search import SearchConfig, retrain, run_search, skip_share, supernet_accuracy
 from nas.verify import measure_networks
+from predictors.costmodel import as_space
 
 
 PICKS = ("auto", "argmax", "target")
@@ -154,6 +155,19 @@ def advice(job: SearchJob, costs: list[LoadedCost], pick: str) -> list[str]:
                          + (f" ({differs})" if differs else "") + "; its predictions are for those, and "
                          f"--verify would measure under these (collect and `latbench fit-predictor --device "
                          f"{c.device}` again to match)")
+    for c in costs:  # a predictor that measured little of this space predicts most of it
+        lut = getattr(c.model, "lut_", None)
+        if lut is None:
+            continue
+        coverage = lut.coverage(as_space(job.space))
+        if coverage.fraction < 0.5:
+            fitted = (getattr(c.model, "info_", None) or {}).get("space")
+            how = (f"collect them: latbench collect --device {c.device} --space {job.space}"
+                   if profile_settings(c.device) is not None else "import its measurements of them")
+            lines.append(f"warning: {c.spec} measured {len(coverage.measured)} of the {coverage.total} ops of "
+                         f"{job.space}" + (f" (it was fitted on {fitted})" if fitted and fitted != job.space else "")
+                         + f"; the rest are GBDT guesses, so its costs may be off by tens of percent ({how}, "
+                         f"then latbench fit-predictor --device {c.device} --space {job.space})")
     targeted = [c for c in costs if c.target is not None]
     if job.form == "fbnet" and targeted:
         options = ", ".join(dict.fromkeys(TARGET_OPTIONS.get(c.unit, "--target") for c in targeted))

@@ -184,3 +184,27 @@ def test_a_predictor_fitted_under_other_settings_than_the_profile_has_now_is_war
     assert line.startswith(f"warning: latbench:{fast_profile} was fitted on table 0c4eaba1, measured with other")
     assert "(threads: 2 then, 1 now)" in line  # names what differs
     assert advice(job, [cost(now)], "argmax") == []  # the same: silent
+
+
+def test_a_predictor_that_measured_little_of_the_space_is_warned(fast_profile):
+    from types import SimpleNamespace
+
+    from latbench.spaces import get_space
+    from nas.cost import LoadedCost
+    from predictors.lut import LUT
+
+    cifar = get_space("fbnet-cifar")
+    ops = cifar.ops()
+    job = SearchJob(costs=[f"latbench:{fast_profile}"], space="fbnet-imagenet")
+
+    def cost(specs):
+        model = SimpleNamespace(lut_=LUT.from_arrays(specs, [1.0] * len(specs)), unit="ms",
+                                info_={"space": "fbnet-cifar"})
+        return LoadedCost(spec=f"latbench:{fast_profile}", model=model, term=None)
+
+    (line,) = advice(job, [cost(ops)], "argmax")  # cifar's ops are none of imagenet's
+    total = len(get_space("fbnet-imagenet").ops())
+    assert line.startswith(f"warning: latbench:{fast_profile} measured 0 of the {total} ops of fbnet-imagenet "
+                           "(it was fitted on fbnet-cifar); the rest are GBDT guesses")
+    assert f"latbench collect --device {fast_profile} --space fbnet-imagenet" in line
+    assert advice(SearchJob(costs=[f"latbench:{fast_profile}"]), [cost(ops)], "argmax") == []  # all of cifar
