@@ -306,3 +306,13 @@ def test_noisy_flag_follows_iqr_over_median():
 def test_a_measurement_needs_samples(bad):
     with pytest.raises(ValueError, match="non-empty 1-D"):
         Measurement("k", bad)
+
+
+def test_a_local_tflite_profile_without_the_interpreter_names_the_extra(make_profile):
+    from latbench.transports import open_transport
+
+    profile = load_profile(make_profile("tfl", runtime="litert", format="tflite"))
+    runner = make_runner(open_transport(profile), profile)
+    with pytest.raises(DeviceError) as info:
+        runner.runtime_version({"runtimes": {}, "executable": sys.executable})
+    assert info.value.hint == "pip install -e .[tflite] (the interpreter and the converter)"

@@ -160,7 +160,7 @@ def _trust_notes(report, profile) -> list[str]:
     spreads = report.round_spreads
     if spreads:
         line = (f"reproducibility: rounds of a key differ by {np.median(spreads):.1%} (median round spread, "
-                f"max {max(spreads):.1%}) over {len(spreads)} keys")
+                f"max {max(spreads):.1%}) over {output.plural(len(spreads), 'key')}")
         if report.unstable:
             load = ("" if report.max_load_1m is None else
                     f"; the highest 1-minute load seen was {report.max_load_1m:.1f}"

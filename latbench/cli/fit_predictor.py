@@ -87,7 +87,7 @@ def run(args) -> int:
         others = (f", or fit another of its {n_tables} tables with --table ID (`latbench lut --device "
                   f"{args.device} --tables`)" if n_tables > 1 else "")
         raise LatbenchError(
-            f"only {len(data.specs)} ops measured for {args.device!r} in table {ctx.table_id} "
+            f"only {output.plural(len(data.specs), 'op')} measured for {args.device!r} in table {ctx.table_id} "
             f"({ctx.runtime_label}); a predictor needs at least {MIN_FIT_ROWS + 1} ({MIN_FIT_ROWS} to fit "
             "each cross-validation fold on)",
             (f"run `latbench collect --device {args.device} --space {space.name}`"

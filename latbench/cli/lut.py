@@ -78,7 +78,7 @@ def run(args) -> int:
                         + (f"; {how}" if args.kind == "network" else ""))
     ctx = info.context
     title = (f"{ctx.device}" + (f" (unit {args.unit} alone)" if args.unit else "")
-             + f": table {ctx.table_id}, {ctx.runtime_label}{_header(info.settings)}, {len(rows)} keys")
+             + f": table {ctx.table_id}, {ctx.runtime_label}{_header(info.settings)}, {output.plural(len(rows), 'key')}")
     provenance = {"device": ctx.device, "runtime": ctx.runtime_label, "table": ctx.table_id,
                   "threads": info.settings.get("threads", "")}
     return _emit(args, title, COLUMNS, rows, lambda: _json(ctx, info.settings, rows, args.unit),

@@ -15,6 +15,13 @@ from latbench.runners.base import BatchItem, BatchOutput, Runner
 _INSTALL_HINT = {"onnxruntime": "pip install onnxruntime", "litert": "pip install ai-edge-litert (or tflite-runtime)"}
 
 
+def _local_tflite_hint() -> str:
+    """On this host the .tflite models are made here too: the extra brings the converter as well."""
+    from latbench.tflite import INSTALL_HINT
+
+    return f"{INSTALL_HINT} (the interpreter and the converter)"
+
+
 def install_fix(hint: str, interpreter: str | None) -> str:
     """`pip install X` as the device's own interpreter runs it: a bare `pip` there is often
     another Python's."""
@@ -54,7 +61,8 @@ class PythonRunner(Runner):
             raise DeviceError(
                 f"runtime {self.profile.runtime} is not installed for {info.get('executable', 'python')} "
                 f"on {self.profile.name}",
-                install_fix(_INSTALL_HINT.get(self.profile.runtime, "install it"), info.get("executable")))
+                _local_tflite_hint() if self.profile.transport == "local" and self.profile.runtime == "litert"
+                else install_fix(_INSTALL_HINT.get(self.profile.runtime, "install it"), info.get("executable")))
         return f"{found['package']} {found['version']}"
 
     def run_batch(self, items: list[BatchItem]) -> BatchOutput:
