@@ -321,9 +321,14 @@ def check_after_search(job: SearchJob, devices: list[str]) -> bool:
     """Fail now, not after minutes of training, on what the steps after the search need: a
     profile for every --verify device, and an --out that can be written (made here, on the
     rank that writes). True when this made the --out folder."""
-    from latbench.profiles import load_profile
+    from latbench.profiles import list_profiles, load_profile
 
     for device in devices:
+        if device not in list_profiles() and not job.verify_device:
+            raise UsageError(f"--verify measures on {device}, which has a predictor but no device profile "
+                             "(measurements imported from elsewhere?)",
+                             "give --verify-device NAME of a device you can measure (`latbench devices`), "
+                             "or drop --verify")
         load_profile(device)
     if is_worker_rank():
         return False

@@ -208,3 +208,14 @@ def test_a_predictor_that_measured_little_of_the_space_is_warned(fast_profile):
                            "(it was fitted on fbnet-cifar); the rest are GBDT guesses")
     assert f"latbench collect --device {fast_profile} --space fbnet-imagenet" in line
     assert advice(SearchJob(costs=[f"latbench:{fast_profile}"]), [cost(ops)], "argmax") == []  # all of cifar
+
+
+def test_verify_on_an_imported_device_says_to_give_a_verify_device(latbench_home, tmp_path):
+    from latbench.errors import UsageError
+    from nas.flow import check_after_search
+
+    job = SearchJob(costs=["latbench:raspi4"], verify=True, out_dir=tmp_path / "out")
+    with pytest.raises(UsageError, match="--verify measures on raspi4, which has a predictor but no device "
+                                         "profile") as info:
+        check_after_search(job, ["raspi4"])
+    assert "--verify-device NAME" in info.value.hint and not (tmp_path / "out").exists()
