@@ -158,6 +158,14 @@ def read(path: Path, fmt: str | None = None, *, source_device: str | None = None
 CSV_COLUMNS = ("key", "kind", "cin", "h", "w", "cout", "kernel", "stride", "expansion", "groups",
                "activation", "dtype", "space", "arch", "median_ms", "latency_ms", *OPTIONAL_STATS,
                "count", "round")
+#: Columns that make the key or the value: a misspelt one would be ignored and the row read
+#: wrong (stride 1 for a stride-2 op), so a near miss of these is an error.
+_KEY_COLUMNS = ("key", "kind", "cin", "h", "w", "cout", "kernel", "stride", "expansion", "groups",
+                "activation", "dtype", "space", "arch", "median_ms", "latency_ms", "round")
+#: Columns other tables carry that are ignored as they are: what `latbench lut --csv` adds
+#: (rounds is its round count, not a round index) and common statistics.
+_KNOWN_OTHER = ("rounds", "round_spread", "rel_iqr", "noisy", "device", "runtime", "table", "threads",
+                "min_ms", "max_ms", "unit", "source", "notes")
 _ALIASES = {"p50_ms": "median_ms", "p50": "median_ms", "median": "median_ms", "latency": "median_ms"}
 _OTHER_UNIT = re.compile(r"^(median|latency|p10|p90|mean|std)(_?(us|ns|s|sec|secs|seconds|micros))$",
                          re.IGNORECASE)
@@ -166,8 +174,6 @@ _OTHER_UNIT = re.compile(r"^(median|latency|p10|p90|mean|std)(_?(us|ns|s|sec|sec
 def _check_generic_header(path: Path, header: list[str]) -> list[str]:
     """Columns of `header` latbench ignores; a likely typo, a unit other than ms or another
     delimiter is an error, since its values would be read wrong or not at all."""
-    import difflib
-
     if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
         sep = "';'" if ";" in header[0] else "a tab"
         raise ImportFormatError(f"{path}: its header is one column, separated by {sep}",
@@ -181,17 +187,29 @@ def _check_generic_header(path: Path, header: list[str]) -> list[str]:
             raise ImportFormatError(f"{path}: column {col!r} is not in milliseconds",
                                     f"latbench reads milliseconds: convert it and name it "
                                     f"{unit.group(1).lower()}_ms (see `latbench import --help`)")
-        alias = _ALIASES.get(col.lower())
-        close = ([alias] if alias else
-                 difflib.get_close_matches(col.lower(), CSV_COLUMNS, n=1, cutoff=0.8))
+        low = col.lower()
+        if low in _KNOWN_OTHER:
+            ignored.append(col)
+            continue
+        close = [_ALIASES[low]] if low in _ALIASES else [c for c in _KEY_COLUMNS if _one_edit(low, c)]
         close = [c for c in close if c not in header]
-        if close or col.lower() in CSV_COLUMNS:
-            name = close[0] if close else col.lower()
+        if close or low in CSV_COLUMNS:
+            name = close[0] if close else low
             raise ImportFormatError(f"{path}: column {col!r} is not in the schema; did you mean {name!r}?",
                                     f"rename it to {name} (column names are lower case; see "
                                     "`latbench import --help`)")
         ignored.append(col)
     return ignored
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """`a` is `b` with one letter added, dropped or changed (strid, kernal, strides)."""
+    if a == b or abs(len(a) - len(b)) > 1 or min(len(a), len(b)) < 3:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b)) == 1
+    short, long_ = sorted((a, b), key=len)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
 
 
 def read_generic(path: Path) -> Imported:
@@ -203,7 +221,7 @@ def read_generic(path: Path) -> Imported:
         raise ImportFormatError(f"{path}: no median_ms (or latency_ms) column",
                                 "see `latbench import --help` for the CSV schema")
     by_fields = {"kind", "cin", "h", "w", "cout"}
-    if "key" not in cols and "kind" in cols and not by_fields <= cols:
+    if "key" not in cols and not {"space", "arch"} <= cols and "kind" in cols and not by_fields <= cols:
         missing = [c for c in ("cin", "h", "w", "cout") if c not in cols]
         raise ImportFormatError(f"{path}: rows given by kind need cin, h, w and cout columns; "
                                 f"no {', '.join(missing)} column",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,36 @@ def test_other_columns_are_ignored_and_listed_and_rounds_number_after_given_ones
                                    f"{_OP},0.3,1,hot\n{_OP},0.4,,\n{_OP},0.5,0,\n"))
     assert result.details["ignored_columns"] == ["note"]
     assert [r["round"] for r in result.rows] == [1, 2, 0]
+
+
+@pytest.mark.parametrize("header, row, ignored", [
+    ("key,latency_ms,min_ms,max_ms,p95_ms,stddev_ms", "{key},0.3,0.2,0.5,0.45,0.01",
+     ["min_ms", "max_ms", "p95_ms", "stddev_ms"]),  # a benchmark's own statistics
+    ("space,arch,kind,median_ms", "fbnet-cifar,{arch},network,1.5", []),  # networks labelled as lut does
+    ("kind,cin,h,w,cout,kernel,median_ms,counts", _OP + ",0.3,40", ["counts"]),  # not a key column
+])
+def test_other_tables_columns_still_import(tmp_path, header, row, ignored):
+    key = importers.read(_write(tmp_path / "k.csv", f"kind,cin,h,w,cout,kernel,median_ms\n{_OP},0.3\n")).rows[0]["key"]
+    arch = "-".join(["0"] * 22)
+    result = importers.read(_write(tmp_path / "t.csv", f"{header}\n{row.format(key=key, arch=arch)}\n"))
+    assert len(result.rows) == 1 and result.details.get("ignored_columns", []) == ignored
+
+
+def test_lut_csv_output_imports_elsewhere(warm_home, fast_profile, latbench_cli, tmp_path, monkeypatch):
+    """`lut --csv` on one host, `import` on another: every column it writes is understood or ignored."""
+    from latbench.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["latbench"])
+    assert main(["collect", "--device", fast_profile, "--limit", "3", "--rounds", "2"]) == 0
+    exported = tmp_path / "local.csv"
+    assert latbench_cli("lut", "--device", fast_profile, "--csv", "--out", str(exported)).returncode == 0
+    done = latbench_cli("import", str(exported), "--device", "elsewhere", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ops"] == 3  # one row per key (its median over rounds)
+    shown = json.loads(latbench_cli("lut", "--device", "elsewhere", "--json").stdout)["rows"]
+    with exported.open() as f:
+        medians = {r["key"]: float(r["median_ms"]) for r in csv.DictReader(f)}
+    assert {r["key"]: r["median_ms"] for r in shown} == pytest.approx(medians)
 
 
 def test_import_command_stores_rows_once(latbench_home, latbench_cli):
