@@ -755,3 +755,42 @@ def test_benchmark_model_batch_over_adb(tmp_path):
     finally:
         peer.stop()
     assert peer.errors == []
+
+
+def test_a_batch_cut_anywhere_keeps_only_models_it_finished(bm_setup, tmp_path):
+    """A connection lost mid-batch hands on what was printed, cut at any byte: the runner keeps
+    exactly the models whose frames were complete, with the results the whole run gives them,
+    and never a false failure from a half-printed end line."""
+    from latbench.errors import DeviceError
+
+    fake, _ = bm_setup
+    profile = _profile("cut", "benchmark_model", "litert", "tflite", tmp_path, runtime_options={"binary": str(fake)})
+    transport, runner = _open(profile)
+    models, _ = _nasty_models(tmp_path / "models")
+    items = [BatchItem(f"m{i}", m) for i, m in enumerate(models)]
+    whole = runner.run_batch(items)
+    real_run = transport.run
+
+    def cut_at(where):  # the batch runs; the connection drops after `where(stdout)` bytes
+        def lost(argv, timeout_s):
+            stdout = real_run(argv, timeout_s).stdout
+            err = DeviceError("lost the connection (test)")
+            err.partial_stdout = stdout[:where(stdout)]  # mid-line too: the runner must cope
+            raise err
+        return lost
+
+    kept = set()
+    wheres = [lambda out, k=k: len(out) * k // 40 for k in range(1, 40)]
+    wheres += [lambda out, w=w, d=d: out.find(w) + d for w, d in ((" end m1 rc=", 5), (" end m1 rc=", 9),
+                                                                   (" end m3", 7))]
+    for where in wheres:
+        transport.run = cut_at(where)
+        try:
+            out = runner.run_batch(items)
+        except DeviceError:  # nothing whole was printed yet: nothing to keep
+            continue
+        assert out.error and "lost the connection" in out.error
+        for item_id, rec in out.results.items():
+            assert rec == whole.results[item_id], item_id
+        kept.add(len(out.results))
+    assert kept - {0, len(items)}  # some cuts kept part of the batch

@@ -238,6 +238,13 @@ class _StateBuilder:
                 "governors": self.governors, "frequencies_khz": self.freqs, "load_1m": self.load}
 
 
+def finished_items(stdout: str, nonce: str) -> str:
+    """The output of a batch cut short, up to the last model's begin line: that model's frame
+    may be cut (its exit status or its timing files not yet printed)."""
+    last = stdout.rfind(f"{_marker(nonce)} begin ")
+    return stdout if last < 0 else stdout[:last]
+
+
 def split_output(stdout: str, nonce: str) -> ScriptOutput:
     """Cut a batch script's output into device states and each model's framed output."""
     mark = _marker(nonce) + " "

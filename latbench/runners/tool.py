@@ -15,7 +15,8 @@ from latbench.profiles import DeviceProfile
 from latbench.runners.base import BatchItem, BatchOutput, Runner
 from latbench.runners.parsing import ParseError, last_error_line
 from latbench.runners.script import (
-    ItemOutput, ScriptItem, batch_script, info_script, new_nonce, parse_kv, split_output, state_script)
+    ItemOutput, ScriptItem, batch_script, finished_items, info_script, new_nonce, parse_kv, split_output,
+    state_script)
 from latbench.transports.base import Transport
 
 
@@ -213,7 +214,7 @@ class ToolRunner(Runner):
             except DeviceError as exc:
                 if not exc.partial_stdout:
                     raise
-                out = self.read_batch(exc.partial_stdout, "", -1, nonce)  # keep what finished
+                out = self.read_batch(finished_items(exc.partial_stdout, nonce), "", -1, nonce)
                 out.error = str(exc)
                 return out
         return self.read_batch(res.stdout, res.stderr, res.exit_code, nonce)

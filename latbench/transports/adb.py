@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 
 from latbench.errors import DeviceError, ProfileError
 from latbench.profiles import DeviceProfile
-from latbench.transports.base import CommandResult, Transport
+from latbench.transports.base import CommandResult, Transport, whole_lines
 
 log = logging.getLogger("latbench.adb")
 
@@ -482,7 +482,7 @@ class ADBTransport(Transport):
         try:
             out = self._call(action, stream)
         except DeviceError as exc:
-            exc.partial_stdout = b"".join(chunks).decode("utf-8", "replace")
+            exc.partial_stdout = whole_lines(b"".join(chunks).decode("utf-8", "replace"))
             raise
         return split_output(out, mark, f"{action} on {self.where}")
 

@@ -10,6 +10,12 @@ from pathlib import Path
 from latbench.profiles import DeviceProfile
 
 
+def whole_lines(text: str) -> str:
+    """`text` up to its last newline: what a command printed before a lost connection may end
+    inside a line, and a cut line must not be read as a whole one."""
+    return text[: text.rfind("\n") + 1]
+
+
 def sha256_file(path: Path) -> str:
     """Content hash that decides whether a device (or a farm agent) already has a file."""
     digest = hashlib.sha256()

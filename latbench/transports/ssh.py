@@ -22,7 +22,7 @@ from typing import Sequence
 
 from latbench.errors import DeviceError
 from latbench.profiles import DeviceProfile
-from latbench.transports.base import CommandResult, Transport, sha256_file
+from latbench.transports.base import CommandResult, Transport, sha256_file, whole_lines
 
 try:
     import paramiko
@@ -539,7 +539,7 @@ class SSHTransport(Transport):
         err = DeviceError(f"lost the SSH connection to {self.where} while running {argv[0]}{why}"[:400],
                           "check that the board is up (it may have rebooted); re-run, "
                           "collection resumes with what is missing")
-        err.partial_stdout = _command_stdout(out or bytearray())
+        err.partial_stdout = whole_lines(_command_stdout(out or bytearray()))
         return err
 
     @staticmethod
