@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import re
 import shutil
-import tempfile
 import time
+import uuid
 from importlib import metadata
 from pathlib import Path
 
@@ -103,9 +102,11 @@ def save(predictor: LatencyPredictor, directory: Path, *, info: dict,
     }
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    # not mkdtemp, which makes it 700 (others sharing the home could not load it): mkdir lets the
+    # umask decide, as for any folder the user makes
+    tmp = directory.parent / f".{directory.name}-{uuid.uuid4().hex[:12]}"
     try:
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 700: others sharing the home could not load it
+        tmp.mkdir(0o777)
         for name, data in {**files, **reports, MANIFEST: _json_bytes(manifest)}.items():
             (tmp / name).write_bytes(data)
         old = None
@@ -120,12 +121,6 @@ def save(predictor: LatencyPredictor, directory: Path, *, info: dict,
         raise ArtifactError(f"cannot write the predictor to {directory}: {exc.strerror or exc}",
                             "check permissions or set LATBENCH_HOME to a writable directory") from None
     return directory
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def fit_command(name: str) -> str:
