@@ -86,13 +86,23 @@ def device_lock(profile, directory: Path | None = None, wait_s: float = 0.0) -> 
 
 
 def lock_holder(profile, directory: Path | None = None) -> str | None:
-    """Who measures the hardware of `profile` now, or None: the lock is looked at, not kept
-    (a check that should not disturb, or warn about, a collection)."""
+    """Who measures the hardware of `profile` now, or None. Only looks: a shared lock tried for
+    an instant, nothing written (a check that should not disturb, or warn about, a collection)."""
+    import fcntl
+
+    directory = directory or lock_dir()
+    path = directory / f"{hardware_name(profile)}.lock"
     try:
-        with device_lock(profile, directory):
-            return None
-    except HardwareBusy as exc:
-        return exc.holder
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None  # never locked (or no lock folder yet): nobody measures
+    with os.fdopen(fd) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another latbench process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
 
 
 def _own_folder(directory: Path) -> None:

@@ -374,6 +374,20 @@ def test_cli_collect_left_short_exits_1_and_says_how_to_finish(warm_home, make_p
     assert "4 of 6 planned measurements were not made" in " ".join(out.err.split())
 
 
+def test_lock_holder_only_looks(fast_profile):
+    from latbench.locks import device_lock, hardware_name, lock_dir, lock_holder
+
+    profile = load_profile(fast_profile)
+    assert lock_holder(profile) is None  # never locked: no file yet
+    with device_lock(profile):
+        assert lock_holder(profile) == f"latbench pid {os.getpid()}, device {fast_profile}"
+    path = lock_dir() / f"{hardware_name(profile)}.lock"
+    path.write_text("left by an earlier run")
+    assert lock_holder(profile) is None and path.read_text() == "left by an earlier run"  # nothing written
+    with device_lock(profile):  # and a collection can take it right after
+        pass
+
+
 def test_one_phone_is_one_lock_however_its_address_is_spelt(make_profile):
     from latbench.locks import hardware_name
 

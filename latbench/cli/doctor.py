@@ -36,16 +36,12 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
     hardware's lock, latbench.locks) they are skipped instead of disturbing its timings. The
     lock is only looked at, not kept: a collection started meanwhile is not refused (it
     connects and exports before it measures)."""
-    from latbench.errors import LatbenchError
-    from latbench.locks import HardwareBusy, device_lock
+    from latbench.locks import hardware_name, lock_holder
 
-    try:
-        with device_lock(profile):
-            pass
-    except HardwareBusy as exc:
-        return busy_rows(profile, exc.message)
-    except LatbenchError:
-        pass  # a lock folder that cannot be used does not stop the checks
+    holder = lock_holder(profile)
+    if holder:
+        return busy_rows(profile, f"the hardware of device {profile.name!r} ({hardware_name(profile)}) "
+                                  f"is being measured already, by {holder}")
     return _diagnose(profile, trust_new_host)
 
 
