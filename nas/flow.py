@@ -167,7 +167,8 @@ def advice(job: SearchJob, costs: list[LoadedCost], pick: str) -> list[str]:
             lines.append(f"warning: {c.spec} measured {len(coverage.measured)} of the {coverage.total} ops of "
                          f"{job.space}" + (f" (it was fitted on {fitted})" if fitted and fitted != job.space else "")
                          + f"; the rest are GBDT guesses, so its costs may be off by tens of percent ({how}, "
-                         f"then latbench fit-predictor --device {c.device} --space {job.space})")
+                         f"then latbench fit-predictor --device {c.device} --space {job.space}, which "
+                         "replaces its predictor)")
     targeted = [c for c in costs if c.target is not None]
     if job.form == "fbnet" and targeted:
         options = ", ".join(dict.fromkeys(TARGET_OPTIONS.get(c.unit, "--target") for c in targeted))

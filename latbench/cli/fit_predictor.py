@@ -20,8 +20,10 @@ Fits on the device's newest table (runtime version and settings) measured with i
 profile's current settings (else the newest), or on the one --table names (`latbench lut
 --device X --tables` lists them): a LUT of the measured ops, a GBDT for ops never measured
 (its features, target, base model and split chosen by cross-validation over --folds, default
-5), and a network-level correction when 3 or more whole networks were measured (`latbench
-collect --networks N`); without them a network is the plain sum of its ops. Prints held-out
+5), and a network-level correction when 3 or more whole networks of --space were measured
+(`latbench collect --networks N`; networks of other spaces are left out and named); without
+them a network is the plain sum of its ops. A device has one predictor: fitting again, with
+another --space too, replaces it. Prints held-out
 accuracy next to baselines fitted on the same data (ops: FLOPs-linear and a plain LightGBM on
 raw shape columns; networks: FLOPs-linear and the LUT sum without correction), and saves
 manifest.json, lut.json, gbdt*.{json,txt}, correction.json, report.json and
@@ -40,7 +42,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", required=True, help="device name, as measured or imported")
     p.add_argument("--space", default="fbnet-cifar",
-                   help="search space for the coverage report (default: fbnet-cifar)")
+                   help="search space whose measured networks fit the network correction, and for the "
+                        "coverage report (default: fbnet-cifar)")
     p.add_argument("--folds", type=int_at_least(2), default=5, help="cross-validation folds (default 5)")
     p.add_argument("--correction", choices=["auto", "none", "scale", "affine"], default="auto",
                    help="network-level correction form (default: auto, by leave-one-out)")
@@ -105,7 +108,7 @@ def run(args) -> int:
     if other_spaces:
         output.note(f"  left out {output.plural(left_out, 'measured network')} of {', '.join(other_spaces)}: "
                     f"the network correction is fitted on networks of --space {space.name} (fit with "
-                    f"--space {other_spaces[0]} for those)")
+                    f"--space {other_spaces[0]} for those; that replaces this predictor)")
     # ops and networks may be collected with different --rounds; one farm unit has only the
     # rounds it happened to measure
     for kind in ("op", "network") if args.unit is None else ():
