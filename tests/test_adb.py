@@ -631,8 +631,15 @@ def test_doctor_checks_cpu_mask_and_threads_against_the_phones_online_cores():
         source = "pixel3.yaml"
         name = "pixel3"
 
+    # cpu7 is parked, not missing: the mask is right, the runs would use 3 cores until it is back
     check, status, detail, fix = cpu_mask_row(Profile(), parse_device_info(PIXEL3_INFO))
-    assert (check, status) == ("cpu mask", "FAIL") and "names cores 7" in detail, detail
+    assert (check, status) == ("cpu mask", "warn") and "cores 7 are offline now (online: 0-6)" in detail, detail
+    assert "wake the device" in fix
+    Profile.cpus, Profile.connection = [7], {"cpu_mask": "80"}  # only parked cores: every run fails
+    assert cpu_mask_row(Profile(), parse_device_info(PIXEL3_INFO))[1] == "FAIL"
+    Profile.cpus, Profile.connection = [8], {"cpu_mask": "100"}  # a core the phone does not have
+    check, status, detail, _ = cpu_mask_row(Profile(), parse_device_info(PIXEL3_INFO))
+    assert status == "FAIL" and "names cores 8, but the device has cores 0-7" in detail, detail
     Profile.cpus, Profile.connection = [4, 5, 6], {"cpu_mask": "70"}
     assert cpu_mask_row(Profile(), parse_device_info(PIXEL3_INFO))[1] == "ok"
 

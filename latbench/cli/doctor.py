@@ -194,11 +194,21 @@ def cpu_mask_row(profile, info: dict) -> tuple[str, str, str, str]:
     every batch later (`cannot pin to cores ...`), so say it here."""
     wanted = profile.cpus
     mask = profile.connection.get("cpu_mask")
-    have = info.get("online_cpus") or (list(range(info["cores"])) if info.get("cores") else None)
+    online = info.get("online_cpus")
+    have = sorted(set(range(info["cores"])) | set(online or ())) if info.get("cores") else online
     if have is None:
         return ("cpu mask", "warn", f"pinned to cores {output.format_cores(wanted)} (mask {mask}); cannot read "
                 "the device's cores", "check that the cores exist on the device")
     missing = sorted(set(wanted) - set(have))
+    offline = sorted(set(wanted) - set(online)) if online else []
+    if not missing and offline:  # a phone parks big cores when idle or hot; they come back
+        every = len(offline) == len(wanted)
+        return ("cpu mask", "FAIL" if every else "warn",
+                f"pinned to cores {output.format_cores(wanted)} (mask {mask}); cores "
+                f"{output.format_cores(offline)} are offline now (online: {output.format_cores(online)})"
+                + (": every run would fail to pin" if every else
+                   ": runs would use fewer cores than pinned until they come back"),
+                "wake the device and keep it cool (it parks cores when idle or hot), then check again")
     if missing:
         return ("cpu mask", "FAIL",
                 f"connection.cpu_mask {mask} names cores {output.format_cores(missing)}, but the device has "
