@@ -470,6 +470,30 @@ def test_push_skips_what_the_device_has_and_replaces_what_changed(sshd, tmp_path
     assert leftovers == []
 
 
+def test_an_upload_to_a_full_disk_says_so(sshd, tmp_path, monkeypatch):
+    """sftp-server reports ENOSPC as a bare "Failure": the error names the full disk, so the
+    collection stops at once instead of retrying it as a dropped link."""
+    model = tmp_path / "big.onnx"
+    model.write_bytes(os.urandom(100_000))
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        real_put = t.sftp().put
+
+        def failing_put(*args, **kwargs):
+            raise OSError("Failure")
+
+        monkeypatch.setattr(t.sftp(), "put", failing_put)
+        free = t._free_kb(t.workdir)
+        assert free is not None and free > 0  # df -Pk, read over the same connection
+        monkeypatch.setattr(t, "_free_kb", lambda directory: 50)  # 50 KB left on the board
+        with pytest.raises(DeviceError, match=r"No space left on device \(50 KB free there\)") as err:
+            t.stage(model)
+        assert "free space on the board" in err.value.hint
+        monkeypatch.setattr(t, "_free_kb", lambda directory: 10**9)  # room enough: another failure
+        with pytest.raises(DeviceError, match="OSError: Failure"):
+            t.stage(model)
+        monkeypatch.setattr(t.sftp(), "put", real_put)
+
+
 def test_cleanup_removes_the_workdir_and_refuses_a_root(sshd, tmp_path):
     with transport_for(make_profile(tmp_path, sshd)) as t:
         t.stage(Path(__file__))

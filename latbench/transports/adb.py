@@ -266,8 +266,11 @@ class ADBTransport(Transport):
                          split_stderr=False)
         if res.exit_code != 0:
             what = "cannot write to" if res.exit_code == 3 else "cannot create"
+            full = "No space left on device" in res.stdout
             err = DeviceError(f"{what} the work directory {self.workdir} on {self.where}: "
                               f"{res.stdout.strip()[:200]}",
+                              (f"free space on the phone (latbench's models are under {self.workdir}/models: "
+                               f"adb shell rm -r {shlex.quote(self.workdir + '/models')})") if full else
                               f"set connection.workdir in {self._src} to a writable directory "
                               f"such as {DEFAULT_WORKDIR}")
             err.stage = "setup"  # reached and logged in: `latbench doctor` says so

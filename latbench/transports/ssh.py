@@ -623,12 +623,29 @@ class SSHTransport(Transport):
                 raise
             except Exception as exc:
                 self._discard(tmp)
+                free_kb = self._free_kb(posixpath.dirname(remote))
+                if free_kb is not None and free_kb * 1024 < local.stat().st_size + (1 << 20):
+                    # sftp-server reports ENOSPC as a bare "Failure": say what it was
+                    raise DeviceError(f"cannot upload {local.name} to {remote} on {self.where}: No space left "
+                                      f"on device ({free_kb} KB free there)",
+                                      "free space on the board (latbench's models are under "
+                                      f"{self.workdir}/models), or set connection.workdir to a disk with "
+                                      "room") from None
                 raise DeviceError(f"cannot upload {local.name} to {remote} on {self.where}: "
                                   f"{type(exc).__name__}: {exc}"[:400],
                                   "check free space and permissions in connection.workdir") from None
             self._remote_sha[remote] = sha
             self.uploads += 1
         return len(todo)
+
+    def _free_kb(self, directory: str) -> int | None:
+        """Free space (KB) of the filesystem holding `directory`, or None when it cannot be read."""
+        try:
+            res = self.run(["df", "-Pk", "--", directory], 30)
+        except DeviceError:
+            return None
+        fields = res.stdout.strip().splitlines()[-1].split() if res.exit_code == 0 and res.stdout.strip() else []
+        return int(fields[3]) if len(fields) >= 4 and fields[3].isdigit() else None
 
     def _discard(self, tmp: str) -> None:
         try:
