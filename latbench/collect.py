@@ -157,7 +157,8 @@ class Collector:
 
     def _stop_on_sigterm(self) -> None:
         """While open, SIGTERM (`kill PID`, a job scheduler, systemd) stops collection as Ctrl-C
-        does: the runner in flight is killed and reaped before the hardware lock is released.
+        does: the runner in flight is killed (here, or on an SSH board through a new channel; an
+        adb phone's shell is closed) before the hardware lock is released.
         By default SIGTERM ends this process at once and the runner goes on timing an op, with
         the lock already free, so a collection started next times it as load."""
         import signal

@@ -394,6 +394,20 @@ def test_a_lost_connection_hands_on_what_the_command_printed(sshd, tmp_path):
         assert t.run(["echo", "again"], 10).stdout == "again\n"  # and the old run is ended
 
 
+def test_ctrl_c_ends_the_run_on_the_board_too(sshd, tmp_path):
+    """sshd does not signal a command without a pty when the client goes: an interrupted run
+    would go on timing on the board after the lock was freed."""
+    import signal
+
+    marker = f"6{time.time() % 1000:.4f}"
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            t.run(["sh", "-c", "sleep $1 & sleep $1; wait", "sh", marker], 30)
+        assert _running(f"sleep {marker}") == []
+        assert t.run(["echo", "still here"], 10).stdout == "still here\n"
+
+
 def test_a_shell_killed_by_a_signal_is_not_a_lost_connection(sshd, tmp_path):
     # bash execs the last command of `-c`, so this kills the login shell itself: the channel
     # closes without an exit status while the connection stays up.

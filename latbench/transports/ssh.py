@@ -506,6 +506,11 @@ class SSHTransport(Transport):
         except DeviceError:
             chan.close()
             raise
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in a collection: end the board's run too
+            chan.close()
+            if not self._kill(_run_mark(out)):
+                self._remember_lost(out)
+            raise
         except Exception as exc:
             self._remember_lost(out)
             self.close()
