@@ -314,9 +314,10 @@ def test_timeout_kills_the_command_on_the_phone(tmp_path, peer, adb_key):
     with open_transport(make_profile(tmp_path, peer.address, adb_key)) as t:
         start = time.monotonic()
         with pytest.raises(DeviceError) as err:
-            t.run(["sh", "-c", 'echo $$ > "$1"; exec sleep 60', "sh", str(pidfile)], 1)
+            t.run(["sh", "-c", 'echo $$ > "$1"; echo done one; printf cut; exec sleep 60', "sh", str(pidfile)], 1)
         assert time.monotonic() - start < 10
         assert "took longer than 1 s" in err.value.message and "timeout_s" in err.value.hint
+        assert err.value.partial_stdout == "done one\n"  # what finished is handed on, in whole lines
         pid = int(pidfile.read_text())
         deadline = time.monotonic() + 10
         while _alive(pid):

@@ -316,3 +316,13 @@ def test_a_local_tflite_profile_without_the_interpreter_names_the_extra(make_pro
     with pytest.raises(DeviceError) as info:
         runner.runtime_version({"runtimes": {}, "executable": sys.executable})
     assert info.value.hint == "pip install -e .[tflite] (the interpreter and the converter)"
+
+
+def test_a_local_run_past_its_time_hands_on_what_it_printed(fast_profile):
+    from latbench.transports import open_transport
+
+    transport = open_transport(load_profile(fast_profile))
+    transport.connect()
+    with pytest.raises(DeviceError, match="took longer than 1 s") as info:
+        transport.run(["sh", "-c", "echo first; echo second; printf cut; exec sleep 30"], 1)
+    assert info.value.partial_stdout == "first\nsecond\n"  # whole lines: the runner keeps those results

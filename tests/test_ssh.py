@@ -394,6 +394,13 @@ def test_a_lost_connection_hands_on_what_the_command_printed(sshd, tmp_path):
         assert t.run(["echo", "again"], 10).stdout == "again\n"  # and the old run is ended
 
 
+def test_a_run_past_its_time_hands_on_what_it_printed(sshd, tmp_path):
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        with pytest.raises(DeviceError, match="took longer than 1.5 s") as err:
+            t.run(["sh", "-c", "echo first; echo second; printf cut; exec sleep 30"], 1.5)
+        assert err.value.partial_stdout == "first\nsecond\n"
+
+
 def test_ctrl_c_ends_the_run_on_the_board_too(sshd, tmp_path):
     """sshd does not signal a command without a pty when the client goes: an interrupted run
     would go on timing on the board after the lock was freed."""

@@ -452,8 +452,10 @@ class ADBTransport(Transport):
         res = self._exec(shlex.join(words), limit_s + _KILL_AFTER_S + _GRACE_S, f"running {argv[0]}")
         if res.exit_code in (124, 137) and "timeout" in self._tools and \
                 time.monotonic() - started >= limit_s * 0.99:
-            raise DeviceError(f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}; killed",
+            err = DeviceError(f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}; killed",
                               "raise timeout_s in the profile or lower protocol.batch_size")
+            err.partial_stdout = whole_lines(res.stdout)  # what finished before the limit is kept
+            raise err
         if res.exit_code == 127 and ("not found" in res.stderr or "No such file" in res.stderr):
             raise DeviceError(f"{argv[0]} not found on {self.profile.name}",
                               f"push it to the phone or fix its path in {self._src}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from latbench import home
 from latbench.errors import DeviceError
-from latbench.transports.base import CommandResult, Transport
+from latbench.transports.base import CommandResult, Transport, whole_lines
 
 
 class LocalTransport(Transport):
@@ -73,9 +73,13 @@ class LocalTransport(Transport):
     def run(self, argv: list[str], timeout_s: float) -> CommandResult:
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise DeviceError(f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}",
-                              "raise timeout_s in the profile or lower protocol.batch_size") from None
+        except subprocess.TimeoutExpired as exc:
+            err = DeviceError(f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}",
+                              "raise timeout_s in the profile or lower protocol.batch_size")
+            printed = exc.stdout or ""  # what finished before the time ran out is kept
+            err.partial_stdout = whole_lines(printed.decode("utf-8", "replace") if isinstance(printed, bytes)
+                                             else printed)
+            raise err from None
         except FileNotFoundError:
             raise DeviceError(f"{argv[0]} not found on this host",
                               f"set `python:` in {self.profile.source}") from None

@@ -499,9 +499,11 @@ class SSHTransport(Transport):
                 if remaining <= 0:
                     if not self._kill(_run_mark(out)):
                         self._remember_lost(out)  # killed at the next connection instead
-                    raise DeviceError(
+                    err = DeviceError(
                         f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}; killed",
                         "raise timeout_s in the profile or lower protocol.batch_size")
+                    err.partial_stdout = whole_lines(_command_stdout(out))  # what finished is kept
+                    raise err
                 select.select([chan], [], [], min(remaining, 0.5))
         except DeviceError:
             chan.close()
