@@ -37,6 +37,8 @@ def hardware_name(profile) -> str:
     c = profile.connection
     if profile.transport == "ssh":
         name = f"ssh-{c.get('host', '')}-{c.get('port', 22)}"
+    elif profile.transport == "adb" and c.get("usb"):  # the transport connects over USB then
+        name = f"adb-usb-{c.get('serial') or 'any'}"
     elif profile.transport == "adb" and c.get("address"):
         from latbench.transports.adb import split_address
 

@@ -73,6 +73,8 @@ def test_a_bad_argument_is_a_usage_error_on_one_line(cli):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "--limit" in lines[0] and "must be >= 1" in lines[0]
+    code, _, err = cli("farm", "agent", "--port", "70000")
+    assert code == 2 and "argument --port: a port is 1..65535, got 70000" in err
     code, _, err = cli("collect", "--device", "local", "--rounds", "abc")
     assert code == 2 and "argument --rounds: not a whole number: 'abc'" in err  # not "invalid _positive value"
 

@@ -398,6 +398,9 @@ def test_one_phone_is_one_lock_however_its_address_is_spelt(make_profile):
     other = load_profile(make_profile("phone9", transport="adb", runner="python",
                                       connection={"address": "10.0.0.5:5556"}))
     assert hardware_name(other) == "adb-10.0.0.5-5556"
+    usb = load_profile(make_profile("phoneusb", transport="adb", runner="python",
+                                    connection={"address": "10.0.0.5", "usb": True, "serial": "8XV7N"}))
+    assert hardware_name(usb) == "adb-usb-8XV7N"  # usb: true connects over USB, whatever the address
 
 
 def test_a_second_collection_on_the_same_hardware_is_refused(warm_home, fast_profile, capsys, monkeypatch):

@@ -16,3 +16,11 @@ def int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
         return value
     return whole_number
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1..65535."""
+    value = int_at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, got {value}")
+    return value

@@ -7,7 +7,7 @@ import argparse
 import shlex
 
 from latbench.cli import output
-from latbench.cli.arguments import int_at_least
+from latbench.cli.arguments import int_at_least, port_number
 
 EXAMPLES = """\
 examples:
@@ -37,7 +37,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     a.add_argument("--unit", action="append", default=[], metavar="DEVICE[@HOST]",
                    help="a device attached here (repeat for each; a head may have none); "
                         "HOST defaults to this host's name")
-    a.add_argument("--port", type=int_at_least(1), default=6379, help="port of a new head (with --head; default 6379)")
+    a.add_argument("--port", type=port_number, default=6379, help="port of a new head (with --head; default 6379)")
     a.add_argument("--num-cpus", type=int_at_least(0), default=0, metavar="N",
                    help="CPUs this node lends to other Ray work (default 0: nothing else runs where devices are timed)")
     a.add_argument("--object-store-mb", type=int_at_least(1), default=None, metavar="MB",
