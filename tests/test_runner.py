@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import sys
 import time
 
@@ -326,3 +327,28 @@ def test_a_local_run_past_its_time_hands_on_what_it_printed(fast_profile):
     with pytest.raises(DeviceError, match="took longer than 1 s") as info:
         transport.run(["sh", "-c", "echo first; echo second; printf cut; exec sleep 30"], 1)
     assert info.value.partial_stdout == "first\nsecond\n"  # whole lines: the runner keeps those results
+
+
+def test_a_local_run_that_is_stopped_ends_a_tool_under_timeout_too(fast_profile):
+    """GNU timeout (in every batch script) puts the tool in a process group of its own: a run
+    cut short must end the whole session, or the tool goes on timing after latbench stopped."""
+    import signal
+    import subprocess
+    import threading
+
+    from latbench.transports import open_transport
+
+    transport = open_transport(load_profile(fast_profile))
+    transport.connect()
+    marker = f"7{time.time() % 1000:.4f}"
+
+    def running() -> bool:
+        return subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 0
+
+    with pytest.raises(DeviceError, match="took longer"):
+        transport.run(["sh", "-c", f"timeout 60 sleep {marker}"], 1)
+    assert not running()
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        transport.run(["sh", "-c", f"timeout 60 sleep {marker}; echo never"], 30)
+    assert not running()

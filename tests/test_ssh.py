@@ -412,6 +412,11 @@ def test_ctrl_c_ends_the_run_on_the_board_too(sshd, tmp_path):
         with pytest.raises(KeyboardInterrupt):
             t.run(["sh", "-c", "sleep $1 & sleep $1; wait", "sh", marker], 30)
         assert _running(f"sleep {marker}") == []
+        # a tool under GNU timeout (as batch scripts run them) has a process group of its own
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            t.run(["sh", "-c", "timeout 60 sleep $1", "sh", marker], 30)
+        assert _running(f"sleep {marker}") == []
         assert t.run(["echo", "still here"], 10).stdout == "still here\n"
 
 

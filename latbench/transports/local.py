@@ -71,16 +71,69 @@ class LocalTransport(Transport):
         shutil.copyfile(remote, local)
 
     def run(self, argv: list[str], timeout_s: float) -> CommandResult:
+        """Run `argv` in a session of its own; on a timeout, Ctrl-C or SIGTERM the whole session
+        is killed (a batch script's `timeout` puts the tool in a process group of its own)."""
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+        except FileNotFoundError:
+            raise DeviceError(f"{argv[0]} not found on this host",
+                              f"set `python:` in {self.profile.source}") from None
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
+            _kill_session(proc)
             err = DeviceError(f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}",
                               "raise timeout_s in the profile or lower protocol.batch_size")
             printed = exc.stdout or ""  # what finished before the time ran out is kept
             err.partial_stdout = whole_lines(printed.decode("utf-8", "replace") if isinstance(printed, bytes)
                                              else printed)
             raise err from None
-        except FileNotFoundError:
-            raise DeviceError(f"{argv[0]} not found on this host",
-                              f"set `python:` in {self.profile.source}") from None
-        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
+        except BaseException:
+            _kill_session(proc)
+            raise
+        return CommandResult(proc.returncode, stdout, stderr)
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """End every process of the session `proc` leads (its pid is the session id), then reap it."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        members = _session_members(proc.pid)
+        for pid in members:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if sig == signal.SIGTERM and members:
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+            if not _session_members(proc.pid):
+                break
+    try:
+        proc.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, ValueError):
+        pass
+
+
+def _session_members(sid: int) -> list[int]:
+    """Pids whose session is `sid` (Linux /proc; elsewhere only the leader)."""
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return [sid]
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # state, ppid, pgrp, session
+            found.append(int(name))
+    return found

@@ -60,12 +60,25 @@ if read -r s 2>/dev/null < "/proc/$pid/stat"; then
   set -- ${s##*) }
   [ "$start" = - ] || [ "${20}" = "$start" ] || exit 0
 fi
-alive() { kill -0 -"$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; }
+# sshd makes the login shell a session leader; `timeout` (in every batch script) moves a tool
+# into a process group of its own but not out of the session, so the session is what is killed.
+members() {
+  for f in /proc/[0-9]*/stat; do
+    read -r t 2>/dev/null < "$f" || continue
+    set -- ${t##*) }
+    [ "$4" = "$pid" ] && { m=${f#/proc/}; echo "${m%/stat}"; }
+  done
+}
+alive() { kill -0 -"$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null || [ -n "$(members)" ]; }
+signal() {
+  kill -"$1" -"$pid" 2>/dev/null; kill -"$1" "$pid" 2>/dev/null
+  for m in $(members); do kill -"$1" "$m" 2>/dev/null; done
+}
 alive || exit 0
-kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+signal TERM
 i=0
 while alive && [ "$i" -lt 20 ]; do sleep 0.1 2>/dev/null || sleep 1; i=$((i + 1)); done
-kill -KILL -"$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+signal KILL
 true
 """
 # Everything `latbench doctor` shows, read in one command; $1 = workdir, $2 = python.
