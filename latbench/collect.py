@@ -265,7 +265,7 @@ class Collector:
             try:
                 output = self.runner.run_batch([BatchItem(i, paths[k]) for i, (k, _) in ids.items()])
             except DeviceError as exc:
-                output = BatchOutput(start=None, error=str(exc))
+                output = BatchOutput(start=None, error=str(exc), timed_out=exc.timed_out)
             remaining = self.store_output(plan, ids, output, started, temp, report)
             if not remaining:
                 report.batches_ok += 1
@@ -275,6 +275,18 @@ class Collector:
                                   f"directory (`latbench doctor --device {self.profile.name}` shows how "
                                   f"much is left), then re-run the same command to measure the rest")
                 break
+            if output.timed_out:
+                # Items run in order: the first one left is the one the time ran out in. Set it
+                # aside, so it does not cost every retry its whole timeout and the items behind
+                # it are measured.
+                (key, rnd), remaining = remaining[0], remaining[1:]
+                why = (f"did not finish within the batch's timeout_s ({self.profile.timeout_s:g} s): "
+                       f"hung, or slower than the profile allows ({output.error})")
+                self.store.record_failure(plan.context, key, "run", why)
+                report.failed[key] = f"run: {why}"
+                if not remaining:
+                    report.batches_ok += 1  # everything else in it was measured
+                    return
             if attempt < attempts:
                 delay = min(backoff_s * 2 ** (attempt - 1), max_backoff_s)
                 self.on_event("retry", attempt, attempts, {"error": output.error, "delay_s": delay})

@@ -46,6 +46,7 @@ class DeviceError(LatbenchError):
     keeps the results already finished instead of timing them again."""
 
     partial_stdout: str = ""
+    timed_out: bool = False  # the command ran past its time limit and was killed
 
 
 class ExportError(LatbenchError):

@@ -312,6 +312,42 @@ def test_cli_arch_measures_just_that_network(warm_home, fast_profile, capsys, mo
     assert main(["collect", "--device", fast_profile, "--arch", text, "--limit", "3"]) == 2
 
 
+def test_a_model_that_hangs_mid_batch_is_set_aside_and_the_rest_measured(make_profile, monkeypatch):
+    """The batch times out in its third model: the two before it are kept, the third is
+    recorded as failed on its own, and the retry measures the ones behind it."""
+    import latbench.collect as collect_module
+    from latbench.runners.base import BatchOutput
+
+    real = collect_module.make_runner
+    sent = []
+
+    def hangs_once(*a, **k):
+        runner = real(*a, **k)
+        run_batch = runner.run_batch
+
+        def run(items):
+            sent.append([it.id for it in items])
+            if len(sent) > 1:
+                return run_batch(items)
+            done = run_batch(items[:2])  # the first two finish, then the third hangs
+            return BatchOutput(start=done.start, results=done.results, timed_out=True,
+                               error="python took longer than 120 s on hang; killed")
+        runner.run_batch = run
+        return runner
+
+    monkeypatch.setattr(collect_module, "make_runner", hangs_once)
+    name = make_profile("hang", protocol={"batch_size": 5, "rounds": 1}, retry={"attempts": 2, "backoff_s": 0})
+    items = SPACE.ops()[:5]
+    plan, report = collect(name, items)
+    hung = plan.batches[0][2][0]
+    assert report.measured == 4 and set(report.failed) == {hung}, report.failed
+    assert "did not finish within the batch's timeout_s" in report.failed[hung]
+    assert [len(s) for s in sent] == [5, 2] and report.batches_failed == 0
+    with Store(home.db_path()) as store:
+        assert store.failures(plan.context)[hung][0] == "run"
+        assert {k for k, _ in store.measured(plan.context)} == {op.key for op in items} - {hung}
+
+
 def test_failures_with_one_error_are_one_line():
     from latbench.cli.collect import _failure_lines
 

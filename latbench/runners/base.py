@@ -25,6 +25,7 @@ class BatchOutput:
     results: dict[str, dict] = field(default_factory=dict)
     end: dict | None = None  # state (device state after)
     error: str | None = None  # set when the runner died before finishing
+    timed_out: bool = False  # it was killed at the batch's time limit (`error` says so too)
 
 
 class Runner(abc.ABC):

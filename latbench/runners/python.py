@@ -85,7 +85,7 @@ class PythonRunner(Runner):
                 if not exc.partial_stdout:
                     raise
                 out = parse_output(exc.partial_stdout, "", -1)  # keep what finished before the drop
-                out.error = str(exc)
+                out.error, out.timed_out = str(exc), exc.timed_out
                 return out
         return parse_output(res.stdout, res.stderr, res.exit_code)
 

@@ -215,7 +215,7 @@ class ToolRunner(Runner):
                 if not exc.partial_stdout:
                     raise
                 out = self.read_batch(finished_items(exc.partial_stdout, nonce), "", -1, nonce)
-                out.error = str(exc)
+                out.error, out.timed_out = str(exc), exc.timed_out
                 return out
         return self.read_batch(res.stdout, res.stderr, res.exit_code, nonce)
 

@@ -455,6 +455,7 @@ class ADBTransport(Transport):
             err = DeviceError(f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}; killed",
                               "raise timeout_s in the profile or lower protocol.batch_size")
             err.partial_stdout = whole_lines(res.stdout)  # what finished before the limit is kept
+            err.timed_out = True
             raise err
         if res.exit_code == 127 and ("not found" in res.stderr or "No such file" in res.stderr):
             raise DeviceError(f"{argv[0]} not found on {self.profile.name}",

@@ -88,6 +88,7 @@ class LocalTransport(Transport):
             printed = exc.stdout or ""  # what finished before the time ran out is kept
             err.partial_stdout = whole_lines(printed.decode("utf-8", "replace") if isinstance(printed, bytes)
                                              else printed)
+            err.timed_out = True
             raise err from None
         except BaseException:
             _kill_session(proc)

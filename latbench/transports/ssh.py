@@ -516,6 +516,7 @@ class SSHTransport(Transport):
                         f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}; killed",
                         "raise timeout_s in the profile or lower protocol.batch_size")
                     err.partial_stdout = whole_lines(_command_stdout(out))  # what finished is kept
+                    err.timed_out = True
                     raise err
                 select.select([chan], [], [], min(remaining, 0.5))
         except DeviceError:
