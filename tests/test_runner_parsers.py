@@ -10,6 +10,7 @@ execution, not by reading the script. (This host has none of the real tools.)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -794,3 +795,28 @@ def test_a_batch_cut_anywhere_keeps_only_models_it_finished(bm_setup, tmp_path):
             assert rec == whole.results[item_id], item_id
         kept.add(len(out.results))
     assert kept - {0, len(items)}  # some cuts kept part of the batch
+
+
+def test_a_model_that_filled_the_disk_is_not_taken_and_stops_the_batch(bm_setup, tmp_path):
+    """A tool writing its result file onto a full disk leaves it cut short: that model's timings
+    are not stored, and the batch error names the full disk (collect stops on it)."""
+    from latbench.collect import _disk_full
+
+    fake, _ = bm_setup
+    profile = _profile("full", "benchmark_model", "litert", "tflite", tmp_path, runtime_options={"binary": str(fake)})
+    transport, runner = _open(profile)
+    models, _ = _nasty_models(tmp_path / "models")
+    items = [BatchItem(f"m{i}", m) for i, m in enumerate(models)]
+    real_run = transport.run
+
+    def disk_fills_in_m1(argv, timeout_s):
+        res = real_run(argv, timeout_s)
+        begin = res.stdout.find(" begin m1")
+        line_end = res.stdout.index("\n", begin) + 1
+        note = "sh: 1: cannot create results/1.csv: No space left on device\n"
+        return dataclasses.replace(res, stdout=res.stdout[:line_end] + note + res.stdout[line_end:])
+
+    transport.run = disk_fills_in_m1
+    out = runner.run_batch(items)
+    assert set(out.results) == {"m0"} and _disk_full(out.error)
+    assert out.error.startswith("the device's disk filled while benchmark_model ran model m1: sh: 1: cannot create")

@@ -226,6 +226,12 @@ class ToolRunner(Runner):
                           end={"state": frames.after} if frames.after else None)
         for item_id in frames.order:
             output = frames.items[item_id]
+            if "No space left on device" in output.text:
+                # its result file may be cut short: nothing of this model is taken, and collect
+                # stops on the error instead of storing truncated timings
+                out.error = (f"the device's disk filled while {self.tool} ran model {item_id}: "
+                             f"{last_error_line(output.text, ('No space left on device',))}")
+                break
             if output.rc is None:
                 out.error = (f"the batch stopped while {self.tool} ran model {item_id}: "
                              f"{last_error_line(output.text + chr(10) + stderr)}")
