@@ -23,6 +23,10 @@ from typing import Sequence
 from latbench.errors import DeviceError
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, sha256_file, whole_lines
+from latbench.transports.remote_runs import KILL_SCRIPT as _KILL_SCRIPT
+from latbench.transports.remote_runs import PID_PREFIX as _PID_PREFIX
+from latbench.transports.remote_runs import command_stdout as _command_stdout
+from latbench.transports.remote_runs import run_mark as _run_mark
 
 try:
     import paramiko
@@ -36,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WORKDIR = "/tmp/latbench"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
-_PID_MARK = "LATBENCH_PID="
 #: Longest argument list sent in one command (well under any ARG_MAX and SSH packet limit).
 _MAX_ARGS_BYTES = 32_000
 _SFTP_TIMEOUT_S = 60.0
@@ -44,43 +47,6 @@ _SFTP_TIMEOUT_S = 60.0
 # One round trip for many files: the sha256 of each path in order, "-" when it is missing.
 _HASH_SCRIPT = ('for f do if [ -f "$f" ]; then sha256sum < "$f" 2>/dev/null || echo -; '
                 'else echo -; fi; done')
-# Before each command the login shell prints its pid, the boot id and its /proc stat line, so a
-# later kill can tell the same process from a reused pid (sshd setsid()s the shell: pid = group).
-_PID_PREFIX = (f"s=; b=; read -r s 2>/dev/null < /proc/$$/stat; "
-               f"read -r b 2>/dev/null < /proc/sys/kernel/random/boot_id; "
-               f"printf '%s\\n' \"{_PID_MARK}$$ ${{b:--}} $s\"; ")
-# End the process group a command's login shell leads; $1 = pid, $2 = its start time, $3 = boot
-# id ("-" = unknown). Nothing is killed on another boot or when the pid now names another
-# process; a gone leader with live group members is still ours (Linux keeps a pgid unused).
-_KILL_SCRIPT = r"""
-pid=$1 start=$2 boot=$3 b= s=
-read -r b 2>/dev/null < /proc/sys/kernel/random/boot_id
-[ "$boot" = - ] || [ -z "$b" ] || [ "$b" = "$boot" ] || exit 0
-if read -r s 2>/dev/null < "/proc/$pid/stat"; then
-  set -- ${s##*) }
-  [ "$start" = - ] || [ "${20}" = "$start" ] || exit 0
-fi
-# sshd makes the login shell a session leader; `timeout` (in every batch script) moves a tool
-# into a process group of its own but not out of the session, so the session is what is killed.
-members() {
-  for f in /proc/[0-9]*/stat; do
-    read -r t 2>/dev/null < "$f" || continue
-    set -- ${t##*) }
-    [ "$4" = "$pid" ] && { m=${f#/proc/}; echo "${m%/stat}"; }
-  done
-}
-alive() { kill -0 -"$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null || [ -n "$(members)" ]; }
-signal() {
-  kill -"$1" -"$pid" 2>/dev/null; kill -"$1" "$pid" 2>/dev/null
-  for m in $(members); do kill -"$1" "$m" 2>/dev/null; done
-}
-alive || exit 0
-signal TERM
-i=0
-while alive && [ "$i" -lt 20 ]; do sleep 0.1 2>/dev/null || sleep 1; i=$((i + 1)); done
-signal KILL
-true
-"""
 # Everything `latbench doctor` shows, read in one command; $1 = workdir, $2 = python.
 _INFO_SCRIPT = r"""
 printf 'model\t%s\n' "$(tr -d '\000' < /proc/device-tree/model 2>/dev/null)"
@@ -102,29 +68,6 @@ printf 'python\t%s\n' "$("$2" -c 'import platform; print(platform.python_version
 """
 
 
-def _command_stdout(out: bytearray) -> str:
-    """A run's stdout without the pid line `_PID_PREFIX` printed first."""
-    stdout = out.decode("utf-8", "replace")
-    if stdout.startswith(_PID_MARK):
-        stdout = stdout.split("\n", 1)[1] if "\n" in stdout else ""
-    return stdout
-
-
-def _run_mark(out: bytes | bytearray) -> tuple[str, str, str] | None:
-    """(pid, start time, boot id) from the first line `_PID_PREFIX` printed, "-" for what the
-    board did not tell; None before the whole line arrived."""
-    if b"\n" not in out:
-        return None
-    first = bytes(out).split(b"\n", 1)[0].decode("ascii", "replace")
-    if not first.startswith(_PID_MARK):
-        return None
-    fields = first[len(_PID_MARK):].split(" ", 2)
-    if not fields[0].isdigit():
-        return None
-    boot = fields[1] if len(fields) > 1 and fields[1] else "-"
-    stat = fields[2].rsplit(")", 1)[-1].split() if len(fields) > 2 else []
-    start = stat[19] if len(stat) > 19 and stat[19].isdigit() else "-"
-    return fields[0], start, boot
 
 
 def _looks_public(path: str) -> bool:
