@@ -309,6 +309,25 @@ def test_a_silent_command_longer_than_the_connect_timeout_is_waited_for(tmp_path
     assert (res.exit_code, res.stdout) == (0, "done\n")
 
 
+def test_ctrl_c_ends_a_tool_under_timeout_on_the_phone(tmp_path, peer, adb_key):
+    """GNU timeout (in every batch script) gives the tool a process group of its own, which
+    hanging up the shell does not reach: Ctrl-C must end the run's whole session."""
+    import signal
+    import subprocess
+    import threading
+
+    marker = f"8{time.time() % 1000:.4f}"
+    with open_transport(make_profile(tmp_path, peer.address, adb_key)) as t:
+        threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            t.run(["sh", "-c", f"timeout 60 sleep {marker}"], 30)
+        deadline = time.monotonic() + 5
+        while subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "the tool still runs on the phone"
+            time.sleep(0.1)
+        assert t.run(["echo", "still usable"], 10).stdout == "still usable\n"
+
+
 def test_timeout_kills_the_command_on_the_phone(tmp_path, peer, adb_key):
     pidfile = tmp_path / "pid"
     with open_transport(make_profile(tmp_path, peer.address, adb_key)) as t:

@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 from latbench.errors import DeviceError, ProfileError
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, whole_lines
+from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark
 
 log = logging.getLogger("latbench.adb")
 
@@ -474,6 +475,7 @@ class ADBTransport(Transport):
                       f"cat {err} 2>/dev/null; rm -f {err}")
         else:
             script = f"{{ {command}; }} 2>&1; rc=$?; echo; echo \"{mark}$rc\""
+        script = PID_PREFIX + script  # so Ctrl-C can end what it started (`_kill`)
         chunks: list[bytes] = []  # bytes: a chunk may end inside a UTF-8 character
 
         def stream(device) -> str:  # streamed, so a lost connection still leaves what was printed
@@ -483,14 +485,30 @@ class ADBTransport(Transport):
                 chunks.append(chunk)
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no end within {timeout_s:g} s")
-            return b"".join(chunks).decode("utf-8", "replace")
+            return command_stdout(bytearray(b"".join(chunks)))
 
         try:
             out = self._call(action, stream)
         except DeviceError as exc:
-            exc.partial_stdout = whole_lines(b"".join(chunks).decode("utf-8", "replace"))
+            exc.partial_stdout = whole_lines(command_stdout(bytearray(b"".join(chunks))))
+            raise
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in a collection: end the phone's run too
+            self._kill(run_mark(b"".join(chunks)))
             raise
         return split_output(out, mark, f"{action} on {self.where}")
+
+    def _kill(self, mark: tuple[str, str, str] | None) -> None:
+        """End what a run's shell started (its session: a tool under `timeout` has a group of its
+        own) with a command on a new stream; failing that, drop the connection (adbd then hangs
+        up the shell)."""
+        if mark is not None and self._device is not None:
+            try:
+                self._device.shell(shlex.join(["sh", "-c", KILL_SCRIPT, "sh", *mark]),
+                                   transport_timeout_s=10, read_timeout_s=10, timeout_s=15)
+                return
+            except Exception:  # noqa: BLE001 - the connection may be what broke
+                pass
+        self.close()
 
     # ---- files -----------------------------------------------------------------------------
 
