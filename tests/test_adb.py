@@ -328,6 +328,23 @@ def test_ctrl_c_ends_a_tool_under_timeout_on_the_phone(tmp_path, peer, adb_key):
         assert t.run(["echo", "still usable"], 10).stdout == "still usable\n"
 
 
+def test_a_run_of_a_dropped_connection_is_ended_on_reconnect(tmp_path, peer, adb_key):
+    import subprocess
+
+    marker = f"9{time.time() % 1000:.4f}"
+    peer.on_output = lambda command, chunk: "drop" if b"started" in chunk else None
+    with open_transport(make_profile(tmp_path, peer.address, adb_key)) as t:
+        with pytest.raises(DeviceError, match="lost the adb connection"):
+            t.run(["sh", "-c", f"echo started; exec timeout 60 sleep {marker}"], 30)
+        peer.on_output = None
+        assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 0
+        assert t.run(["echo", "again"], 10).stdout == "again\n"  # reconnects, and first ends that run
+        deadline = time.monotonic() + 5
+        while subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "the run of the dropped connection still times"
+            time.sleep(0.1)
+
+
 def test_timeout_kills_the_command_on_the_phone(tmp_path, peer, adb_key):
     pidfile = tmp_path / "pid"
     with open_transport(make_profile(tmp_path, peer.address, adb_key)) as t:

@@ -218,6 +218,7 @@ class ADBTransport(Transport):
         #: files actually uploaded by this transport (not skipped); for reports and tests
         self.uploads = 0
         self._device = None
+        self._lost_runs: list[tuple[str, str, str]] = []  # run marks of dropped connections
         self._connected_once = False
         self._prompted = False
         self._tools: set[str] = set()
@@ -262,6 +263,9 @@ class ADBTransport(Transport):
             raise self._connect_error(exc) from None
         self._device = device
         self._connected_once = True
+        for mark in list(self._lost_runs):  # a run of a connection that dropped may still time
+            self._kill(mark)
+            self._lost_runs.remove(mark)
         res = self._exec(shlex.join(["sh", "-c", _SETUP_SCRIPT, "sh", self.workdir]),
                          self.connect_timeout_s + _GRACE_S, "creating the work directory",
                          split_stderr=False)
@@ -491,6 +495,9 @@ class ADBTransport(Transport):
             out = self._call(action, stream)
         except DeviceError as exc:
             exc.partial_stdout = whole_lines(command_stdout(bytearray(b"".join(chunks))))
+            lost = run_mark(b"".join(chunks))
+            if self._device is None and lost is not None:  # the connection broke: end it on reconnect
+                self._lost_runs.append(lost)
             raise
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in a collection: end the phone's run too
             self._kill(run_mark(b"".join(chunks)))
@@ -507,7 +514,7 @@ class ADBTransport(Transport):
                                    transport_timeout_s=10, read_timeout_s=10, timeout_s=15)
                 return
             except Exception:  # noqa: BLE001 - the connection may be what broke
-                pass
+                self._lost_runs.append(mark)  # the next connection ends it
         self.close()
 
     # ---- files -----------------------------------------------------------------------------
