@@ -342,6 +342,10 @@ class Collector:
             report.cpus = output.start["cpus"]
         if temp is None:
             temp = state.get("max_temperature_c")
+        rel_ci = self.profile.protocol.rel_ci
+        check_ci = rel_ci > 0 and self.profile.runner == "python"  # its stop rule: did it get there?
+        if check_ci:
+            from latbench.runners.pyrunner import median_rel_ci  # the runner's own stop test
         results, remaining, estimated = [], [], {}
         for position, (bid, (key, rnd)) in enumerate(ids.items()):
             rec = output.results.get(bid)
@@ -361,10 +365,7 @@ class Collector:
             if getattr(m, "estimated", ()):
                 estimated[key] = list(m.estimated)
             report.relative_iqrs.append(m.relative_iqr)
-            rel_ci = self.profile.protocol.rel_ci
-            if rel_ci > 0 and m.samples_ms.size and self.profile.runner == "python":
-                from latbench.runners.pyrunner import median_rel_ci  # the runner's own stop test
-
+            if check_ci and m.samples_ms.size:
                 report.short_of_ci += median_rel_ci(m.samples_ms.tolist()) > rel_ci
             results.append((key, rnd, kind_of(plan.items[key]), m,
                             {"position": position, "temperature_c": temp}))

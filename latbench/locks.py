@@ -31,6 +31,11 @@ def lock_dir() -> Path:
     return Path(env) if env else Path(tempfile.gettempdir()) / f"latbench-locks-{os.getuid()}"
 
 
+def lock_path(profile, directory: Path | None = None) -> Path:
+    """The lock file of the hardware `profile` measures."""
+    return (directory or lock_dir()) / f"{hardware_name(profile)}.lock"
+
+
 def hardware_name(profile) -> str:
     """The hardware a profile measures: this host, an SSH host and port, an adb address or
     serial."""
@@ -59,7 +64,7 @@ def device_lock(profile, directory: Path | None = None, wait_s: float = 0.0) -> 
     import time
 
     directory = directory or lock_dir()
-    path = directory / f"{hardware_name(profile)}.lock"
+    path = lock_path(profile, directory)
     try:
         _own_folder(directory)
         # never through a link: in a shared /tmp, someone could point it at a file of ours
@@ -73,8 +78,7 @@ def device_lock(profile, directory: Path | None = None, wait_s: float = 0.0) -> 
             if time.monotonic() >= deadline:
                 handle.seek(0)
                 holder = handle.read().strip() or "another latbench process"
-                raise HardwareBusy(f"the hardware of device {profile.name!r} ({hardware_name(profile)}) is "
-                                   f"being measured already, by {holder}",
+                raise HardwareBusy(busy_message(profile, holder),
                                    "wait for that collection to finish: two at once would time each "
                                    "other's load", holder)
             time.sleep(0.1)
@@ -87,15 +91,17 @@ def device_lock(profile, directory: Path | None = None, wait_s: float = 0.0) -> 
         handle.close()
 
 
+def busy_message(profile, holder: str) -> str:
+    return f"the hardware of device {profile.name!r} ({hardware_name(profile)}) is being measured already, by {holder}"
+
+
 def lock_holder(profile, directory: Path | None = None) -> str | None:
     """Who measures the hardware of `profile` now, or None. Only looks: a shared lock tried for
     an instant, nothing written (a check that should not disturb, or warn about, a collection)."""
     import fcntl
 
-    directory = directory or lock_dir()
-    path = directory / f"{hardware_name(profile)}.lock"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(lock_path(profile, directory), os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None  # never locked (or no lock folder yet): nobody measures
     with os.fdopen(fd) as handle:

@@ -420,14 +420,6 @@ def profile_settings(device: str) -> dict | None:
         return None
 
 
-def profile_settings_hash(device: str) -> str | None:
-    """The hash of `profile_settings` (None without a profile)."""
-    from latbench.profiles import DeviceProfile
-
-    settings = profile_settings(device)
-    return DeviceProfile.settings_hash(settings) if settings is not None else None
-
-
 def what_differs(now: dict, then: dict) -> str:
     """The first settings that differ, "threads: 2 in the table, 1 now; ..." (torch's version
     is in `exporter`: an upgrade changes it too)."""

@@ -411,13 +411,13 @@ def test_cli_collect_left_short_exits_1_and_says_how_to_finish(warm_home, make_p
 
 
 def test_lock_holder_only_looks(fast_profile):
-    from latbench.locks import device_lock, hardware_name, lock_dir, lock_holder
+    from latbench.locks import device_lock, lock_holder, lock_path
 
     profile = load_profile(fast_profile)
     assert lock_holder(profile) is None  # never locked: no file yet
     with device_lock(profile):
         assert lock_holder(profile) == f"latbench pid {os.getpid()}, device {fast_profile}"
-    path = lock_dir() / f"{hardware_name(profile)}.lock"
+    path = lock_path(profile)
     path.write_text("left by an earlier run")
     assert lock_holder(profile) is None and path.read_text() == "left by an earlier run"  # nothing written
     with device_lock(profile):  # and a collection can take it right after

@@ -431,7 +431,7 @@ def test_a_shell_killed_by_a_signal_is_not_a_lost_connection(sshd, tmp_path):
 
 
 def test_the_kill_of_a_lost_run_spares_a_reused_pid_and_other_boots(sshd, tmp_path):
-    from latbench.transports.ssh import _run_mark
+    from latbench.transports.remote_runs import run_mark as _run_mark
 
     victim = subprocess.Popen(["sleep", "60"], start_new_session=True)  # its own process group
     try:

@@ -36,12 +36,11 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
     hardware's lock, latbench.locks) they are skipped instead of disturbing its timings. The
     lock is only looked at, not kept: a collection started meanwhile is not refused (it
     connects and exports before it measures)."""
-    from latbench.locks import hardware_name, lock_holder
+    from latbench.locks import busy_message, lock_holder
 
     holder = lock_holder(profile)
     if holder:
-        return busy_rows(profile, f"the hardware of device {profile.name!r} ({hardware_name(profile)}) "
-                                  f"is being measured already, by {holder}")
+        return busy_rows(profile, busy_message(profile, holder))
     return _diagnose(profile, trust_new_host)
 
 

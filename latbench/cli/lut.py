@@ -89,7 +89,7 @@ def _with_noise(ctx, rows: list[dict], unit: str | None) -> list[dict]:
     """`rows` with rel_iqr (median over rounds of IQR / median of the round's raw samples) and
     noisy (rel_iqr above the noisy threshold); None for keys without raw samples."""
     from latbench import home
-    from latbench.measurement import NOISY_IQR_RATIO
+    from latbench.measurement import NOISY_IQR_RATIO, Measurement
     from latbench.store import Store
 
     ratios: dict[str, list[float]] = {}
@@ -97,8 +97,7 @@ def _with_noise(ctx, rows: list[dict], unit: str | None) -> list[dict]:
         for row in store.rows(ctx, unit=unit):
             samples = store.samples(ctx, row.key, row.round)
             if samples.size:
-                q1, med, q3 = np.percentile(samples, [25, 50, 75])
-                ratios.setdefault(row.key, []).append(float((q3 - q1) / med) if med > 0 else float("inf"))
+                ratios.setdefault(row.key, []).append(Measurement(row.key, samples).relative_iqr)
     out = []
     for r in rows:
         rel = float(np.median(ratios[r["key"]])) if r["key"] in ratios else None

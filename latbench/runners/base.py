@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import Transport
@@ -51,6 +52,23 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def run_batch(self, items: list[BatchItem]) -> BatchOutput:
         """Time every item in one invocation on the device, in the given order."""
+
+    def run_reading(self, argv: list[str], read: Callable[[str, str, int], BatchOutput],
+                    cut_short: Callable[[str], str] = lambda text: text) -> BatchOutput:
+        """Run a batch command and `read(stdout, stderr, exit_code)` its output. A run cut short
+        (a lost connection, the time limit) is read from what it had printed, through
+        `cut_short`, so the results it finished are kept; nothing printed: the error as it is."""
+        from latbench.errors import DeviceError
+
+        try:
+            res = self.transport.run(argv, self.profile.timeout_s)
+        except DeviceError as exc:
+            if not exc.partial_stdout:
+                raise
+            out = read(cut_short(exc.partial_stdout), "", -1)
+            out.error, out.timed_out = str(exc), exc.timed_out
+            return out
+        return read(res.stdout, res.stderr, res.exit_code)
 
 
 #: runner name in a profile -> "module:Class"

@@ -78,16 +78,7 @@ class PythonRunner(Runner):
             local = Path(tmp) / f"batch-{uuid.uuid4().hex[:12]}.json"
             local.write_text(json.dumps(batch))
             remote = self.transport.stage(local, "batches")
-            try:
-                res = self.transport.run([self.transport.python(), self._runner_path(), "run", remote],
-                                         self.profile.timeout_s)
-            except DeviceError as exc:
-                if not exc.partial_stdout:
-                    raise
-                out = parse_output(exc.partial_stdout, "", -1)  # keep what finished before the drop
-                out.error, out.timed_out = str(exc), exc.timed_out
-                return out
-        return parse_output(res.stdout, res.stderr, res.exit_code)
+            return self.run_reading([self.transport.python(), self._runner_path(), "run", remote], parse_output)
 
 
 def parse_output(stdout: str, stderr: str, exit_code: int) -> BatchOutput:

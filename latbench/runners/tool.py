@@ -209,15 +209,9 @@ class ToolRunner(Runner):
             local = Path(tmp) / f"batch-{uuid.uuid4().hex[:12]}.sh"
             local.write_text(script)
             remote = self.transport.stage(local, "batches")
-            try:
-                res = self.transport.run(["sh", remote, remote], self.profile.timeout_s)
-            except DeviceError as exc:
-                if not exc.partial_stdout:
-                    raise
-                out = self.read_batch(finished_items(exc.partial_stdout, nonce), "", -1, nonce)
-                out.error, out.timed_out = str(exc), exc.timed_out
-                return out
-        return self.read_batch(res.stdout, res.stderr, res.exit_code, nonce)
+            return self.run_reading(["sh", remote, remote],
+                                    lambda stdout, stderr, rc: self.read_batch(stdout, stderr, rc, nonce),
+                                    cut_short=lambda text: finished_items(text, nonce))
 
     def read_batch(self, stdout: str, stderr: str, exit_code: int, nonce: str) -> BatchOutput:
         """Turn a batch script's output into results; a model that failed does not stop the rest."""

@@ -23,10 +23,7 @@ from typing import Sequence
 from latbench.errors import DeviceError
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, sha256_file, whole_lines
-from latbench.transports.remote_runs import KILL_SCRIPT as _KILL_SCRIPT
-from latbench.transports.remote_runs import PID_PREFIX as _PID_PREFIX
-from latbench.transports.remote_runs import command_stdout as _command_stdout
-from latbench.transports.remote_runs import run_mark as _run_mark
+from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark
 
 try:
     import paramiko
@@ -66,8 +63,6 @@ done
 printf 'df\t%s\n' "$(df -Pk "$1" 2>/dev/null | tail -n 1)"
 printf 'python\t%s\n' "$("$2" -c 'import platform; print(platform.python_version())' 2>/dev/null)"
 """
-
-
 
 
 def _looks_public(path: str) -> bool:
@@ -426,7 +421,7 @@ class SSHTransport(Transport):
     def run(self, argv: list[str], timeout_s: float) -> CommandResult:
         """Run `argv` (quoted word by word) in the login shell; kill it after `timeout_s`."""
         client = self._ensure()
-        command = _PID_PREFIX + shlex.join(argv)
+        command = PID_PREFIX + shlex.join(argv)
         try:
             chan = client.get_transport().open_session(timeout=self.connect_timeout_s)
             chan.exec_command(command)
@@ -453,12 +448,12 @@ class SSHTransport(Transport):
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    if not self._kill(_run_mark(out)):
+                    if not self._kill(run_mark(out)):
                         self._remember_lost(out)  # killed at the next connection instead
                     err = DeviceError(
                         f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}; killed",
                         "raise timeout_s in the profile or lower protocol.batch_size")
-                    err.partial_stdout = whole_lines(_command_stdout(out))  # what finished is kept
+                    err.partial_stdout = whole_lines(command_stdout(out))  # what finished is kept
                     err.timed_out = True
                     raise err
                 select.select([chan], [], [], min(remaining, 0.5))
@@ -467,7 +462,7 @@ class SSHTransport(Transport):
             raise
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in a collection: end the board's run too
             chan.close()
-            if not self._kill(_run_mark(out)):
+            if not self._kill(run_mark(out)):
                 self._remember_lost(out)
             raise
         except Exception as exc:
@@ -481,7 +476,7 @@ class SSHTransport(Transport):
         if code == -1:
             chan.close()
             if not self._wait_inactive(client, 1.0):
-                self._kill(_run_mark(out))
+                self._kill(run_mark(out))
                 raise DeviceError(f"{argv[0]} ended without an exit status on {self.where} "
                                   "(killed by a signal, e.g. the out-of-memory killer?)",
                                   "check `dmesg` on the board; re-run, collection resumes with "
@@ -490,7 +485,7 @@ class SSHTransport(Transport):
             self.close()
             raise self._lost(argv, None, out)
         chan.close()
-        stdout = _command_stdout(out)
+        stdout = command_stdout(out)
         stderr = err.decode("utf-8", "replace")
         if code == 127 and "not found" in stderr:
             raise DeviceError(f"{argv[0]} not found on {self.profile.name}",
@@ -503,7 +498,7 @@ class SSHTransport(Transport):
         err = DeviceError(f"lost the SSH connection to {self.where} while running {argv[0]}{why}"[:400],
                           "check that the board is up (it may have rebooted); re-run, "
                           "collection resumes with what is missing")
-        err.partial_stdout = whole_lines(_command_stdout(out or bytearray()))
+        err.partial_stdout = whole_lines(command_stdout(out or bytearray()))
         return err
 
     @staticmethod
@@ -520,19 +515,19 @@ class SSHTransport(Transport):
 
     def _remember_lost(self, out: bytearray) -> None:
         """A run whose end we did not see may still run on the board: kill it on reconnect."""
-        mark = _run_mark(out)
+        mark = run_mark(out)
         if mark is not None and mark not in self._lost_runs:
             self._lost_runs.append(mark)
 
     def _kill(self, mark: tuple[str, str, str] | None) -> bool:
-        """End the process group of a run (see `_run_mark`) through a new channel; False when
+        """End the process group of a run (see `run_mark`) through a new channel; False when
         the kill could not be sent. Never kills a reused pid or anything after a reboot."""
         if mark is None:
             return True
         try:
             chan = self._client.get_transport().open_session(timeout=self.connect_timeout_s)
             chan.settimeout(10)
-            chan.exec_command(shlex.join(["sh", "-c", _KILL_SCRIPT, "sh", *mark]))
+            chan.exec_command(shlex.join(["sh", "-c", KILL_SCRIPT, "sh", *mark]))
             chan.recv_exit_status()
             chan.close()
         except Exception:
