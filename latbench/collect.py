@@ -15,7 +15,7 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 
-from latbench.errors import DeviceError, ExportError
+from latbench.errors import DeviceError, ExportError, Interrupted
 from latbench.measurement import NOISY_IQR_RATIO, Measurement, ReportedMeasurement
 from latbench.ops import Network, OpSpec
 from latbench.profiles import DeviceProfile
@@ -266,6 +266,10 @@ class Collector:
                 output = self.runner.run_batch([BatchItem(i, paths[k]) for i, (k, _) in ids.items()])
             except DeviceError as exc:
                 output = BatchOutput(start=None, error=str(exc), timed_out=exc.timed_out)
+            except Interrupted as exc:  # keep the models the stopped run had finished
+                if exc.output is not None:
+                    self.store_output(plan, ids, exc.output, started, temp, report)
+                raise
             remaining = self.store_output(plan, ids, output, started, temp, report)
             if not remaining:
                 report.batches_ok += 1

@@ -49,5 +49,16 @@ class DeviceError(LatbenchError):
     timed_out: bool = False  # the command ran past its time limit and was killed
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM in a collection) while a device command ran, raised once that command
+    was stopped. `partial_stdout` holds the whole lines it had printed, so the runner keeps the
+    models it finished (`output`, its reading of them) instead of timing them again."""
+
+    def __init__(self, partial_stdout: str = "", reason: str = "interrupted"):
+        super().__init__(reason)
+        self.partial_stdout = partial_stdout
+        self.output = None  # a runners.base.BatchOutput, set by Runner.run_reading
+
+
 class ExportError(LatbenchError):
     """A model could not be exported to the requested format."""

@@ -319,8 +319,9 @@ def test_ctrl_c_ends_a_tool_under_timeout_on_the_phone(tmp_path, peer, adb_key):
     marker = f"8{time.time() % 1000:.4f}"
     with open_transport(make_profile(tmp_path, peer.address, adb_key)) as t:
         threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT)).start()
-        with pytest.raises(KeyboardInterrupt):
-            t.run(["sh", "-c", f"timeout 60 sleep {marker}"], 30)
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            t.run(["sh", "-c", f"echo done; printf cut; timeout 60 sleep {marker}"], 30)
+        assert stopped.value.partial_stdout == "done\n"  # the runner keeps what had finished
         deadline = time.monotonic() + 5
         while subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 0:
             assert time.monotonic() < deadline, "the tool still runs on the phone"

@@ -265,6 +265,44 @@ def test_ctrl_c_says_cancelled_keeps_finished_batches_and_resumes(warm_home, mak
     check_resumes(warm_home / "latbench.db", before, name, latbench_cli)
 
 
+def test_ctrl_c_in_a_batch_keeps_the_models_it_had_finished(warm_home, make_profile, tmp_path):
+    """A stopped run's finished models are stored (status partial); the one it was on is not."""
+    import threading
+
+    name = make_profile("ctrlc-mid", protocol={"batch_size": 3, "rounds": 1})
+    profile = load_profile(name)
+    printed = tmp_path / "printed"
+    marker = f"6{time.time() % 1000:.4f}"  # the sleep's own argument, to look for it after
+    lines = [json.dumps({"event": "start", "runtime": "onnxruntime", "threads": 1})]
+    lines += [json.dumps({"id": f"{i}", "ok": True, "samples_ms": [1.0 + i, 1.1 + i, 1.2 + i]})
+              for i in range(2)]  # models 0 and 1 finished; model 2 is running when Ctrl-C comes
+    script = (f"printf '%s\\n' {' '.join(repr(line) for line in lines)}; "
+              f"printf '{{\"id\": \"2\", \"ok\"'; touch {printed}; exec sleep {marker}")
+    with Store(home.db_path()) as store, Collector(profile, store) as collector:
+        plan = collector.plan(SPACE.ops()[:3])
+        real_run = collector.transport.run
+        collector.transport.run = lambda argv, timeout_s: real_run(["sh", "-c", script], timeout_s)
+
+        def interrupt_once_printed():
+            deadline = time.monotonic() + 30
+            while not printed.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=interrupt_once_printed, daemon=True).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            collector.run(plan)
+        assert time.monotonic() - started < 20, "the stopped run was waited for"
+        first, second, third = plan.batches[0]
+        assert store.measured(plan.context) == {first, second}
+    assert db_rows("SELECT key, median_ms FROM measurements") == [(first[0], 1.1), (second[0], 2.1)]
+    with sqlite3.connect(home.db_path()) as conn:
+        assert conn.execute("SELECT status, items, error FROM batches").fetchall() == [
+            ("partial", 3, "stopped by Ctrl-C or SIGTERM")]
+    assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode != 0
+
+
 # ---- a device that stays down, and two collections at once ------------------------------
 
 class _DownRunner:

@@ -349,6 +349,7 @@ def test_a_local_run_that_is_stopped_ends_a_tool_under_timeout_too(fast_profile)
         transport.run(["sh", "-c", f"timeout 60 sleep {marker}"], 1)
     assert not running()
     threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        transport.run(["sh", "-c", f"timeout 60 sleep {marker}; echo never"], 30)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        transport.run(["sh", "-c", f"echo done; printf cut; timeout 60 sleep {marker}; echo never"], 30)
     assert not running()
+    assert stopped.value.partial_stdout == "done\n"  # the runner keeps what had finished

@@ -409,9 +409,10 @@ def test_ctrl_c_ends_the_run_on_the_board_too(sshd, tmp_path):
     marker = f"6{time.time() % 1000:.4f}"
     with transport_for(make_profile(tmp_path, sshd)) as t:
         threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
-        with pytest.raises(KeyboardInterrupt):
-            t.run(["sh", "-c", "sleep $1 & sleep $1; wait", "sh", marker], 30)
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            t.run(["sh", "-c", "echo done; printf cut; sleep $1 & sleep $1; wait", "sh", marker], 30)
         assert _running(f"sleep {marker}") == []
+        assert stopped.value.partial_stdout == "done\n"  # the runner keeps what had finished
         # a tool under GNU timeout (as batch scripts run them) has a process group of its own
         threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
         with pytest.raises(KeyboardInterrupt):

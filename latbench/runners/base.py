@@ -56,12 +56,18 @@ class Runner(abc.ABC):
     def run_reading(self, argv: list[str], read: Callable[[str, str, int], BatchOutput],
                     cut_short: Callable[[str], str] = lambda text: text) -> BatchOutput:
         """Run a batch command and `read(stdout, stderr, exit_code)` its output. A run cut short
-        (a lost connection, the time limit) is read from what it had printed, through
-        `cut_short`, so the results it finished are kept; nothing printed: the error as it is."""
-        from latbench.errors import DeviceError
+        (a lost connection, the time limit, Ctrl-C) is read from what it had printed, through
+        `cut_short`, so the results it finished are kept; nothing printed: the error as it is.
+        Ctrl-C still propagates, carrying that reading as `Interrupted.output`."""
+        from latbench.errors import DeviceError, Interrupted
 
         try:
             res = self.transport.run(argv, self.profile.timeout_s)
+        except Interrupted as exc:
+            if exc.partial_stdout:
+                exc.output = read(cut_short(exc.partial_stdout), "", -1)
+                exc.output.error = "stopped by Ctrl-C or SIGTERM"
+            raise
         except DeviceError as exc:
             if not exc.partial_stdout:
                 raise

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from latbench.errors import DeviceError, ProfileError
+from latbench.errors import DeviceError, Interrupted, ProfileError
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, whole_lines
 from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark
@@ -499,9 +499,10 @@ class ADBTransport(Transport):
             if self._device is None and lost is not None:  # the connection broke: end it on reconnect
                 self._lost_runs.append(lost)
             raise
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in a collection: end the phone's run too
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in a collection: end the phone's run too
             self._kill(run_mark(b"".join(chunks)))
-            raise
+            raise Interrupted(whole_lines(command_stdout(bytearray(b"".join(chunks)))),
+                              *exc.args[:1]) from None
         return split_output(out, mark, f"{action} on {self.where}")
 
     def _kill(self, mark: tuple[str, str, str] | None) -> None:

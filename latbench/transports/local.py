@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from latbench import home
-from latbench.errors import DeviceError
+from latbench.errors import DeviceError, Interrupted
 from latbench.transports.base import CommandResult, Transport, whole_lines
 
 
@@ -90,14 +90,18 @@ class LocalTransport(Transport):
                                              else printed)
             err.timed_out = True
             raise err from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in a collection
+            printed = _kill_session(proc)
+            raise Interrupted(whole_lines(printed), *exc.args[:1]) from None
         except BaseException:
             _kill_session(proc)
             raise
         return CommandResult(proc.returncode, stdout, stderr)
 
 
-def _kill_session(proc: subprocess.Popen) -> None:
-    """End every process of the session `proc` leads (its pid is the session id), then reap it."""
+def _kill_session(proc: subprocess.Popen) -> str:
+    """End every process of the session `proc` leads (its pid is the session id), reap it, and
+    return what it had printed on stdout (communicate keeps what it read before it was cut)."""
     import signal
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -115,9 +119,10 @@ def _kill_session(proc: subprocess.Popen) -> None:
             if not _session_members(proc.pid):
                 break
     try:
-        proc.communicate(timeout=5)
+        stdout, _ = proc.communicate(timeout=5)
     except (subprocess.TimeoutExpired, ValueError):
-        pass
+        return ""
+    return stdout or ""
 
 
 def _session_members(sid: int) -> list[int]:

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
-from latbench.errors import DeviceError
+from latbench.errors import DeviceError, Interrupted
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, sha256_file, whole_lines
 from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark
@@ -460,11 +460,11 @@ class SSHTransport(Transport):
         except DeviceError:
             chan.close()
             raise
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in a collection: end the board's run too
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in a collection: end the board's run too
             chan.close()
             if not self._kill(run_mark(out)):
                 self._remember_lost(out)
-            raise
+            raise Interrupted(whole_lines(command_stdout(out)), *exc.args[:1]) from None
         except Exception as exc:
             self._remember_lost(out)
             self.close()
