@@ -35,6 +35,17 @@ def keygen(path: Path, kind: str = "ed25519") -> Path:
     return path
 
 
+def unwritable_dir(tmp: Path) -> Path:
+    """A directory on the "board" that exists but takes no new file, even for root (who
+    ignores permission bits): a read-only work directory."""
+    if os.geteuid() == 0:
+        return Path("/proc/1")  # procfs: no file can be created there
+    d = tmp / "read only"
+    d.mkdir()
+    d.chmod(0o555)
+    return d
+
+
 def _descendants(root: int) -> list[int]:
     """Pids of every process below `root` (sshd forks one child per connection)."""
     children: dict[int, list[int]] = {}

@@ -143,6 +143,24 @@ def test_missing_python_names_the_profile_setting(latbench_cli, make_profile, tm
     assert "python:" in rows["runtime"]["fix"]
 
 
+@pytest.mark.parametrize("kind", ["uncreatable", "unwritable"])
+def test_a_bad_workdir_is_named_after_a_good_login(kind, sshd, latbench_cli, make_profile, tmp_path):
+    if kind == "uncreatable":
+        (tmp_path / "a file").write_text("")
+        workdir = tmp_path / "a file" / "work"
+    else:
+        from sshd import unwritable_dir
+
+        workdir = unwritable_dir(tmp_path)
+    name = ssh_profile(make_profile, tmp_path, sshd, workdir=str(workdir))
+    res, rows = doctor(latbench_cli, name)
+    assert res.returncode == 1
+    assert rows["reachable"]["status"] == "ok" and rows["auth"]["status"] == "ok", rows
+    row = rows["work dir"]
+    assert row["status"] == "FAIL" and str(workdir) in row["detail"] and "connection.workdir" in row["fix"]
+    assert [c for c, r in rows.items() if r["status"] == "FAIL"] == ["work dir"]
+
+
 def test_unreachable_device_fails_with_a_fix_and_skips_the_rest(sshd, latbench_cli, make_profile, tmp_path):
     from sshd import free_port
 

@@ -521,6 +521,25 @@ def test_an_upload_to_a_full_disk_says_so(sshd, tmp_path, monkeypatch):
         monkeypatch.setattr(t.sftp(), "put", real_put)
 
 
+@pytest.mark.parametrize("kind", ["uncreatable", "unwritable"])
+def test_a_bad_workdir_is_a_setup_error_after_login(sshd, tmp_path, kind):
+    if kind == "uncreatable":
+        (tmp_path / "a file").write_text("")
+        workdir, what = tmp_path / "a file" / "work", "cannot create"
+    else:
+        from sshd import unwritable_dir
+
+        workdir, what = unwritable_dir(tmp_path), "cannot write to"
+    t = transport_for(make_profile(tmp_path, sshd, workdir=workdir))
+    with pytest.raises(DeviceError) as err:
+        t.connect()
+    assert err.value.message.startswith(f"{what} the work directory {workdir} on ")
+    assert "connection.workdir" in err.value.hint
+    assert err.value.stage == "setup"  # reached and logged in: doctor must not say unreachable
+    info = t.device_info()
+    assert info["reachable"] and info["auth"] and info["host_key"] == "ok"
+
+
 def test_cleanup_removes_the_workdir_and_refuses_a_root(sshd, tmp_path):
     with transport_for(make_profile(tmp_path, sshd)) as t:
         t.stage(Path(__file__))

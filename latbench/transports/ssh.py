@@ -44,6 +44,12 @@ _SFTP_TIMEOUT_S = 60.0
 # One round trip for many files: the sha256 of each path in order, "-" when it is missing.
 _HASH_SCRIPT = ('for f do if [ -f "$f" ]; then sha256sum < "$f" 2>/dev/null || echo -; '
                 'else echo -; fi; done')
+# At connect: create the work directory and check that a file can be written there (exit 3:
+# an existing directory on a read-only filesystem passes `mkdir -p`, and the first upload
+# would fail later as if the runtime were wrong; printf, not `:`, whose failed redirection
+# ends sh at once). $1 = workdir.
+_WORKDIR_SCRIPT = ('mkdir -p -- "$1" || exit 1; f="$1/.latbench-probe-$$"; '
+                   'printf "" > "$f" || exit 3; rm -f -- "$f"')
 # Everything `latbench doctor` shows, read in one command; $1 = workdir, $2 = python.
 _INFO_SCRIPT = r"""
 printf 'model\t%s\n' "$(tr -d '\000' < /proc/device-tree/model 2>/dev/null)"
@@ -213,12 +219,15 @@ class SSHTransport(Transport):
         self._connected_once = True
         self._kill_lost_runs()
         self._workdir = self._resolve_workdir(self._workdir_setting)
-        res = self.run(["mkdir", "-p", "--", self._workdir], timeout + 20)
+        res = self.run(["sh", "-c", _WORKDIR_SCRIPT, "sh", self._workdir], timeout + 20)
         if res.exit_code != 0:
-            raise DeviceError(f"cannot create the work directory {self._workdir} on {self.where}: "
+            what = "cannot write to" if res.exit_code == 3 else "cannot create"
+            err = DeviceError(f"{what} the work directory {self._workdir} on {self.where}: "
                               f"{res.stderr.strip()[:200]}",
                               f"set connection.workdir in {self.profile.source or self.profile.name} "
                               "to a writable directory")
+            err.stage = "setup"  # reached and logged in: `latbench doctor` says so
+            raise err
 
     def _load_known_hosts(self, keys) -> None:
         """Read known_hosts like OpenSSH does, as far as paramiko can check it.
@@ -680,9 +689,10 @@ class SSHTransport(Transport):
         except DeviceError as exc:
             stage = getattr(exc, "stage", "reach")
             info["reachable"] = stage != "reach"
+            info["auth"] = stage == "setup"
             info["host_key"] = {"unknown_host": "unknown", "changed_host": "changed",
                                 "revoked_host": "revoked"}.get(
-                stage, "ok" if stage == "auth" else None)
+                stage, "ok" if stage in ("auth", "setup") else None)
             info["error"], info["hint"] = exc.message, exc.hint
             return info
         info.update(reachable=True, auth=True, host_key="ok", workdir=self.workdir, python_command=self.python())
