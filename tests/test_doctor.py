@@ -177,6 +177,18 @@ def test_unreachable_device_fails_with_a_fix_and_skips_the_rest(sshd, latbench_c
     assert "refused" in table.stdout and "FAIL" in table.stdout
 
 
+def test_a_missing_key_file_does_not_say_the_board_answered(sshd, latbench_cli, make_profile, tmp_path):
+    from sshd import free_port
+
+    missing = tmp_path / "no such key"
+    name = ssh_profile(make_profile, tmp_path, sshd, key_file=str(missing), port=free_port())
+    res, rows = doctor(latbench_cli, name)
+    assert res.returncode == 1
+    assert rows["reachable"]["status"] == "skipped" and "answered" not in rows["reachable"]["detail"]
+    assert rows["auth"]["status"] == "FAIL" and str(missing) in rows["auth"]["detail"]
+    assert "connection.key_file" in rows["auth"]["fix"]
+
+
 def test_unknown_host_key_fails_until_trusted_on_purpose(sshd, latbench_cli, make_profile, tmp_path):
     ort_version()
     known = tmp_path / "known_hosts"

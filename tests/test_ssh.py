@@ -280,6 +280,18 @@ def test_wrong_user_key_says_how_to_authorize(sshd, tmp_path):
     assert info["reachable"] and not info["auth"]
 
 
+def test_a_missing_key_file_claims_nothing_about_the_board(sshd, tmp_path):
+    from sshd import free_port
+
+    missing = tmp_path / "no such key"
+    t = transport_for(make_profile(tmp_path, sshd, key_file=missing, port=free_port()))
+    with pytest.raises(DeviceError) as err:
+        t.connect()
+    assert err.value.message == f"the SSH key file {missing} does not exist"
+    info = t.device_info()
+    assert info["reachable"] is None and not info["auth"]  # never tried: nothing listens there
+
+
 def test_nothing_listening_is_one_clear_line(sshd, tmp_path):
     from sshd import free_port
 

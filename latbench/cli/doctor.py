@@ -84,6 +84,12 @@ def _diagnose(profile, trust_new_host: bool) -> list[dict]:
             for check in INFO_CHECKS:
                 add(check, "skipped", "the device is not set up")
             return rows
+        if stage == "not_tried":  # failed on this host before any contact (a missing key file)
+            add("reachable", "skipped", f"not tried: {profile.transport} {where} needs the fix below first")
+            add("auth", "FAIL", exc.message, exc.hint or "")
+            for check in INFO_CHECKS:
+                add(check, "skipped", "not logged in")
+            return rows
         answered = stage != "reach"
         if answered:
             add("reachable", "ok", f"{profile.transport} {where} answered")

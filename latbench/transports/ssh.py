@@ -197,7 +197,7 @@ class SSHTransport(Transport):
         if self.key_file and not os.path.isfile(self.key_file):
             err = DeviceError(f"the SSH key file {self.key_file} does not exist",
                               f"fix connection.key_file in {self.profile.source or self.profile.name}")
-            err.stage = "auth"
+            err.stage = "not_tried"  # found before any contact: nothing is known of the board
             raise err
         timeout = self.connect_timeout_s
         try:
@@ -688,7 +688,7 @@ class SSHTransport(Transport):
                 self._ensure()
         except DeviceError as exc:
             stage = getattr(exc, "stage", "reach")
-            info["reachable"] = stage != "reach"
+            info["reachable"] = None if stage == "not_tried" else stage != "reach"
             info["auth"] = stage == "setup"
             info["host_key"] = {"unknown_host": "unknown", "changed_host": "changed",
                                 "revoked_host": "revoked"}.get(
