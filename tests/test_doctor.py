@@ -135,8 +135,13 @@ def test_missing_runtime_fails_with_the_install_command(transport, sshd, latbenc
     assert rows["cores"]["detail"] == str(os.cpu_count())
 
 
-def test_missing_python_names_the_profile_setting(latbench_cli, make_profile, tmp_path):
-    name = make_profile("no-python", python=str(tmp_path / "no such python"))
+@pytest.mark.parametrize("transport", ["local", "ssh"])
+def test_missing_python_names_the_profile_setting(transport, sshd, latbench_cli, make_profile, tmp_path):
+    python = str(tmp_path / "no such venv" / "bin" / "python3")  # the template's venv, never made
+    if transport == "local":
+        name = make_profile("no-python", python=python)
+    else:
+        name = ssh_profile(make_profile, tmp_path, sshd, python=python)
     res, rows = doctor(latbench_cli, name)
     assert res.returncode == 1
     assert rows["runtime"]["status"] == "FAIL" and "not found" in rows["runtime"]["detail"]

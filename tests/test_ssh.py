@@ -465,11 +465,12 @@ def test_the_kill_of_a_lost_run_spares_a_reused_pid_and_other_boots(sshd, tmp_pa
         victim.wait()
 
 
-def test_missing_program_names_the_fix(sshd, tmp_path):
+@pytest.mark.parametrize("program", ["no-such-program-latbench", "/no such venv/bin/python3"])
+def test_missing_program_names_the_fix(sshd, tmp_path, program):
     with transport_for(make_profile(tmp_path, sshd)) as t:
         with pytest.raises(DeviceError) as err:
-            t.run(["no-such-program-latbench", "x"], 10)
-    assert "not found" in err.value.message and "python:" in err.value.hint
+            t.run([program, "x"], 10)
+    assert err.value.message.startswith(f"{program} not found on ") and "python:" in err.value.hint
 
 
 # ---- files ----------------------------------------------------------------------------------

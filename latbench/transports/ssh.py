@@ -496,7 +496,9 @@ class SSHTransport(Transport):
         chan.close()
         stdout = command_stdout(out)
         stderr = err.decode("utf-8", "replace")
-        if code == 127 and "not found" in stderr:
+        # 127: the login shell found no such program: dash says "not found", bash "No such
+        # file or directory" for a path (a python: whose venv was never made on the board).
+        if code == 127 and ("not found" in stderr or "No such file or directory" in stderr):
             raise DeviceError(f"{argv[0]} not found on {self.profile.name}",
                               f"install it on the board or set `python:` in "
                               f"{self.profile.source or self.profile.name}")
