@@ -232,6 +232,21 @@ def test_the_unknown_host_fix_runs_as_written(sshd, tmp_path):
         assert t.run(["true"], 10).exit_code == 0
 
 
+def test_the_unknown_host_fix_by_ssh_once_trusts_for_latbench(sshd, tmp_path):
+    """`ssh ... once` must record the key where the profile's known_hosts is, with its key."""
+    known = tmp_path / "my keys" / "known_hosts"  # not ~/.ssh/known_hosts, and with a space
+    known.parent.mkdir()
+    with pytest.raises(DeviceError) as err:
+        transport_for(make_profile(tmp_path, sshd, known_hosts=known)).connect()
+    command = err.value.hint.split("`")[3]  # the second command: `ssh ...` once
+    assert command.startswith("ssh ")
+    # What answering "yes" to ssh's question does, without a terminal:
+    subprocess.run(["sh", "-c", command + " -o StrictHostKeyChecking=accept-new -o BatchMode=yes true"],
+                   check=True, capture_output=True, timeout=30)
+    with transport_for(make_profile(tmp_path, sshd, known_hosts=known)) as t:
+        assert t.run(["true"], 10).exit_code == 0
+
+
 def test_the_changed_key_fix_is_quoted_for_any_shell(sshd, tmp_path):
     from sshd import keygen
 
@@ -275,7 +290,9 @@ def test_wrong_user_key_says_how_to_authorize(sshd, tmp_path):
     t = transport_for(make_profile(tmp_path, sshd, key_file=stranger))
     with pytest.raises(DeviceError) as err:
         t.connect()
-    assert "login" in err.value.message and "ssh-copy-id" in err.value.hint
+    assert "login" in err.value.message
+    # the key latbench logs in with is the one to install, not ssh-copy-id's default
+    assert f"ssh-copy-id -i {stranger}.pub " in err.value.hint
     info = t.device_info()
     assert info["reachable"] and not info["auth"]
 

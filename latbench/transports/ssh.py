@@ -130,7 +130,7 @@ class _HostKeyPolicy:
                 f"{t.known_hosts}{skipped}",
                 f"check the fingerprint, then trust it on purpose: `mkdir -p "
                 f"{q(os.path.dirname(t.known_hosts) or '.')} && ssh-keyscan -p {t.port} {q(t.host)} "
-                f">> {q(t.known_hosts)}`, or `ssh -p {t.port} {q(f'{t.user}@{t.host}')}` once, or "
+                f">> {q(t.known_hosts)}`, or `{t.ssh_command()}` once, or "
                 f"set connection.trust_unknown_host: true in {t.profile.source or t.profile.name} "
                 f"(or pass --trust-new-host)")
             err.stage = "unknown_host"
@@ -320,8 +320,8 @@ class SSHTransport(Transport):
         if isinstance(exc, paramiko.AuthenticationException):
             key = self.key_file or "the agent and ~/.ssh keys"
             err = DeviceError(f"SSH login as {self.user}@{self.host}:{self.port} failed with {key}",
-                              f"install your public key on the board (`ssh-copy-id -p {self.port} "
-                              f"{self.user}@{self.host}`), or set connection.key_file/user in {src}")
+                              f"install your public key on the board (`{self.ssh_command('ssh-copy-id')}`), "
+                              f"or set connection.key_file/user in {src}")
             err.stage = "auth"
             return err
         if isinstance(exc, socket.gaierror):
@@ -355,9 +355,21 @@ class SSHTransport(Transport):
         else:
             err = DeviceError(f"SSH connection to {self.host}:{self.port} failed: "
                               f"{type(exc).__name__}: {exc}"[:300],
-                              f"try `ssh -p {self.port} {self.user}@{self.host}` to see why")
+                              f"try `{self.ssh_command()}` to see why")
         err.stage = "reach"
         return err
+
+    def ssh_command(self, program: str = "ssh") -> str:
+        """`ssh` (or `ssh-copy-id`) as the hints give it: with the profile's port, key file and
+        known_hosts, so that what it trusts or installs is what latbench then uses."""
+        words = [program]
+        if self.key_file:  # ssh-copy-id installs the public half, ssh logs in with the private one
+            words += ["-i", self.key_file + ".pub" if program == "ssh-copy-id" else self.key_file]
+        if self.known_hosts != os.path.expanduser(DEFAULT_KNOWN_HOSTS):
+            # ssh splits this option's value at spaces (a list of files) unless it is in quotes
+            path = f'"{self.known_hosts}"' if any(c.isspace() for c in self.known_hosts) else self.known_hosts
+            words += ["-o", f"UserKnownHostsFile={path}"]
+        return shlex.join([*words, "-p", str(self.port), f"{self.user}@{self.host}"])
 
     @staticmethod
     def _client_gave_up(exc: BaseException) -> bool:
