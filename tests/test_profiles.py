@@ -240,3 +240,13 @@ def test_settings_that_would_break_a_collection_are_refused(tmp_path, text, fiel
     """0 retry attempts left collect with no attempt at all (a crash); negative waits crash sleep."""
     err = error_of(write(tmp_path, f"transport: local\n{text}\n"))
     assert field in err.message and setting in err.message
+
+
+@pytest.mark.parametrize("runner", ["onnxruntime_perf_test", "benchmark_model", "trtexec"])
+def test_a_tool_runner_does_not_claim_the_python_runners_stop_rule(runner):
+    from latbench.protocol import describe_timing
+
+    timing = Protocol(rel_ci=0.02, max_time_s=1.0).timing()
+    assert "within +-2%" in describe_timing(timing) and "within +-2%" in describe_timing(timing, "python")
+    words = describe_timing(timing, runner)
+    assert "within" not in words and f"not applied (the {runner} runner" in words

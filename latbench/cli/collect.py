@@ -86,7 +86,7 @@ def run(args) -> int:
             + f", {profile.threads} thread(s)"
             + (f" pinned to cores {output.format_cores(profile.cpus)}" if profile.cpus else "")
             + f", format {profile.format}, runner {profile.runner}\n"
-            f"protocol: {describe_timing(profile.protocol.timing())}"
+            f"protocol: {describe_timing(profile.protocol.timing(), profile.runner)}"
             + f"; {collector.rounds} round(s), shuffled; "
             f"table {plan.context.table_id}\n"
             f"{space.name}: {len(items)} items x {collector.rounds} rounds = "

@@ -167,7 +167,7 @@ def _protocol(settings: dict) -> str:
     from latbench.protocol import describe_timing
 
     protocol = settings.get("protocol")
-    return describe_timing(protocol) if isinstance(protocol, dict) else ""
+    return describe_timing(protocol, settings.get("runner")) if isinstance(protocol, dict) else ""
 
 
 def _setup(settings: dict) -> str:
