@@ -319,6 +319,24 @@ def test_nothing_listening_is_one_clear_line(sshd, tmp_path):
     assert t.device_info()["reachable"] is False
 
 
+def test_a_board_that_is_off_is_not_said_to_refuse(sshd, tmp_path, monkeypatch):
+    """A switched-off board on the LAN: connect() fails with EHOSTUNREACH (ARP gets no answer),
+    which paramiko wraps like a refusal; no sshd is there to refuse anything."""
+    import errno
+    import socket
+
+    def no_route(self, address):
+        raise OSError(errno.EHOSTUNREACH, "No route to host")
+
+    monkeypatch.setattr(socket.socket, "connect", no_route)
+    t = transport_for(make_profile(tmp_path, sshd))
+    with pytest.raises(DeviceError) as err:
+        t.connect()
+    assert err.value.message == f"cannot reach {sshd.host}:{sshd.port}: No route to host"
+    assert "board is on" in err.value.hint and "connection.host" in err.value.hint
+    assert t.device_info()["reachable"] is False
+
+
 def test_unknown_host_name_is_one_clear_line(sshd, tmp_path):
     t = transport_for(make_profile(tmp_path, sshd, host="no-such-board.invalid"))
     with pytest.raises(DeviceError) as err:

@@ -81,6 +81,15 @@ def _looks_public(path: str) -> bool:
     return len(head) >= 2 and head[0].startswith((b"ssh-", b"ecdsa-", b"sk-")) and head[1].startswith(b"AAAA")
 
 
+def _not_refused(exc) -> OSError | None:
+    """The first error of a NoValidConnectionsError that is not a refusal (EHOSTUNREACH,
+    ENETUNREACH, ...), or None when every address refused."""
+    for err in getattr(exc, "errors", {}).values():
+        if not isinstance(err, ConnectionRefusedError):
+            return err
+    return None
+
+
 def _require_paramiko() -> None:
     if paramiko is None:
         raise DeviceError("the ssh transport needs paramiko, which is not installed",
@@ -335,6 +344,13 @@ class SSHTransport(Transport):
             else:
                 fix = f"fix connection.host in {src} or use the board's IP address"
             err = DeviceError(f"cannot resolve the host name {self.host!r}", fix)
+        elif isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) and _not_refused(exc):
+            # paramiko wraps every failed connect in this: a board that is off or off the
+            # network gives "No route to host", not a refusal from a running system
+            why = _not_refused(exc)
+            err = DeviceError(f"cannot reach {self.host}:{self.port}: {why.strerror or why}",
+                              "check that the board is on and on the network, and connection.host "
+                              f"in {src}")
         elif isinstance(exc, (paramiko.ssh_exception.NoValidConnectionsError, ConnectionRefusedError)):
             err = DeviceError(f"{self.host}:{self.port} refused the SSH connection",
                               "check that sshd runs on the board (`systemctl status ssh`) and "
