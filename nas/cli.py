@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -51,7 +52,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _amount(text: str) -> float:
-    """A positive number, optionally with k, M or G: 150M, 1.2G, 3e8."""
+    """A finite positive number, optionally with k, M or G: 150M, 1.2G, 3e8 (inf would make a
+    linear cost term NaN and train theta to NaN)."""
     t = text.strip()
     scale = _SUFFIXES.get(t[-1:].lower(), 1.0)
     if scale != 1.0:
@@ -60,8 +62,8 @@ def _amount(text: str) -> float:
         value = float(t) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r} (e.g. 1.5, 3e8, 150M, 1.2G)") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -80,8 +82,8 @@ def _nonneg_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
     return value
 
 

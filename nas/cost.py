@@ -12,6 +12,7 @@ cost d, each against its own target.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -37,8 +38,8 @@ class CostForm:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"The {name!r} parameter of CostForm must be a number >= 0. "
                                  f"Got {getattr(self, name)!r}.")
-        if any(not t > 0 for t in self.targets):
-            raise ValueError(f"cost targets must be > 0; got {list(self.targets)}")
+        if any(not (t > 0 and math.isfinite(t)) for t in self.targets):  # inf: linear's term is NaN
+            raise ValueError(f"cost targets must be finite and > 0; got {list(self.targets)}")
 
     @property
     def needs_target(self) -> bool:

@@ -64,6 +64,15 @@ def test_user_errors_are_one_line(latbench_home, args, code, words):
     assert words in one_line_error(done, code)
 
 
+@pytest.mark.parametrize("option", ["--target-flops", "--lr", "--width-mult"])
+def test_an_infinite_number_is_a_usage_error(latbench_home, tmp_path, option):
+    # inf passed "> 0": a linear cost term (cost - inf) / inf is NaN, and theta trained to NaN
+    done = nas("search", "--cost", "flops", "--form", "linear", "--target-flops", "80M", option, "inf", *QUICK,
+               "--samples", "0", "--retrain-epochs", "0", "--no-export", "--out", str(tmp_path / "run"),
+               home=latbench_home)
+    assert f"argument {option}: must be a finite number" in one_line_error(done, 2)
+
+
 def test_an_out_that_cannot_take_the_result_fails_before_training(latbench_home, tmp_path):
     (tmp_path / "file").write_text("")
     done = nas("search", "--cost", "flops", "--out", str(tmp_path / "file" / "run"), home=latbench_home)

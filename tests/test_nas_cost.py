@@ -126,8 +126,10 @@ def test_bad_form_settings_are_named():
         CostForm("exp")
     with pytest.raises(ValueError, match="'alpha' parameter"):
         CostForm("fbnet", alpha=-1)
-    with pytest.raises(ValueError, match="targets must be > 0"):
+    with pytest.raises(ValueError, match="targets must be finite and > 0"):
         CostForm("hinge", targets=(0.0,))
+    with pytest.raises(ValueError, match="targets must be finite and > 0"):
+        CostForm("linear", targets=(float("inf"),))  # (cost - inf) / inf is NaN
 
 
 def test_targets_one_for_all_or_one_per_cost(space):
