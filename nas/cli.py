@@ -41,7 +41,9 @@ of the argmax and the --samples draws whose predicted cost is within --tolerance
 e.g. --width-mult 0.25 --input-size 8 with the 8x8 digits: the defaults, full width at the
 space's 32 or 224 px, take some 45 minutes for 10 epochs of digits on a 2-core CPU); costs,
 predictions, exports and --verify always use the full-width network of the space.
-Writes OUT/result.json (archs, predictions, accuracy, curves) and OUT/arch.onnx, OUT/arch.tflite."""
+Writes OUT/result.json (archs, predictions, accuracy, curves; the settings, library versions and
+each cost's predictor folder and manifest sha256, to repeat the search) and OUT/arch.onnx,
+OUT/arch.tflite."""
 
 _SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9}
 

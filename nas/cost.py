@@ -74,6 +74,11 @@ class CostForm:
 TARGET_OPTIONS = {"ms": "--target-ms", "flops": "--target-flops", "params": "--target-params"}
 
 
+#: What a result records of a fitted predictor (see predictors.artifact.load's info_).
+PROVENANCE_KEYS = ("folder", "manifest_sha256", "device", "unit", "created_at", "space", "table", "runtime",
+                   "runtime_version", "settings_hash", "ops", "networks", "versions")
+
+
 @dataclass
 class LoadedCost:
     """One `--cost` spec: the predictor behind it, its cost term, and its target (if any)."""
@@ -97,10 +102,19 @@ class LoadedCost:
         """The full predictor's value for `arch` (with its network-level correction)."""
         return float(self.model.predict_network(space, tuple(arch)))
 
+    def provenance(self) -> dict | None:
+        """Which fitted predictor this is (None for analytic costs), so a result names it: a
+        refit replaces `latbench:DEVICE`'s folder, and with it every prediction."""
+        info = getattr(self.model, "info_", None)
+        if not info:
+            return None
+        return {k: info.get(k) for k in PROVENANCE_KEYS}
+
     def to_dict(self) -> dict:
         low, high = self.term.bounds()
         return {"spec": self.spec, "unit": self.unit, "target": self.target, "min": low, "max": high,
-                "fixed": self.term.fixed, "correction": {"scale": self.term.scale, "offset": self.term.offset}}
+                "fixed": self.term.fixed, "correction": {"scale": self.term.scale, "offset": self.term.offset},
+                "predictor": self.provenance()}
 
 
 def load_costs(specs: list[str], space, loader=None) -> list[LoadedCost]:

@@ -202,6 +202,13 @@ def target_report(final: dict, costs: list[LoadedCost], tolerance: float) -> lis
     return out
 
 
+def library_versions() -> dict[str, str]:
+    """What the search ran with: the predictors' libraries, and torch, which trained it."""
+    from predictors.artifact import library_versions as predictor_versions
+
+    return predictor_versions() | {"torch": torch.__version__}
+
+
 def _amount(value: float) -> str:
     return f"{value / 1e6:.4g}M" if value >= 1e6 else f"{value:.4g}"
 
@@ -411,12 +418,15 @@ def _run_job(job: SearchJob, hooks: Hooks, world, space, costs, form, pick, devi
     result = {
         "space": space.name,
         "data": {"spec": job.data, "name": data.name, "classes": data.num_classes, "input_size": input_size,
-                 "sizes": data.sizes()},
+                 "limit_train": job.limit_train, "weight_split": job.weight_fraction, "sizes": data.sizes()},
         "costs": [c.to_dict() for c in costs],
         "form": {"form": form.form, "alpha": form.alpha, "beta": form.beta, "lambda": form.lam},
         "pick": pick,
         "tolerance": job.tolerance,
+        "num_samples": job.samples,  # --samples K (the draws themselves are "samples")
+        "retrain_epochs": job.retrain_epochs,
         "config": job.config.to_dict(),
+        "versions": library_versions(),
         "distributed": world.to_dict(),
         "final": final,
         "targets": target_report(final, costs, job.tolerance),

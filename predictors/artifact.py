@@ -198,6 +198,10 @@ def load(directory: Path, device: str | None = None) -> LatencyPredictor:
     predictor.gbdt_, predictor.lut_, predictor.correction_ = gbdt, lut, correction
     predictor._cache = {}
     predictor.info_ = {k: v for k, v in manifest.items() if k not in ("files", "reports")}
+    # Which artifact this is, for results that must name the predictor they were made with:
+    # the manifest lists every file's sha256, so its own sha256 pins them all.
+    predictor.info_ |= {"folder": str(directory.resolve()),
+                        "manifest_sha256": _sha256(manifest_path.read_bytes())}
     return predictor
 
 

@@ -188,6 +188,11 @@ def test_human_output_and_no_export(latbench_home, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["result.json"]
     result = json.loads((out / "result.json").read_text())
     assert result["final"]["source"] == "argmax" and "retrained" not in result["final"]
+    # every setting that changes the found arch is recorded, so the run can be repeated
+    assert result["num_samples"] == 1 and result["retrain_epochs"] == 0
+    assert result["data"]["limit_train"] == 160 and result["data"]["weight_split"] == 0.8
+    assert result["versions"]["torch"] and result["versions"]["latbench"]
+    assert result["costs"][0]["predictor"] is None  # flops: no fitted predictor
 
 
 def test_an_unreachable_target_is_warned_before_and_missed_after(latbench_home, tmp_path):

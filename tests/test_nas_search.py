@@ -210,6 +210,22 @@ def test_a_predictor_that_measured_little_of_the_space_is_warned(fast_profile):
     assert advice(SearchJob(costs=[f"latbench:{fast_profile}"]), [cost(ops)], "argmax") == []  # all of cifar
 
 
+def test_a_cost_records_which_fitted_predictor_it_is(flops, tmp_path):
+    from types import SimpleNamespace
+
+    from nas.cost import LoadedCost
+
+    assert flops.to_dict()["predictor"] is None  # analytic: nothing fitted to name
+    info = {"folder": str(tmp_path / "pi"), "manifest_sha256": "ab" * 32, "device": "pi", "table": "0c4eaba1",
+            "created_at": "2026-01-01T00:00:00+0000", "runtime_version": "hwnasbench-raspi4",
+            "feature_names": ["flops"] * 40}
+    cost = LoadedCost("latbench:pi", SimpleNamespace(info_=info, unit="ms"), flops.term)
+    recorded = cost.to_dict()["predictor"]
+    assert {k: recorded[k] for k in ("folder", "manifest_sha256", "device", "table", "created_at",
+                                     "runtime_version")} == {k: v for k, v in info.items() if k != "feature_names"}
+    assert "feature_names" not in recorded  # what names the artifact, not all of its manifest
+
+
 def test_verify_on_an_imported_device_says_to_give_a_verify_device(latbench_home, tmp_path):
     from latbench.errors import UsageError
     from nas.flow import check_after_search

@@ -96,6 +96,14 @@ def test_a_folder_copied_anywhere_loads_by_its_path(fitted, saved, tmp_path, lat
         predictors.load(tmp_path / "nothing")
 
 
+def test_a_loaded_predictor_names_its_folder_and_manifest_checksum(saved):
+    import hashlib
+
+    info = artifact.load(saved).info_
+    assert info["folder"] == str(saved.resolve()) and info["device"] == "raspi4"
+    assert info["manifest_sha256"] == hashlib.sha256((saved / "manifest.json").read_bytes()).hexdigest()
+
+
 def test_the_folder_is_readable_by_others_as_the_umask_allows(fitted, tmp_path):
     import os
 
