@@ -132,6 +132,7 @@ def fit_command(name: str) -> str:
 def load(directory: Path, device: str | None = None) -> LatencyPredictor:
     """The predictor saved in `directory`, after checking its manifest, checksums and versions."""
     directory = Path(directory)
+    given_device = device
     device = device or directory.name
     fit = fit_command(device)
     refit = f"re-run `{fit}`"
@@ -143,6 +144,8 @@ def load(directory: Path, device: str | None = None) -> LatencyPredictor:
                             (hint + " " if hint else "")
                             + (f"fitted: {', '.join(fitted)}; or " if fitted else "") + f"run `{fit}`")
     manifest = _read_json(manifest_path, refit)
+    if given_device is None and isinstance(manifest, dict):
+        refit = _refit_hint(directory, manifest) or refit
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{manifest_path} is not a latbench predictor manifest", refit)
     version = manifest.get("format_version")
@@ -203,6 +206,19 @@ def load(directory: Path, device: str | None = None) -> LatencyPredictor:
     predictor.info_ |= {"folder": str(directory.resolve()),
                         "manifest_sha256": _sha256(manifest_path.read_bytes())}
     return predictor
+
+
+def _refit_hint(directory: Path, manifest: dict) -> str | None:
+    """How to mend a predictor loaded by its path: fit the device its manifest names (the
+    folder may be a copy with any name), then copy the fitted folder over this one."""
+    name = manifest.get("unit") or manifest.get("device")
+    if not isinstance(name, str) or not _DEVICE_NAME.match(name):
+        return None
+    fitted = predictor_dir(name)
+    refit = f"re-run `{fit_command(name)}`"
+    if directory.resolve() == fitted.resolve():
+        return refit
+    return f"{refit}, then copy {fitted} to {directory}"
 
 
 def _model_files(meta: dict) -> list[str]:

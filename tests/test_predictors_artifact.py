@@ -104,6 +104,25 @@ def test_a_loaded_predictor_names_its_folder_and_manifest_checksum(saved):
     assert info["manifest_sha256"] == hashlib.sha256((saved / "manifest.json").read_bytes()).hexdigest()
 
 
+def test_a_folder_loaded_by_its_path_says_how_to_mend_it_by_its_device(saved, tmp_path, latbench_home):
+    import shutil
+
+    import predictors
+
+    with pytest.raises(ArtifactError) as info:  # a path is not a device: no 'fit-predictor --device nothing'
+        predictors.load(tmp_path / "nothing")
+    assert str(info.value).startswith(f"no latbench predictor in {tmp_path / 'nothing'} (")
+    assert "--device nothing" not in str(info.value) and "latbench:DEVICE" in info.value.hint
+    copy = tmp_path / "rpi copy"
+    shutil.copytree(saved, copy)
+    _flip_byte(copy / "lut.json", 10)
+    with pytest.raises(ArtifactError, match="lut.json is corrupt") as info:
+        predictors.load(copy)
+    # the manifest's device, not the copy's folder name; and the fit goes to the home, not here
+    assert info.value.hint == (f"re-run `latbench fit-predictor --device raspi4`, then copy "
+                               f"{artifact.predictor_dir('raspi4')} to {copy}")
+
+
 def test_the_folder_is_readable_by_others_as_the_umask_allows(fitted, tmp_path):
     import os
 
