@@ -169,6 +169,16 @@ def advice(job: SearchJob, costs: list[LoadedCost], pick: str) -> list[str]:
                          + f"; the rest are GBDT guesses, so its costs may be off by tens of percent ({how}, "
                          f"then latbench fit-predictor --device {c.device} --space {job.space}, which "
                          "replaces its predictor)")
+    for c in costs:  # fit-predictor fits the correction on --space's networks alone
+        info = getattr(c.model, "info_", None) or {}
+        fitted = info.get("space")
+        if info.get("network_correction") and fitted and fitted != job.space:
+            how = (f"latbench collect --device {c.device} --space {job.space} --networks 20"
+                   if profile_settings(c.device) is not None else f"import networks of {job.space}")
+            lines.append(f"warning: {c.spec}'s network correction was fitted on networks of {fitted}, and "
+                         f"{job.space}'s networks are not those, so its costs may be off ({how}, then "
+                         f"latbench fit-predictor --device {c.device} --space {job.space}, which replaces "
+                         "its predictor)")
     targeted = [c for c in costs if c.target is not None]
     if job.form == "fbnet" and targeted:
         options = ", ".join(dict.fromkeys(TARGET_OPTIONS.get(c.unit, "--target") for c in targeted))

@@ -210,6 +210,23 @@ def test_a_predictor_that_measured_little_of_the_space_is_warned(fast_profile):
     assert advice(SearchJob(costs=[f"latbench:{fast_profile}"]), [cost(ops)], "argmax") == []  # all of cifar
 
 
+def test_a_network_correction_fitted_on_another_space_is_warned(fast_profile):
+    from types import SimpleNamespace
+
+    from nas.cost import LoadedCost
+
+    def cost(info):
+        return LoadedCost(spec=f"latbench:{fast_profile}", model=SimpleNamespace(info_=info, unit="ms"), term=None)
+
+    job = SearchJob(costs=[f"latbench:{fast_profile}"], space="fbnet-imagenet")
+    (line,) = advice(job, [cost({"space": "fbnet-cifar", "network_correction": True})], "argmax")
+    assert line.startswith(f"warning: latbench:{fast_profile}'s network correction was fitted on networks of "
+                           "fbnet-cifar, and fbnet-imagenet's networks are not those")
+    assert f"latbench fit-predictor --device {fast_profile} --space fbnet-imagenet" in line
+    assert advice(job, [cost({"space": "fbnet-cifar", "network_correction": False})], "argmax") == []  # a sum
+    assert advice(job, [cost({"space": "fbnet-imagenet", "network_correction": True})], "argmax") == []
+
+
 def test_a_cost_records_which_fitted_predictor_it_is(flops, tmp_path):
     from types import SimpleNamespace
 
