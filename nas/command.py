@@ -103,6 +103,7 @@ def run(args) -> int:
 def print_targets(result: dict) -> None:
     """One line per target on stderr: hit, or missed by how much, as predicted (and measured)."""
     measured = {f"latbench:{v['device']}": v["median_ms"] for v in result.get("verify", []) if "error" not in v}
+    bounds = {c["spec"]: (c.get("min"), c.get("max")) for c in result.get("costs", [])}
     for t in result.get("targets", []):
         miss, tol, unit = t["relative_miss"], t["tolerance"], t["unit"]
         side = "over" if miss > 0 else "under"
@@ -115,6 +116,11 @@ def print_targets(result: dict) -> None:
         else:
             said = (f"MISSED by {abs(miss):.1%}: final arch predicted {_num(t['predicted'])} {unit}, over "
                     f"the target by more than --tolerance {100 * tol:g}%")
+        low, high = bounds.get(t["spec"], (None, None))
+        if low is not None and t["target"] < low:  # said before training too, but that scrolled away
+            said += f"; no arch can meet it: the cheapest network of the space is predicted {_num(low)} {unit}"
+        elif high is not None and t["target"] > high:
+            said += f"; every arch meets it: the dearest network of the space is predicted {_num(high)} {unit}"
         if t["spec"] in measured and measured[t["spec"]]:
             off = measured[t["spec"]] / t["target"] - 1
             said += (f"; measured {_num(measured[t['spec']])} ms, {abs(off):.1%} "

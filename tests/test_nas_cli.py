@@ -237,6 +237,12 @@ def test_a_final_arch_under_its_target_is_not_called_a_miss(capsys):
     assert lines[1].startswith("target latbench:local 1 ms: MISSED by 30.0%: final arch predicted 1.3 ms, over")
     assert lines[2].startswith("target latbench:local 1 ms: hit: final arch predicted 1.02 ms, 2.0% over")
     assert lines[3].endswith("(within --tolerance 2.5%)")  # not rounded to 2% or 3%
+    bounds = [{"spec": "latbench:local", "min": 1.1, "max": 3.0}]
+    print_targets({"targets": [target(1.3)], "costs": bounds})  # the target is below every arch
+    assert capsys.readouterr().err.rstrip().endswith(
+        "; no arch can meet it: the cheapest network of the space is predicted 1.1 ms")
+    print_targets({"targets": [target(0.7)], "costs": [bounds[0] | {"min": 0.2, "max": 0.9}]})  # above every arch
+    assert "every arch meets it: the dearest network of the space is predicted 0.9 ms" in capsys.readouterr().err
     measured = {"targets": [target(0.98)], "verify": [{"device": "local", "median_ms": 2.0}]}
     print_targets(measured)  # predicted within the target, measured twice it: say so
     assert capsys.readouterr().err.rstrip().endswith("measured 2 ms, 100.0% over the target (measured OVER it)")
