@@ -166,7 +166,8 @@ def part1(tables: dict[str, DeviceTable], args) -> tuple[dict, dict]:
 
 
 def _label(params: dict) -> str:
-    return "/".join(str(params[k]) for k in ("features", "target", "base", "split"))
+    label = "/".join(str(params[k]) for k in ("features", "target", "base", "split"))
+    return label + (f"/levels {params['level_snap']:g}" if params.get("level_snap") else "")
 
 
 # ---- part 2 ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from latbench.ops import KINDS
 from latbench.validation import Interval
 from predictors._estimator import Estimator
 from predictors.features import FEATURE_SETS, as_spec_matrix, features_from_quantities, quantities
+from predictors.levels import LatencyLevels
 from predictors.physics import LogLinearBase, PowerLawBase, _targets, base_from_dict
 
 POOLED = "*"
@@ -37,6 +38,10 @@ class GBDTPredictor(Estimator):
     n_estimators, learning_rate, num_leaves, min_data_in_leaf, extra_trees : LightGBM
         settings; few rows per device, hence small leaves and randomised splits.
     n_models : models trained with different seeds and averaged (variance down, time up).
+    level_snap : a prediction moves up to this much (relative) towards the densest level of the
+        measured latencies near it (`predictors.levels`: a GPU's small ops time at a few
+        launch-overhead levels, and a smooth model predicts between them); 0 = off. Chosen by
+        cross-validation.
     floor_ms : latencies below this (0 for identity ops some runtimes remove) are raised to it.
     n_jobs : LightGBM threads.
     random_state : seed.
@@ -53,6 +58,7 @@ class GBDTPredictor(Estimator):
         "min_data_in_leaf": Interval(int, 1),
         "extra_trees": (True, False),
         "n_models": Interval(int, 1),
+        "level_snap": Interval(float, 0.0, 0.5),
         "min_kind_rows": Interval(int, 1),
         "floor_ms": Interval(float, 1e-9),
         "n_jobs": Interval(int, 1),
@@ -62,8 +68,8 @@ class GBDTPredictor(Estimator):
     def __init__(self, features: str = "derived", *, target: str = "log", base: str = "blend",
                  split: str = "pooled", n_estimators: int = 150, learning_rate: float = 0.1,
                  num_leaves: int = 8, min_data_in_leaf: int = 3, extra_trees: bool = True,
-                 n_models: int = 1, min_kind_rows: int = 40, floor_ms: float = 1e-3,
-                 n_jobs: int = 1, random_state: int = 0):
+                 n_models: int = 1, level_snap: float = 0.0, min_kind_rows: int = 40,
+                 floor_ms: float = 1e-3, n_jobs: int = 1, random_state: int = 0):
         self.features = features
         self.target = target
         self.base = base
@@ -74,6 +80,7 @@ class GBDTPredictor(Estimator):
         self.min_data_in_leaf = min_data_in_leaf
         self.extra_trees = extra_trees
         self.n_models = n_models
+        self.level_snap = level_snap
         self.min_kind_rows = min_kind_rows
         self.floor_ms = floor_ms
         self.n_jobs = n_jobs
@@ -110,6 +117,7 @@ class GBDTPredictor(Estimator):
             self.boosters_[name] = [
                 self._train(lgb, feats[mask], target[mask], init[mask], seed)
                 for seed in range(self.random_state, self.random_state + self.n_models)]
+        self.levels_ = LatencyLevels(self.level_snap).fit(y) if self.level_snap > 0 else None
         self.feature_names_in_ = FEATURE_SETS[self.features]
         self.n_features_in_ = len(self.feature_names_in_)
         return self
@@ -150,10 +158,11 @@ class GBDTPredictor(Estimator):
         self._check_fitted("boosters_")
         m = as_spec_matrix(X)
         if len(m) <= CHUNK_ROWS:
-            return self._predict_matrix(m)
-        # Blocks of rows: the temporaries stay small and reused instead of freshly paged in.
-        return np.concatenate([self._predict_matrix(m[i:i + CHUNK_ROWS])
-                               for i in range(0, len(m), CHUNK_ROWS)])
+            pred = self._predict_matrix(m)
+        else:  # blocks of rows: the temporaries stay small and reused instead of freshly paged in
+            pred = np.concatenate([self._predict_matrix(m[i:i + CHUNK_ROWS])
+                                   for i in range(0, len(m), CHUNK_ROWS)])
+        return self.levels_.apply(pred) if self.levels_ is not None else pred
 
     def _predict_matrix(self, m: np.ndarray) -> np.ndarray:
         if len(m) == 0:
@@ -200,6 +209,8 @@ class GBDTPredictor(Estimator):
                 index[name].append(fname)
         meta = {"params": self.get_params(), "feature_names": list(self.feature_names_in_),
                 "bases": [b.to_dict() for b in self.bases_], "models": index}
+        if self.levels_ is not None:
+            meta["levels"] = self.levels_.to_dict()
         return meta, models
 
     @classmethod
@@ -212,6 +223,9 @@ class GBDTPredictor(Estimator):
         if list(meta["feature_names"]) != expected:
             raise ValueError(f"its feature list differs from this version's {est.features!r} features")
         est.bases_ = [base_from_dict(d) for d in meta["bases"]]
+        if est.level_snap > 0 and not isinstance(meta.get("levels"), dict):
+            raise ValueError("it snaps to latency levels (level_snap) but does not list them")
+        est.levels_ = LatencyLevels.from_dict(meta["levels"]) if est.level_snap > 0 else None
         est.boosters_ = {name: [lgb.Booster(model_str=_model_text(f, models[f])) for f in files]
                          for name, files in meta["models"].items()}
         est.feature_names_in_ = tuple(expected)

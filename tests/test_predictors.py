@@ -179,6 +179,41 @@ def test_gbdt_beats_both_baselines_on_held_out_raspi4_blocks():
     assert ours["spearman"] > 0.95
 
 
+def test_latency_levels_pull_a_prediction_towards_a_dense_level_by_reach_at_most():
+    from predictors.levels import LatencyLevels
+
+    measured = [0.54, 0.55, 0.55, 0.56, 0.80, 0.81, 0.80, 0.79, 2.0]
+    levels = LatencyLevels(0.06).fit(np.array(measured))
+    got = levels.apply(np.array([0.58, 0.60, 0.77, 1.95, 9.0]))
+    assert got[0] == pytest.approx(0.55, rel=0.01)  # 5% over the 0.54-0.56 level: moved onto it
+    assert 0.60 / 1.06 - 1e-3 < got[1] < 0.59  # 9% over it: towards it, by 6% at most
+    assert got[2] == pytest.approx(0.80, rel=0.01)
+    assert got[3] == 1.95  # one op at 2.0 ms is no level
+    assert got[4] == 9.0  # far from every measured latency
+    again = LatencyLevels.from_dict(levels.to_dict())
+    np.testing.assert_array_equal(again.apply(np.array([0.58, 0.77])), got[[0, 2]])
+    np.testing.assert_array_equal(LatencyLevels(0.0).fit(np.array(measured)).apply(np.array([0.58])), [0.58])
+    with pytest.raises(ValueError, match="not a list of finite numbers"):
+        LatencyLevels.from_dict({"reach": 0.06, "log_ms": [float("nan")]})
+
+
+def test_cross_validation_snaps_onto_levels_on_the_jetson_gpu_and_not_on_the_pi_cpu():
+    """HW-NAS-Bench's edgegpu (TensorRT on a TX2) blocks sit on launch-overhead levels."""
+    xs, ys, xt, yt = block_halves("edgegpu")
+    smooth = GBDTPredictor().fit(xs, ys)
+    snapped = GBDTPredictor(level_snap=selection.LEVEL_SNAP).fit(xs, ys)
+    assert (metrics.accuracy_within(snapped.predict(xt), yt, 0.10)
+            > metrics.accuracy_within(smooth.predict(xt), yt, 0.10) + 0.03)
+    meta, models = snapped.to_files()
+    np.testing.assert_allclose(GBDTPredictor.from_files(meta, models).predict(xt), snapped.predict(xt),
+                               rtol=1e-9)
+    with pytest.raises(ValueError, match="does not list them"):
+        GBDTPredictor.from_files({k: v for k, v in meta.items() if k != "levels"}, models)
+    assert selection.select_gbdt(xs, ys, seed=0)[0]["level_snap"] == selection.LEVEL_SNAP
+    xs, ys, _, _ = block_halves("raspi4")
+    assert selection.select_gbdt(xs, ys, seed=0)[0]["level_snap"] == 0.0
+
+
 def test_model_split_per_kind_and_linear_target_fit_and_predict():
     specs, y = device_table("edgegpu")
     est = GBDTPredictor(split="per_kind", target="linear", min_kind_rows=100).fit(specs, y)

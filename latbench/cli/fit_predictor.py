@@ -202,9 +202,10 @@ def run(args) -> int:
                      metrics.TABLE_COLUMNS, rows)
     if tried:
         output.table(f"GBDT settings tried ({args.folds}-fold on ops; chosen by mean |log error|)",
-                     ["", "features", "target", "base", "split", "log_error", "+-10%", "mape%"],
+                     ["", "features", "target", "base", "split", "levels", "log_error", "+-10%", "mape%"],
                      [["*" if t["chosen"] else "", t["settings"]["features"], t["settings"]["target"],
-                       t["settings"]["base"], t["settings"]["split"], f"{t['metrics']['log_error']:.4f}",
+                       t["settings"]["base"], t["settings"]["split"],
+                       f"{t['settings'].get('level_snap', 0.0):g}", f"{t['metrics']['log_error']:.4f}",
                        f"{100 * t['metrics']['acc_10']:.1f}", f"{100 * t['metrics']['mape']:.1f}"]
                       for t in tried])
     _notes(predictor, data, coverage, directory, args, ctx, summed)
