@@ -143,7 +143,7 @@ def load(directory: Path, device: str | None = None) -> LatencyPredictor:
         raise ArtifactError(f"no fitted predictor for device {device!r} ({manifest_path} does not exist)",
                             (hint + " " if hint else "")
                             + (f"fitted: {', '.join(fitted)}; or " if fitted else "") + f"run `{fit}`")
-    manifest = _read_json(manifest_path, refit)
+    manifest, manifest_bytes = _read_json(manifest_path, refit)
     if given_device is None and isinstance(manifest, dict):
         refit = _refit_hint(directory, manifest) or refit
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -202,9 +202,10 @@ def load(directory: Path, device: str | None = None) -> LatencyPredictor:
     predictor._cache = {}
     predictor.info_ = {k: v for k, v in manifest.items() if k not in ("files", "reports")}
     # Which artifact this is, for results that must name the predictor they were made with:
-    # the manifest lists every file's sha256, so its own sha256 pins them all.
+    # the manifest lists every file's sha256, so its own sha256 pins them all. The bytes parsed
+    # above, not a second read: a fit-predictor saving meanwhile swaps the folder.
     predictor.info_ |= {"folder": str(directory.resolve()),
-                        "manifest_sha256": _sha256(manifest_path.read_bytes())}
+                        "manifest_sha256": _sha256(manifest_bytes)}
     return predictor
 
 
@@ -236,9 +237,11 @@ def _check_versions(manifest: dict, path: Path, refit: str) -> None:
         pass  # an unknown version string: the model text itself is checked when read
 
 
-def _read_json(path: Path, refit: str):
+def _read_json(path: Path, refit: str) -> tuple[object, bytes]:
+    """The parsed document and the bytes it was parsed from (to hash exactly what was read)."""
     try:
-        return json.loads(path.read_bytes())
+        data = path.read_bytes()
+        return json.loads(data), data
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"predictor file {path} is corrupt ({type(exc).__name__})", refit) from None
 

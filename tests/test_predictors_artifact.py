@@ -104,6 +104,22 @@ def test_a_loaded_predictor_names_its_folder_and_manifest_checksum(saved):
     assert info["manifest_sha256"] == hashlib.sha256((saved / "manifest.json").read_bytes()).hexdigest()
 
 
+def test_the_manifest_checksum_is_of_the_manifest_read_even_if_saved_over_meanwhile(fitted, saved, monkeypatch):
+    import hashlib
+
+    from predictors.lut import LUT
+
+    read = hashlib.sha256((saved / "manifest.json").read_bytes()).hexdigest()
+    real = LUT.from_dict.__func__
+
+    def saved_over(cls, d):  # a fit-predictor swaps the folder while this load reads it
+        artifact.save(fitted, saved, info={**INFO, "runtime_version": "another fit"})
+        return real(cls, d)
+    monkeypatch.setattr(LUT, "from_dict", classmethod(saved_over))
+    info = artifact.load(saved).info_
+    assert info["runtime_version"] == INFO["runtime_version"] and info["manifest_sha256"] == read
+
+
 def test_a_folder_loaded_by_its_path_says_how_to_mend_it_by_its_device(saved, tmp_path, latbench_home):
     import shutil
 
