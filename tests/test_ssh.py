@@ -584,8 +584,10 @@ def test_a_bad_workdir_is_a_setup_error_after_login(sshd, tmp_path, kind):
     assert err.value.message.startswith(f"{what} the work directory {workdir} on ")
     assert "connection.workdir" in err.value.hint
     assert err.value.stage == "setup"  # reached and logged in: doctor must not say unreachable
-    info = t.device_info()
+    assert t._client is None  # closed, not left open half set up
+    info = t.device_info()  # connects again and fails the same way
     assert info["reachable"] and info["auth"] and info["host_key"] == "ok"
+    assert info["error"].startswith(f"{what} the work directory {workdir} on ") and "connection.workdir" in info["hint"]
 
 
 def test_cleanup_removes_the_workdir_and_refuses_a_root(sshd, tmp_path):

@@ -230,6 +230,7 @@ class SSHTransport(Transport):
         self._workdir = self._resolve_workdir(self._workdir_setting)
         res = self.run(["sh", "-c", _WORKDIR_SCRIPT, "sh", self._workdir], timeout + 20)
         if res.exit_code != 0:
+            self.close()  # not left half-connected: a later call connects again and says why
             what = "cannot write to" if res.exit_code == 3 else "cannot create"
             err = DeviceError(f"{what} the work directory {self._workdir} on {self.where}: "
                               f"{res.stderr.strip()[:200]}",
