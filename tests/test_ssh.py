@@ -319,22 +319,37 @@ def test_nothing_listening_is_one_clear_line(sshd, tmp_path):
     assert t.device_info()["reachable"] is False
 
 
-def test_a_board_that_is_off_is_not_said_to_refuse(sshd, tmp_path, monkeypatch):
+@pytest.mark.parametrize("code", ["EHOSTUNREACH", "ENETUNREACH"])
+def test_a_board_that_is_off_is_not_said_to_refuse(sshd, tmp_path, monkeypatch, code):
     """A switched-off board on the LAN: connect() fails with EHOSTUNREACH (ARP gets no answer),
-    which paramiko wraps like a refusal; no sshd is there to refuse anything."""
+    which paramiko wraps like a refusal, or ENETUNREACH, which it raises as is; no sshd is there
+    to refuse anything."""
     import errno
     import socket
 
     def no_route(self, address):
-        raise OSError(errno.EHOSTUNREACH, "No route to host")
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
 
     monkeypatch.setattr(socket.socket, "connect", no_route)
     t = transport_for(make_profile(tmp_path, sshd))
     with pytest.raises(DeviceError) as err:
         t.connect()
-    assert err.value.message == f"cannot reach {sshd.host}:{sshd.port}: No route to host"
+    assert err.value.message == f"cannot reach {sshd.host}:{sshd.port}: {os.strerror(getattr(errno, code))}"
     assert "board is on" in err.value.hint and "connection.host" in err.value.hint
     assert t.device_info()["reachable"] is False
+
+
+def test_one_refusing_address_means_the_host_is_up(sshd, tmp_path):
+    """paramiko tries every address of the name: a refusal from any proves the host runs."""
+    import errno
+
+    from paramiko.ssh_exception import NoValidConnectionsError
+
+    t = transport_for(make_profile(tmp_path, sshd))
+    both = NoValidConnectionsError({("::1", 22, 0, 0): OSError(errno.EHOSTUNREACH, "No route to host"),
+                                    ("127.0.0.1", 22): OSError(errno.ECONNREFUSED, "Connection refused")})
+    err = t._connect_error(both)
+    assert "refused" in err.message and "sshd" in err.hint and "board is on" not in err.hint
 
 
 def test_unknown_host_name_is_one_clear_line(sshd, tmp_path):

@@ -8,6 +8,7 @@ built with `shlex.join`, so paths and names reach the device literally.
 
 from __future__ import annotations
 
+import errno
 import getpass
 import logging
 import os
@@ -81,13 +82,19 @@ def _looks_public(path: str) -> bool:
     return len(head) >= 2 and head[0].startswith((b"ssh-", b"ecdsa-", b"sk-")) and head[1].startswith(b"AAAA")
 
 
-def _not_refused(exc) -> OSError | None:
-    """The first error of a NoValidConnectionsError that is not a refusal (EHOSTUNREACH,
-    ENETUNREACH, ...), or None when every address refused."""
-    for err in getattr(exc, "errors", {}).values():
-        if not isinstance(err, ConnectionRefusedError):
-            return err
-    return None
+#: connect() errnos of a host that does not answer at all (off, or off the network).
+_UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
+
+
+def _connect_failure(exc: BaseException) -> BaseException:
+    """The socket error behind a failed connect: paramiko wraps in NoValidConnectionsError only
+    ECONNREFUSED and EHOSTUNREACH (one per address; others, e.g. ENETUNREACH, come raw). A
+    refusal from any address proves the host up with no sshd there, so it wins."""
+    if not isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) or not exc.errors:
+        return exc
+    errors = list(exc.errors.values())
+    refused = [e for e in errors if isinstance(e, ConnectionRefusedError)]
+    return (refused or errors)[0]
 
 
 def _require_paramiko() -> None:
@@ -296,6 +303,7 @@ class SSHTransport(Transport):
 
     def _connect_error(self, exc: BaseException) -> DeviceError:
         src = self.profile.source or self.profile.name
+        exc = _connect_failure(exc)
         if isinstance(exc, paramiko.BadHostKeyException):
             err = DeviceError(
                 f"the SSH host key of {self.host}:{self.port} CHANGED: it offers "
@@ -345,14 +353,7 @@ class SSHTransport(Transport):
             else:
                 fix = f"fix connection.host in {src} or use the board's IP address"
             err = DeviceError(f"cannot resolve the host name {self.host!r}", fix)
-        elif isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) and _not_refused(exc):
-            # paramiko wraps every failed connect in this: a board that is off or off the
-            # network gives "No route to host", not a refusal from a running system
-            why = _not_refused(exc)
-            err = DeviceError(f"cannot reach {self.host}:{self.port}: {why.strerror or why}",
-                              "check that the board is on and on the network, and connection.host "
-                              f"in {src}")
-        elif isinstance(exc, (paramiko.ssh_exception.NoValidConnectionsError, ConnectionRefusedError)):
+        elif isinstance(exc, ConnectionRefusedError):
             err = DeviceError(f"{self.host}:{self.port} refused the SSH connection",
                               "check that sshd runs on the board (`systemctl status ssh`) and "
                               f"connection.port in {src}")
@@ -367,8 +368,11 @@ class SSHTransport(Transport):
                               "check that connection.port is the board's SSH port and that sshd is "
                               f"healthy there, or raise connection.connect_timeout_s in {src}")
         elif isinstance(exc, OSError):
+            # a board that is off or off the network: "No route to host", not a refusal
             err = DeviceError(f"cannot reach {self.host}:{self.port}: {exc.strerror or exc}",
-                              "check the network and connection.host/port in " + src)
+                              "check that the board is on and on the network, and connection.host "
+                              f"in {src}" if exc.errno in _UNREACHABLE
+                              else "check the network and connection.host/port in " + src)
         else:
             err = DeviceError(f"SSH connection to {self.host}:{self.port} failed: "
                               f"{type(exc).__name__}: {exc}"[:300],
