@@ -483,6 +483,26 @@ def test_ctrl_c_ends_the_run_on_the_board_too(sshd, tmp_path):
         assert t.run(["echo", "still here"], 10).stdout == "still here\n"
 
 
+def test_ctrl_c_keeps_what_was_received_but_not_yet_read(sshd, tmp_path, monkeypatch):
+    """Ctrl-C while waiting: paramiko's thread may hold output the loop has not read yet."""
+    import latbench.transports.ssh as ssh_module
+
+    class Interrupting:  # the wait in which Ctrl-C lands, after the line arrived
+        @staticmethod
+        def select(*args):
+            time.sleep(1.0)
+            raise KeyboardInterrupt
+
+    marker = f"7{time.time() % 1000:.4f}"
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        monkeypatch.setattr(ssh_module, "select", Interrupting)
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            t.run(["sh", "-c", "sleep 0.2; echo done; exec sleep $1", "sh", marker], 30)
+        monkeypatch.undo()
+        assert stopped.value.partial_stdout == "done\n"
+        assert _running(f"sleep {marker}") == []  # its pid line was read too: the run was ended
+
+
 def test_a_shell_killed_by_a_signal_is_not_a_lost_connection(sshd, tmp_path):
     # bash execs the last command of `-c`, so this kills the login shell itself: the channel
     # closes without an exit status while the connection stays up.

@@ -503,6 +503,11 @@ class SSHTransport(Transport):
             chan.close()
             raise
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in a collection: end the board's run too
+            # what paramiko already received holds finished results (and the run's pid line)
+            for _ in range(64):  # bounded: a run printing fast must not hold up the stop
+                if not chan.recv_ready():
+                    break
+                out += chan.recv(65536)
             chan.close()
             if not self._kill(run_mark(out)):
                 self._remember_lost(out)
