@@ -65,16 +65,19 @@ def describe_timing(timing: dict, runner: str | None = None) -> str:
     """A stored protocol (`Protocol.timing()`) in words, every field that changes a table:
     "warm-up >= 10 runs and 0.01 s; timed >= 20 runs and 0.025 s (max 5000), then on until
     the round's median is within +-0.5% (95% CI of its samples) or 0.5 s". That interval is one
-    round's: drift between rounds is what `round_spread` shows. Only the bundled Python runner
-    has that stop rule: for a tool `runner` the words say it was not applied, so that a
-    number is not trusted for a precision nobody measured."""
+    round's: drift between rounds is what `round_spread` shows. A `runner` claims only the
+    limits it applies (`Runner.applies`): a tool's words say the CI stop was not applied, and
+    give no run cap where it has none, so a number is not trusted for what nobody measured."""
+    from latbench.runners.base import runner_applies
+
     def g(key: str) -> str:  # a table stored by an older latbench may lack a field
         value = timing.get(key)
         return "?" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
+    applies = {"max_runs", "rel_ci"} if runner is None else runner_applies(runner)
     text = (f"warm-up >= {g('warmup_runs')} runs and {g('warmup_s')} s; timed >= {g('runs')} runs and "
-            f"{g('min_time_s')} s (max {g('max_runs')})")
-    if timing.get("rel_ci") and runner not in (None, "python"):
+            f"{g('min_time_s')} s" + (f" (max {g('max_runs')})" if "max_runs" in applies else ""))
+    if timing.get("rel_ci") and "rel_ci" not in applies:
         text += f"; rel_ci and max_time_s not applied (the {runner} runner has no such stop rule)"
     elif timing.get("rel_ci"):
         text += (f", then on until the round's median is within +-{100 * timing['rel_ci']:g}% "

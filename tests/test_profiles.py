@@ -250,3 +250,5 @@ def test_a_tool_runner_does_not_claim_the_python_runners_stop_rule(runner):
     assert "within +-2%" in describe_timing(timing) and "within +-2%" in describe_timing(timing, "python")
     words = describe_timing(timing, runner)
     assert "within" not in words and f"not applied (the {runner} runner" in words
+    # a run cap only where the runner keeps at most max_runs (benchmark_model has none)
+    assert ("(max 5000)" in words) == (runner != "benchmark_model") and "(max 5000)" in describe_timing(timing)

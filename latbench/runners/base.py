@@ -31,6 +31,10 @@ class BatchOutput:
 
 class Runner(abc.ABC):
     name: str
+    #: The protocol limits it applies beyond the minimums (runs, min_time_s): "max_runs" (runs
+    #: past it are not kept) and "rel_ci" (the CI stop, up to max_time_s). A tool has its own
+    #: stop rule; `describe_timing` claims only these for a table.
+    applies: frozenset[str] = frozenset()
 
     def __init__(self, transport: Transport, profile: DeviceProfile):
         self.transport = transport
@@ -86,8 +90,18 @@ RUNNERS = {
 }
 
 
-def make_runner(transport: Transport, profile: DeviceProfile) -> Runner:
+def runner_class(name: str) -> type[Runner]:
     import importlib
 
-    module, cls = RUNNERS[profile.runner].split(":")
-    return getattr(importlib.import_module(module), cls)(transport, profile)
+    module, cls = RUNNERS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def runner_applies(name: str) -> frozenset[str]:
+    """`Runner.applies` of the runner a profile or a stored table names (none for one this
+    latbench does not know)."""
+    return runner_class(name).applies if name in RUNNERS else frozenset()
+
+
+def make_runner(transport: Transport, profile: DeviceProfile) -> Runner:
+    return runner_class(profile.runner)(transport, profile)

@@ -129,6 +129,7 @@ class OrtPerfTestRunner(ToolRunner):
     """Times .onnx models with onnxruntime_perf_test (random inputs, -I), one process per model."""
 
     name = "onnxruntime_perf_test"
+    applies = frozenset({"max_runs"})  # parse_result keeps at most max_runs of the -r/-t runs
     tool = TOOL
     runtime = "onnxruntime"
     formats = ("onnx",)

@@ -32,6 +32,7 @@ def install_fix(hint: str, interpreter: str | None) -> str:
 
 class PythonRunner(Runner):
     name = "python"
+    applies = frozenset({"max_runs", "rel_ci"})
     _remote_runner: str | None = None
 
     def _runner_path(self) -> str:

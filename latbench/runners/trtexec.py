@@ -210,6 +210,7 @@ class TrtexecRunner(ToolRunner):
     """Times .onnx models with TensorRT's trtexec (Jetson boards, GPUs)."""
 
     name = "trtexec"
+    applies = frozenset({"max_runs"})  # parse_result keeps at most max_runs exported times
     tool = TOOL
     runtime = "tensorrt"
     formats = ("onnx",)
