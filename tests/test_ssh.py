@@ -543,6 +543,16 @@ def test_missing_program_names_the_fix(sshd, tmp_path, program):
     assert err.value.message.startswith(f"{program} not found on ") and "python:" in err.value.hint
 
 
+def test_an_exit_127_of_the_program_itself_is_not_called_missing(sshd, tmp_path):
+    """Only the shell's own "P: not found" names P missing: not what P says of its arguments."""
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        res = t.run(["sh", "-c", "echo 'model.onnx: not found' >&2; exit 127"], 10)
+        assert res.exit_code == 127 and "model.onnx" in res.stderr
+        if shutil.which("bash"):
+            res = t.run(["bash", str(tmp_path / "no such script.sh")], 10)
+            assert res.exit_code == 127 and "No such file or directory" in res.stderr
+
+
 # ---- files ----------------------------------------------------------------------------------
 
 def test_push_skips_what_the_device_has_and_replaces_what_changed(sshd, tmp_path):

@@ -13,6 +13,7 @@ import getpass
 import logging
 import os
 import posixpath
+import re
 import select
 import shlex
 import socket
@@ -95,6 +96,17 @@ def _connect_failure(exc: BaseException) -> BaseException:
     errors = list(exc.errors.values())
     refused = [e for e in errors if isinstance(e, ConnectionRefusedError)]
     return (refused or errors)[0]
+
+
+def _shell_missed(program: str, stderr: str) -> bool:
+    """Whether the login shell said it found no `program` (exit 127): dash "sh: 1: P: not
+    found", bash "bash: line 1: P: command not found" or, for a path (a python: whose venv was
+    never made on the board), "...: P: No such file or directory", zsh "command not found: P".
+    Not a message of the program itself, such as bash's "bash: s.sh: No such file or directory"
+    for a missing script."""
+    p = re.escape(program)
+    return re.search(rf"(?m)(?:^|: ){p}: (?:(?:command )?not found|No such file or directory)$"
+                     rf"|command not found: {p}$", stderr) is not None
 
 
 def _require_paramiko() -> None:
@@ -534,9 +546,7 @@ class SSHTransport(Transport):
         chan.close()
         stdout = command_stdout(out)
         stderr = err.decode("utf-8", "replace")
-        # 127: the login shell found no such program: dash says "not found", bash "No such
-        # file or directory" for a path (a python: whose venv was never made on the board).
-        if code == 127 and ("not found" in stderr or "No such file or directory" in stderr):
+        if code == 127 and _shell_missed(argv[0], stderr):
             raise DeviceError(f"{argv[0]} not found on {self.profile.name}",
                               f"install it on the board or set `python:` in "
                               f"{self.profile.source or self.profile.name}")
