@@ -47,12 +47,7 @@ def load(cost_spec) -> CostModel:
 
         from predictors import artifact
 
-        directory = Path(cost_spec).expanduser()
-        if not (directory / artifact.MANIFEST).exists():  # a path names no device to fit
-            raise ArtifactError(f"no latbench predictor in {directory} ({directory / artifact.MANIFEST} "
-                                f"does not exist)", "give the folder `latbench fit-predictor --device DEVICE` "
-                                "saved (or a copy of it), or latbench:DEVICE")
-        return artifact.load(directory)
+        return artifact.load(Path(cost_spec).expanduser())  # no device: a path names none to fit
     if not isinstance(cost_spec, str):
         raise UsageError(f"a cost spec is a string or a path; got {type(cost_spec).__name__}",
                          "use latbench:<device>, flops, params or a predictor folder's path")

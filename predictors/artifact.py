@@ -132,19 +132,24 @@ def fit_command(name: str) -> str:
 def load(directory: Path, device: str | None = None) -> LatencyPredictor:
     """The predictor saved in `directory`, after checking its manifest, checksums and versions."""
     directory = Path(directory)
-    given_device = device
-    device = device or directory.name
-    fit = fit_command(device)
-    refit = f"re-run `{fit}`"
     manifest_path = directory / MANIFEST
-    if not manifest_path.exists():
-        fitted = sorted(m.parent.name for m in directory.parent.glob(f"*/{MANIFEST}"))
-        hint = did_you_mean(directory.name, fitted)
-        raise ArtifactError(f"no fitted predictor for device {device!r} ({manifest_path} does not exist)",
-                            (hint + " " if hint else "")
-                            + (f"fitted: {', '.join(fitted)}; or " if fitted else "") + f"run `{fit}`")
+    if device is None:  # loaded by its path: the folder's name need not be a device
+        refit = _path_refit_hint(directory)
+        if not manifest_path.exists():
+            raise ArtifactError(f"no latbench predictor in {directory} ({manifest_path} does not exist)",
+                                "give the folder `latbench fit-predictor --device DEVICE` saved (or a "
+                                "copy of it), or latbench:DEVICE")
+    else:
+        fit = fit_command(device)
+        refit = f"re-run `{fit}`"
+        if not manifest_path.exists():
+            fitted = sorted(m.parent.name for m in directory.parent.glob(f"*/{MANIFEST}"))
+            hint = did_you_mean(directory.name, fitted)
+            raise ArtifactError(f"no fitted predictor for device {device!r} ({manifest_path} does not exist)",
+                                (hint + " " if hint else "")
+                                + (f"fitted: {', '.join(fitted)}; or " if fitted else "") + f"run `{fit}`")
     manifest, manifest_bytes = _read_json(manifest_path, refit)
-    if given_device is None and isinstance(manifest, dict):
+    if device is None and isinstance(manifest, dict):
         refit = _refit_hint(directory, manifest) or refit
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{manifest_path} is not a latbench predictor manifest", refit)
@@ -207,6 +212,16 @@ def load(directory: Path, device: str | None = None) -> LatencyPredictor:
     predictor.info_ |= {"folder": str(directory.resolve()),
                         "manifest_sha256": _sha256(manifest_bytes)}
     return predictor
+
+
+def _path_refit_hint(directory: Path) -> str:
+    """How to mend a predictor loaded by its path before its manifest says whose it is: its
+    folder's name is the device only for a folder fit-predictor saved in the home."""
+    name = directory.name
+    if _DEVICE_NAME.match(name) and directory.resolve() == predictor_dir(name).resolve():
+        return f"re-run `{fit_command(name)}`"
+    return (f"re-run `latbench fit-predictor --device DEVICE` for the device it was fitted for, "
+            f"then copy the folder it saves to {directory}")
 
 
 def _refit_hint(directory: Path, manifest: dict) -> str | None:

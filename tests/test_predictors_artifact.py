@@ -139,6 +139,42 @@ def test_a_folder_loaded_by_its_path_says_how_to_mend_it_by_its_device(saved, tm
                                f"{artifact.predictor_dir('raspi4')} to {copy}")
 
 
+@pytest.mark.parametrize("manifest", [None, "{not json", "[]"])
+def test_a_folder_loaded_by_its_path_is_not_taken_for_a_device_without_a_manifest(saved, tmp_path, manifest,
+                                                                                  latbench_home):
+    """Its name says nothing until a manifest names the device; the same words for
+    artifact.load(path) as for predictors.load(path)."""
+    import shutil
+
+    import predictors
+
+    copy = tmp_path / "rpi-copy"
+    shutil.copytree(saved, copy)
+    if manifest is None:
+        (copy / "manifest.json").unlink()
+    else:
+        (copy / "manifest.json").write_text(manifest)
+    for load in (artifact.load, predictors.load):
+        with pytest.raises(ArtifactError) as info:
+            load(copy)
+        assert "--device rpi-copy" not in str(info.value) and "--device DEVICE" in info.value.hint
+        if manifest is None:
+            assert str(info.value).startswith(f"no latbench predictor in {copy} (")
+        else:
+            assert "manifest.json is " in info.value.message and str(copy) in info.value.hint
+
+
+def test_a_home_folder_loaded_by_its_path_with_a_corrupt_manifest_names_its_device(saved, latbench_home):
+    import shutil
+
+    folder = artifact.predictor_dir("raspi4")
+    shutil.copytree(saved, folder)
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError) as info:
+        artifact.load(folder)
+    assert info.value.hint == "re-run `latbench fit-predictor --device raspi4`"
+
+
 def test_the_folder_is_readable_by_others_as_the_umask_allows(fitted, tmp_path):
     import os
 
@@ -206,7 +242,7 @@ def test_missing_file_and_bad_manifest(saved):
 
 def test_a_name_never_fitted_suggests_the_close_one(saved):
     with pytest.raises(ArtifactError, match="no fitted predictor for device 'raspi' ") as err:
-        artifact.load(saved.parent / "raspi")
+        artifact.load(saved.parent / "raspi", "raspi")  # as predictors.load("latbench:raspi") does
     assert "did you mean 'raspi4'?" in err.value.hint and "fitted: raspi4" in err.value.hint
 
 
