@@ -117,9 +117,11 @@ def print_targets(result: dict) -> None:
             said = (f"MISSED by {abs(miss):.1%}: final arch predicted {_num(t['predicted'])} {unit}, over "
                     f"the target by more than --tolerance {100 * tol:g}%")
         low, high = bounds.get(t["spec"], (None, None))
-        if low is not None and t["target"] < low:  # said before training too, but that scrolled away
+        # why it missed (said before training too, but that scrolled away); not after "hit", which
+        # a target just below the cheapest network within --tolerance is
+        if low is not None and t["target"] < low and not t["hit"] and miss > 0:
             said += f"; no arch can meet it: the cheapest network of the space is predicted {_num(low)} {unit}"
-        elif high is not None and t["target"] > high:
+        elif high is not None and t["target"] > high and miss <= 0:  # why it is so far under
             said += f"; every arch meets it: the dearest network of the space is predicted {_num(high)} {unit}"
         if t["spec"] in measured and measured[t["spec"]]:
             off = measured[t["spec"]] / t["target"] - 1

@@ -241,6 +241,8 @@ def test_a_final_arch_under_its_target_is_not_called_a_miss(capsys):
     print_targets({"targets": [target(1.3)], "costs": bounds})  # the target is below every arch
     assert capsys.readouterr().err.rstrip().endswith(
         "; no arch can meet it: the cheapest network of the space is predicted 1.1 ms")
+    print_targets({"targets": [target(1.03)], "costs": [bounds[0] | {"min": 1.03}]})  # just below it: a hit
+    assert capsys.readouterr().err.rstrip().endswith("(within --tolerance 5%)")  # not "hit: ...; no arch can meet it"
     print_targets({"targets": [target(0.7)], "costs": [bounds[0] | {"min": 0.2, "max": 0.9}]})  # above every arch
     assert "every arch meets it: the dearest network of the space is predicted 0.9 ms" in capsys.readouterr().err
     measured = {"targets": [target(0.98)], "verify": [{"device": "local", "median_ms": 2.0}]}
