@@ -353,3 +353,26 @@ def test_a_local_run_that_is_stopped_ends_a_tool_under_timeout_too(fast_profile)
         transport.run(["sh", "-c", f"echo done; printf cut; timeout 60 sleep {marker}; echo never"], 30)
     assert not running()
     assert stopped.value.partial_stdout == "done\n"  # the runner keeps what had finished
+
+
+def test_a_stopped_local_run_keeps_its_output_when_a_process_that_left_the_session_holds_stdout(
+        fast_profile, tmp_path):
+    """Killing the session cannot end a process that called setsid: stdout stays open, and
+    reading it to the end times out, but what was read by then is still the run's."""
+    import signal
+    import threading
+
+    from latbench.transports import open_transport
+
+    transport = open_transport(load_profile(fast_profile))
+    transport.connect()
+    pid_file = tmp_path / "escaped.pid"
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            transport.run(["sh", "-c", 'echo done; setsid sleep 60 & echo $! > "$1"; sleep 30',
+                           "sh", str(pid_file)], 30)
+        assert stopped.value.partial_stdout == "done\n"
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)

@@ -85,9 +85,7 @@ class LocalTransport(Transport):
             _kill_session(proc)
             err = DeviceError(f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}",
                               "raise timeout_s in the profile or lower protocol.batch_size")
-            printed = exc.stdout or ""  # what finished before the time ran out is kept
-            err.partial_stdout = whole_lines(printed.decode("utf-8", "replace") if isinstance(printed, bytes)
-                                             else printed)
+            err.partial_stdout = whole_lines(_text(exc.stdout))  # what finished before the time ran out is kept
             err.timed_out = True
             raise err from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in a collection
@@ -120,9 +118,18 @@ def _kill_session(proc: subprocess.Popen) -> str:
                 break
     try:
         stdout, _ = proc.communicate(timeout=5)
-    except (subprocess.TimeoutExpired, ValueError):
+    except subprocess.TimeoutExpired as exc:  # a process that left the session holds stdout open
+        return _text(exc.stdout)  # what was read until then: the finished results are in it
+    except ValueError:
         return ""
     return stdout or ""
+
+
+def _text(printed: str | bytes | None) -> str:
+    """A TimeoutExpired's output as text: it holds the raw bytes read so far, even in text mode."""
+    if isinstance(printed, bytes):
+        return printed.decode("utf-8", "replace")
+    return printed or ""
 
 
 def _session_members(sid: int) -> list[int]:
