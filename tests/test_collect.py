@@ -265,8 +265,10 @@ def test_ctrl_c_says_cancelled_keeps_finished_batches_and_resumes(warm_home, mak
     check_resumes(warm_home / "latbench.db", before, name, latbench_cli)
 
 
-def test_ctrl_c_in_a_batch_keeps_the_models_it_had_finished(warm_home, make_profile, tmp_path):
-    """A stopped run's finished models are stored (status partial); the one it was on is not."""
+@pytest.mark.parametrize("sig, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_in_a_batch_keeps_the_models_it_had_finished(warm_home, make_profile, tmp_path, sig, by):
+    """A stopped run's finished models are stored (status partial); the one it was on is not.
+    The batch's error says which stopped it."""
     import threading
 
     name = make_profile("ctrlc-mid", protocol={"batch_size": 3, "rounds": 1})
@@ -287,7 +289,7 @@ def test_ctrl_c_in_a_batch_keeps_the_models_it_had_finished(warm_home, make_prof
             deadline = time.monotonic() + 30
             while not printed.exists() and time.monotonic() < deadline:
                 time.sleep(0.02)
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), sig)
 
         threading.Thread(target=interrupt_once_printed, daemon=True).start()
         started = time.monotonic()
@@ -299,7 +301,7 @@ def test_ctrl_c_in_a_batch_keeps_the_models_it_had_finished(warm_home, make_prof
     assert db_rows("SELECT key, median_ms FROM measurements") == [(first[0], 1.1), (second[0], 2.1)]
     with sqlite3.connect(home.db_path()) as conn:
         assert conn.execute("SELECT status, items, error FROM batches").fetchall() == [
-            ("partial", 3, "stopped by Ctrl-C or SIGTERM")]
+            ("partial", 3, f"stopped by {by}")]
     assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode != 0
 
 

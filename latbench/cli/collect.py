@@ -15,7 +15,8 @@ examples:
   latbench collect --device pixel3 --farm HEAD:6379      # on every pixel3 of a device farm (docs/farm.md)
   latbench collect --device local --arch 0-8-3-1-...     # only this network (as `nas search` printed it)
 
-Re-running measures only what is missing; Ctrl-C keeps every finished batch."""
+Re-running measures only what is missing; Ctrl-C (or SIGTERM) keeps every finished batch and
+the finished models of the batch in flight."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:

@@ -70,7 +70,8 @@ class Runner(abc.ABC):
         except Interrupted as exc:
             if exc.partial_stdout:
                 exc.output = read(cut_short(exc.partial_stdout), "", -1)
-                exc.output.error = "stopped by Ctrl-C or SIGTERM"
+                # collect's SIGTERM handler raises KeyboardInterrupt("SIGTERM"); Ctrl-C has no reason
+                exc.output.error = f"stopped by {'SIGTERM' if exc.args[:1] == ('SIGTERM',) else 'Ctrl-C'}"
             raise
         except DeviceError as exc:
             if not exc.partial_stdout:
