@@ -145,7 +145,8 @@ class LatencyPredictor(CostModel, Estimator):
         self._check_fitted("gbdt_")
         g = self.gbdt_
         text = (f"LUT of {len(self.lut_)} ops; GBDT ({g.features} features, {g.target} target, "
-                f"base {g.base}, {g.split})")
+                f"base {g.base}, {g.split}"
+                + (f", pulled up to {100 * g.level_snap:g}% towards latency levels" if g.level_snap else "") + ")")
         if self.correction_ is None:
             return text + "; no measured networks: a network is the plain sum of its ops"
         c = self.correction_

@@ -1,4 +1,4 @@
-"""Cross-validation: choose the GBDT's features, target, base and split, and measure a
+"""Cross-validation: choose the GBDT's features, target, base, split and level pull, and measure a
 predictor against its two baselines on held-out data.
 
 Baselines, always fitted on the same rows as the predictor:

@@ -209,6 +209,9 @@ def test_cross_validation_snaps_onto_levels_on_the_jetson_gpu_and_not_on_the_pi_
                                rtol=1e-9)
     with pytest.raises(ValueError, match="does not list them"):
         GBDTPredictor.from_files({k: v for k, v in meta.items() if k != "levels"}, models)
+    described = LatencyPredictor(GBDTPredictor(level_snap=0.06)).fit(xs, ys).describe()
+    assert "pulled up to 6% towards latency levels" in described
+    assert "levels" not in LatencyPredictor(GBDTPredictor()).fit(xs, ys).describe()
     assert selection.select_gbdt(xs, ys, seed=0)[0]["level_snap"] == selection.LEVEL_SNAP
     xs, ys, _, _ = block_halves("raspi4")
     assert selection.select_gbdt(xs, ys, seed=0)[0]["level_snap"] == 0.0
