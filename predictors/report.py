@@ -13,6 +13,13 @@ def scatter_png(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str
 
     Needs matplotlib (``pip install matplotlib``); drawn with the Agg backend, no display.
     """
+    buf = io.BytesIO()
+    scatter_figure(panels, title).savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def scatter_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str = ""):
+    """The matplotlib Figure `scatter_png` draws (kept apart so its layout can be checked)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,6 +41,11 @@ def scatter_png(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str
         ax.scatter(true[~inside], pred[~inside], s=10, color="tab:red", label="outside")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            # Plain numbers (0.4, 2, 30): under a decade the minor ticks are labelled too, and
+            # the default 10^x notation of neighbouring ones overlapped.
+            axis.set_major_formatter(_plain_log_formatter())
+            axis.set_minor_formatter(_plain_log_formatter())
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
         ax.set_xlabel("measured latency (ms)")
@@ -43,6 +55,15 @@ def scatter_png(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return fig
+
+
+def _plain_log_formatter():
+    """matplotlib's choice of which log ticks to label, written as plain numbers (0.4, 3, 20)."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def _num_to_string(self, x, vmin, vmax):
+            return f"{x:.3g}"
+
+    return PlainLogFormatter(labelOnlyBase=False)
