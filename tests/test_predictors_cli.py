@@ -253,3 +253,20 @@ def test_farm_units_are_pooled_by_default_and_fit_alone_with_unit(latbench_home,
     assert done.stderr.strip().count("\n") == 0 and "use one of: pi@a, pi@b" in done.stderr
     with pytest.raises(Exception, match="--device pi --unit pi@c"):
         predictors.load("latbench:pi@c")
+
+
+def test_the_ops_table_says_which_rows_its_relative_metrics_leave_out(latbench_home, latbench_cli):
+    """HW-NAS-Bench's Jetson table has 12 identity skips at 0 ms: the +-% columns and mape are
+    over the other 213 ops (a relative error of 0 ms is undefined), while n read 225."""
+    if not BLOCKS.exists():
+        pytest.skip(f"shared data missing: {BLOCKS}")
+    done = latbench_cli("import", str(BLOCKS), "--device", "tx2", "--source-device", "edgegpu")
+    assert done.returncode == 0, done.stderr
+    fit = latbench_cli("fit-predictor", "--device", "tx2", "--no-select", "--folds", "2")
+    assert fit.returncode == 0, fit.stderr
+    words = " ".join(fit.stdout.split())
+    assert "225 ops; the 12 measured at 0 ms are left out of +-% and mape" in words, fit.stdout
+    pi = latbench_cli("import", str(BLOCKS), "--device", "pi4", "--source-device", "raspi4")
+    assert pi.returncode == 0, pi.stderr
+    fit = latbench_cli("fit-predictor", "--device", "pi4", "--no-select", "--folds", "2")
+    assert fit.returncode == 0 and "0 ms" not in fit.stdout, fit.stdout  # none at 0 ms: no words
