@@ -24,6 +24,7 @@ def scatter_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title: 
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     panels = [p for p in panels if len(p[1])]
     fig = Figure(figsize=(5.2 * max(1, len(panels)), 5.0), dpi=110)
@@ -41,11 +42,14 @@ def scatter_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title: 
         ax.scatter(true[~inside], pred[~inside], s=10, color="tab:red", label="outside")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        # Plain numbers at 1, 2 and 5 of each decade (at 1 alone over many decades): under a
+        # decade matplotlib labels the minor ticks too, and neighbouring 10^x labels ran into
+        # each other.
+        subs = (1.0, 2.0, 5.0) if np.log10(hi / lo) <= 2.5 else (1.0,)
         for axis in (ax.xaxis, ax.yaxis):
-            # Plain numbers (0.4, 2, 30): under a decade the minor ticks are labelled too, and
-            # the default 10^x notation of neighbouring ones overlapped.
-            axis.set_major_formatter(_plain_log_formatter())
-            axis.set_minor_formatter(_plain_log_formatter())
+            axis.set_major_locator(LogLocator(base=10, subs=subs))
+            axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
+            axis.set_minor_formatter(NullFormatter())
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
         ax.set_xlabel("measured latency (ms)")
@@ -57,13 +61,3 @@ def scatter_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title: 
     fig.tight_layout()
     return fig
 
-
-def _plain_log_formatter():
-    """matplotlib's choice of which log ticks to label, written as plain numbers (0.4, 3, 20)."""
-    from matplotlib.ticker import LogFormatter
-
-    class PlainLogFormatter(LogFormatter):
-        def _num_to_string(self, x, vmin, vmax):
-            return f"{x:.3g}"
-
-    return PlainLogFormatter(labelOnlyBase=False)
