@@ -79,6 +79,12 @@ def _conv_out(size: np.ndarray, kernel: np.ndarray, stride: np.ndarray) -> np.nd
     return (size + 2 * (kernel // 2) - kernel) // stride + 1
 
 
+def identity_rows(m: np.ndarray) -> np.ndarray:
+    """Which rows of a spec matrix are identity skips (`OpSpec.is_identity`): no compute, and
+    an exported network has no node for them."""
+    return (m[:, 0] == KIND_IDS["skip"]) & (m[:, 1] == m[:, 4]) & (m[:, 6] == 1)
+
+
 def quantities(m: np.ndarray) -> dict[str, np.ndarray]:
     """Every named per-op quantity of a spec matrix (int64 where exact, float64 otherwise)."""
     m = np.asarray(m, dtype=np.int64)
@@ -88,7 +94,7 @@ def quantities(m: np.ndarray) -> dict[str, np.ndarray]:
     kind, cin, h, w, cout, k, s, e, g, relu, nbytes = (m[:, i] for i in range(m.shape[1]))
     conv, block = kind == KIND_IDS["conv_bn_relu"], kind == KIND_IDS["fbnet_block"]
     skip, pool, fc = kind == KIND_IDS["skip"], kind == KIND_IDS["avgpool"], kind == KIND_IDS["fc"]
-    identity = skip & (cin == cout) & (s == 1)
+    identity = identity_rows(m)
     projection = skip & ~identity
     spatial = conv | block | projection
     keff = np.where(conv | block, k, 1)

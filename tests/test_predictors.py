@@ -217,6 +217,25 @@ def test_cross_validation_snaps_onto_levels_on_the_jetson_gpu_and_not_on_the_pi_
     assert selection.select_gbdt(xs, ys, seed=0)[0]["level_snap"] == 0.0
 
 
+def test_identity_skips_are_answered_apart_and_do_not_bend_the_fit_of_other_ops():
+    specs, y = device_table("raspi4")
+    identity = np.array([s.is_identity for s in specs])
+    assert identity.sum() >= 5 and (y[identity] > 0).all()  # raspi4 timed them: call overhead
+    others = [s for s, i in zip(specs, identity) if not i]
+    probe = others[::3] + [OpSpec("skip", 40, 9, 9, 40, kernel=1, activation="none")]
+    with_them = GBDTPredictor().fit(specs, y)
+    without = GBDTPredictor().fit(others, y[~identity])
+    np.testing.assert_array_equal(with_them.predict(probe)[:-1], without.predict(probe)[:-1])
+    assert with_them.predict(probe)[-1] == pytest.approx(np.median(y[identity]))
+    assert without.predict(probe)[-1] == without.floor_ms  # none measured: no node, no time
+    meta, models = with_them.to_files()
+    assert GBDTPredictor.from_files(meta, models).predict(probe)[-1] == pytest.approx(np.median(y[identity]))
+    meta.pop("identity_ms")  # a model saved before identities were set apart: its trees answer
+    assert GBDTPredictor.from_files(meta, models).identity_ms_ is None
+    with pytest.raises(ValueError, match="not identity skips"):
+        GBDTPredictor().fit(specs[:3] + [s for s in specs if s.is_identity], np.r_[y[:3], y[identity]])
+
+
 def test_model_split_per_kind_and_linear_target_fit_and_predict():
     specs, y = device_table("edgegpu")
     est = GBDTPredictor(split="per_kind", target="linear", min_kind_rows=100).fit(specs, y)
