@@ -256,6 +256,18 @@ def test_agent_errors_are_one_line_and_dry_run_uses_this_hosts_profile(latbench_
     assert time.monotonic() - started < 30
 
 
+def test_an_agent_refuses_two_units_of_one_device(latbench_cli, latbench_home):
+    """Both would read one profile, so one connection: the second phone would never be used."""
+    write_profile(latbench_home, DEVICE)
+    both = latbench_cli("farm", "agent", "--address", "head", "--unit", f"{DEVICE}@desk-a",
+                        "--unit", f"{DEVICE}@desk-a2", "--dry-run")
+    assert both.returncode == 2 and both.stderr.count("\n") == 1, both.stderr
+    assert f"units {DEVICE}@desk-a and {DEVICE}@desk-a2 would both reach the one device" in both.stderr
+    assert "start one agent per" in both.stderr and "--unit " + f"{DEVICE}@desk-a2" in both.stderr
+    other = latbench_cli("farm", "agent", "--address", "head", "--unit", f"{DEVICE}@desk-a",
+                         "--unit", "local@desk-a", "--dry-run", "--no-check")
+    assert other.returncode == 0, other.stderr  # two devices on one agent stay fine
+
 # ---- on the cluster -------------------------------------------------------------------------
 
 def test_a_collection_splits_over_the_pool_and_records_each_unit(farm, warm_home, make_profile):

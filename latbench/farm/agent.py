@@ -27,12 +27,25 @@ class AgentUnit:
 
 
 def resolve_units(texts: list[str], host: str | None = None) -> list[AgentUnit]:
-    """The units named on the command line, each with its profile as found on this host."""
+    """The units named on the command line, each with its profile as found on this host.
+
+    Two units of one device would both read the same profile, so the same connection: one
+    phone offered twice, the other never used. Each phone needs an agent of its own."""
     found: dict[str, AgentUnit] = {}
+    by_device: dict[str, Unit] = {}
     for text in texts:
         unit = parse_unit(text, host)
         if unit.name in found:
             raise UsageError(f"unit {unit} is named twice", "give each --unit once")
+        if unit.device in by_device:
+            first = by_device[unit.device]
+            raise UsageError(
+                f"units {first} and {unit} would both reach the one device of "
+                f"{load_profile(unit.device).source} (one profile, one connection)",
+                f"start one agent per {unit.device}, each in a directory whose "
+                f"device_profiles/{unit.device}.yaml reaches its own device: "
+                f"`latbench farm agent --address HEAD:6379 --unit {unit}` from the second one")
+        by_device[unit.device] = unit
         found[unit.name] = AgentUnit(unit, load_profile(unit.device))
     return list(found.values())
 
