@@ -268,6 +268,23 @@ def test_an_agent_refuses_two_units_of_one_device(latbench_cli, latbench_home):
                          "--unit", "local@desk-a", "--dry-run", "--no-check")
     assert other.returncode == 0, other.stderr  # two devices on one agent stay fine
 
+def test_a_farm_collections_text_names_the_units():
+    """Which unit a batch failed on, what each unit measured, and how alike the units time."""
+    from latbench.cli.collect import retry_line, unit_lines
+    from latbench.collect import Report
+    from latbench.farm.dispatch import FarmReport
+
+    assert retry_line(1, 3, {"error": "Broken pipe", "delay_s": 2.0, "unit": "pixel3@lab-1"}) == \
+        "batch failed on pixel3@lab-1 (Broken pipe); retry 1/2 in 2 s"
+    assert retry_line(2, 3, {"error": "timeout", "delay_s": 4.0}) == "batch failed (timeout); retry 2/2 in 4 s"
+    report = FarmReport(units={"pixel3@a": {"measured": 8, "batches": 2}, "pixel3@b": {"measured": 4, "batches": 1}},
+                        unit_gaps=[0.02, 0.10, 0.04])
+    (line,) = unit_lines(report)
+    assert line.startswith("units: pixel3@a measured 8 in 2 batches, pixel3@b measured 4 in 1 batch; "
+                           "on 3 keys measured by 2+ units their medians differ by 4.0% (median, max 10.0%)")
+    assert report.to_dict()["keys_on_several_units"] == 3 and report.to_dict()["max_unit_gap"] == 0.10
+    assert unit_lines(Report()) == []  # not a farm: nothing to say
+
 # ---- on the cluster -------------------------------------------------------------------------
 
 def test_a_collection_splits_over_the_pool_and_records_each_unit(farm, warm_home, make_profile):
@@ -283,6 +300,10 @@ def test_a_collection_splits_over_the_pool_and_records_each_unit(farm, warm_home
     assert set(by_unit) == {farm.local.name, farm.ssh.name}
     assert {u: r["measured"] for u, r in report.units.items()} == by_unit
     assert report.measured == 16 and not report.failed and report.batches_ok == 8
+    with sqlite3.connect(home.db_path()) as conn:  # keys whose rounds two units measured
+        shared = [k for (k,) in conn.execute("SELECT key FROM measurements GROUP BY key "
+                                             "HAVING COUNT(DISTINCT unit) > 1 ORDER BY key")]
+    assert len(report.unit_gaps) == len(shared) and all(g >= 0 for g in report.unit_gaps)
     # models travelled as bytes into each agent's own cache (the keys it measured), and the ssh
     # unit pushed them on to its board
     with sqlite3.connect(home.db_path()) as conn:

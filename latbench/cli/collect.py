@@ -103,8 +103,7 @@ def run(args) -> int:
 
                 def on_event(stage: str, done: int, total: int, info: dict) -> None:
                     if stage == "retry":
-                        bar.console.print(f"batch failed ({info['error']}); retry {done}/{total - 1} "
-                                          f"in {info['delay_s']:.0f} s", style="yellow")
+                        bar.console.print(retry_line(done, total, info), style="yellow")
                         return
                     if stage == "cooling":
                         bar.console.print(f"device at {info['temperature_c']:.0f} C > "
@@ -131,6 +130,8 @@ def run(args) -> int:
                f"{len(report.relative_iqrs)} measurements" if iqr is not None else "")
             + (f"; max temperature {report.max_temperature_c:.0f} C" if report.max_temperature_c else ""))
         for line in _trust_notes(report, profile):
+            output.note(line)
+        for line in unit_lines(report):
             output.note(line)
         for unit, info in getattr(report, "units", {}).items():  # a farm's units that dropped out
             if info.get("lost"):
@@ -175,6 +176,30 @@ def _trust_notes(report, profile) -> list[str]:
         lines.append(f"{report.short_of_ci} measurement(s) reached max_runs or max_time_s before their median was "
                      f"within +-{100 * rel_ci:g}%; raise protocol.max_time_s to time them longer")
     return lines
+
+
+def retry_line(attempt: int, attempts: int, info: dict) -> str:
+    """A failed batch about to be tried again; on a farm, which unit it failed on."""
+    where = f" on {info['unit']}" if info.get("unit") else ""
+    return f"batch failed{where} ({info['error']}); retry {attempt}/{attempts - 1} in {info['delay_s']:.0f} s"
+
+
+def unit_lines(report) -> list[str]:
+    """On a farm: which unit measured how much, and how alike the units time the keys two or
+    more of them measured (the round spread above mixes that with drift)."""
+    import numpy as np
+
+    units = getattr(report, "units", None)
+    if not units:
+        return []
+    line = "units: " + ", ".join(f"{u} measured {i['measured']} in {i['batches']} batch"
+                                 + ("" if i["batches"] == 1 else "es") for u, i in units.items())
+    gaps = report.unit_gaps
+    if gaps:
+        line += (f"; on {output.plural(len(gaps), 'key')} measured by 2+ units their medians differ by "
+                 f"{np.median(gaps):.1%} (median, max {max(gaps):.1%}); compare them with "
+                 f"`latbench lut --unit UNIT` before pooling")
+    return [line]
 
 
 def _failure_lines(failed: dict[str, str], most: int = 10) -> list[str]:

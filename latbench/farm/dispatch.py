@@ -24,6 +24,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from latbench.collect import Collector, EventCallback, Plan, Report, plan_batches
 from latbench.errors import LatbenchError
 from latbench.farm import NAMESPACE
@@ -44,9 +46,17 @@ class FarmReport(Report):
     units: dict[str, dict] = field(default_factory=dict)  # unit -> host, batches, measured, lost
     skipped: dict[str, str] = field(default_factory=dict)  # unit -> why it was not used
     passes: int = 0  # 1, plus one per re-planning of what lost units left unmeasured
+    # Per key of the plan that 2+ units measured: (max - min) / pooled median of the units'
+    # medians. An op's rounds are split over the units, so its round spread mixes "the phone
+    # drifted" with "the phones differ"; this is the second part alone.
+    unit_gaps: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return super().to_dict() | {"units": self.units, "skipped_units": self.skipped, "passes": self.passes}
+        gaps = self.unit_gaps
+        return super().to_dict() | {
+            "units": self.units, "skipped_units": self.skipped, "passes": self.passes,
+            "keys_on_several_units": len(gaps), "median_unit_gap": float(np.median(gaps)) if gaps else None,
+            "max_unit_gap": max(gaps) if gaps else None}
 
 
 @dataclass
@@ -273,9 +283,22 @@ class FarmCollector(Collector):
             batches = plan_batches(missing, self.profile.protocol.batch_size, self.profile.protocol.seed)
         report.unmeasured = self.count_unmeasured(plan, paths)
         report.round_spreads = self.round_spreads(plan)
+        report.unit_gaps = self.unit_gaps(plan)
         report.wall_s = time.perf_counter() - start
         self._publish(deque(), {}, report)
         return report
+
+    def unit_gaps(self, plan: Plan) -> list[float]:
+        """How far apart the units' medians of each key of the plan are, where 2+ units
+        measured it (this run or an earlier one): (max - min) / the pooled median."""
+        pooled = {row["key"]: row["median_ms"] for row in self.store.table(plan.context)}
+        by_key: dict[str, list[float]] = {}
+        for unit in self.store.units(plan.context):
+            if unit:
+                for row in self.store.table(plan.context, unit=unit):
+                    by_key.setdefault(row["key"], []).append(row["median_ms"])
+        return [(max(m) - min(m)) / pooled[key] for key, m in sorted(by_key.items())
+                if key in plan.items and len(m) > 1 and pooled.get(key, 0) > 0]
 
     def _live(self) -> list[str]:
         return [u for u, c in self.units.items() if c.lost is None]
