@@ -171,6 +171,20 @@ def test_keys_with_fewer_rounds_are_noted_and_show_no_spread(latbench_home, latb
     assert all(r["round_spread"] > 0 for r in rows if r["key"] != ops[0].key)
 
 
+def test_identity_skips_do_not_count_towards_the_ops_a_fit_needs(latbench_home, latbench_cli, tmp_path):
+    """The GBDT is not fitted on identities: 5 ops and 3 identities are too few, in one line."""
+    from latbench.spaces import get_space
+
+    ops = get_space("fbnet-cifar").ops()
+    chosen = [op for op in ops if not op.is_identity][:5] + [op for op in ops if op.is_identity][:3]
+    lines = ["key,median_ms"] + [f"{op.key},{0.01 if op.is_identity else 1 + i / 10}" for i, op in enumerate(chosen)]
+    (tmp_path / "few.csv").write_text("\n".join(lines) + "\n")
+    assert latbench_cli("import", str(tmp_path / "few.csv"), "--device", "few").returncode == 0
+    fit = latbench_cli("fit-predictor", "--device", "few")
+    assert fit.returncode == 1 and fit.stderr.count("\n") == 1, fit.stderr
+    assert "only 8 ops measured" in fit.stderr and "3 of them identity skips, which are not fitted" in fit.stderr
+
+
 def test_low_coverage_of_an_imported_device_says_to_import_not_to_collect(latbench_home, latbench_cli,
                                                                            tmp_path):
     from latbench.spaces import get_space

@@ -65,6 +65,7 @@ def run(args) -> int:
     from latbench.profiles import DeviceProfile
     from latbench.store import device_table, profile_settings, table_choice_note
     from predictors import artifact, metrics, selection, training
+    from predictors.features import identity_rows, spec_matrix
     from predictors.gbdt import MIN_FIT_ROWS, GBDTPredictor
     from predictors.latency import LatencyPredictor
 
@@ -86,20 +87,23 @@ def run(args) -> int:
         left_out = len(data.networks) - len(keep)
         data.networks = [data.networks[i] for i in keep]
         data.network_ms = data.network_ms[keep]
-    if len(data.specs) < MIN_FIT_ROWS + 1:  # cross-validation fits on all but one at most
+    # The GBDT is not fitted on identity skips (they do no work): they do not count here.
+    n_fit = int((~identity_rows(spec_matrix(data.specs))).sum()) if data.specs else 0
+    if n_fit < MIN_FIT_ROWS + 1:  # cross-validation fits on all but one at most
         others = (f", or fit another of its {n_tables} tables with --table ID (`latbench lut --device "
                   f"{args.device} --tables`)" if n_tables > 1 else "")
+        identities = f", {len(data.specs) - n_fit} of them identity skips, which are not fitted" if n_fit < len(data.specs) else ""
         raise LatbenchError(
             f"only {output.plural(len(data.specs), 'op')} measured for {args.device!r} in table {ctx.table_id} "
-            f"({ctx.runtime_label}); a predictor needs at least {MIN_FIT_ROWS + 1} ({MIN_FIT_ROWS} to fit "
-            "each cross-validation fold on)",
+            f"({ctx.runtime_label}){identities}; a predictor needs at least {MIN_FIT_ROWS + 1} others "
+            f"({MIN_FIT_ROWS} to fit each cross-validation fold on)",
             (f"run `latbench collect --device {args.device} --space {space.name}`"
              if ctx.runtime != "imported" else "import the device's op measurements (`latbench import`)")
             + others)
     if len(data.specs) < args.folds:
         raise UsageError(f"--folds {args.folds} is more than the {len(data.specs)} ops measured for "
                          f"{args.device!r}", f"give --folds {len(data.specs)} or fewer (default 5)")
-    _check_fold_size(len(data.specs), args.folds, MIN_FIT_ROWS, args.device)
+    _check_fold_size(len(data.specs), args.folds, MIN_FIT_ROWS, args.device, n_fit=n_fit)
     started = time.perf_counter()
     output.note(f"device {args.device}: table {ctx.table_id}, {ctx.runtime_label}; "
                 f"{len(data.specs)} ops, {len(data.networks)} networks measured")
@@ -275,23 +279,26 @@ def _notes(predictor, data, coverage, directory, args, ctx, summed, stderr_only:
     output.note(f"saved {directory} (load with predictors.load(\"latbench:{directory.name}\"))")
 
 
-def _check_fold_size(n_ops: int, folds: int, min_rows: int, device: str) -> None:
-    """Each cross-validation fit sees the ops outside its fold (the largest is ceil(n / k));
-    too few there and the GBDT cannot fit at all."""
+def _check_fold_size(n_ops: int, folds: int, min_rows: int, device: str, n_fit: int | None = None) -> None:
+    """Each cross-validation fit sees the ops outside its fold (the largest is ceil(n / k)), of
+    which the `n_fit` that are not identity skips are fitted (in the worst case the fold holds
+    only those); too few there and the GBDT cannot fit at all."""
     import itertools
 
     from latbench.errors import UsageError
 
+    n_fit = n_ops if n_fit is None else n_fit
+
     def fit_rows(k: int) -> int:
-        return n_ops - -(-n_ops // k)
+        return n_fit - -(-n_ops // k)
 
     if fit_rows(folds) >= min_rows:
         return
     enough = next(k for k in range(folds + 1, n_ops + 1) if fit_rows(k) >= min_rows)  # n_ops > min_rows
-    need = next(n for n in itertools.count(n_ops + 1) if n - -(-n // folds) >= min_rows)
+    need = next(n for n in itertools.count(n_fit + 1) if n - -(-(n + n_ops - n_fit) // folds) >= min_rows)
     raise UsageError(f"--folds {folds} fits each fold on {fit_rows(folds)} of the {n_ops} ops; the GBDT "
                      f"needs {min_rows}", f"give --folds {enough} or more (at most {n_ops}), or measure "
-                     f"{need} ops or more")
+                     f"{need} ops or more" + (" that are not identity skips" if n_fit < n_ops else ""))
 
 
 FEW_NETWORKS = 10  # fewer measured networks than this: held-out network figures are anecdotes
