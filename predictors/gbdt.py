@@ -1,8 +1,8 @@
 """GBDTPredictor: LightGBM over OpSpec features, for ops the device never measured.
 
 The trees learn the residual of a physically grounded base model (`predictors.physics`)
-on log latency by default; `features`, `target`, `base` and `split` are chosen per device
-by cross-validation (`predictors.selection`). Models are stored as LightGBM text, never
+on log latency by default; `features`, `target`, `base`, `split` and `level_snap` are chosen
+per device by cross-validation (`predictors.selection`). Models are stored as LightGBM text, never
 pickled.
 """
 
@@ -106,7 +106,7 @@ class GBDTPredictor(Estimator):
         m = as_spec_matrix(X)
         y = _targets(y, len(m))
         identity = identity_rows(m)
-        self.identity_ms_ = float(np.median(y[identity])) if identity.any() else float(self.floor_ms)
+        self.identity_ms_ = max(float(np.median(y[identity])) if identity.any() else 0.0, self.floor_ms)
         m, y = m[~identity], y[~identity]
         if len(m) < MIN_FIT_ROWS:
             raise ValueError(f"{type(self).__name__} needs at least {MIN_FIT_ROWS} measured ops "
@@ -244,7 +244,8 @@ class GBDTPredictor(Estimator):
             raise ValueError("it snaps to latency levels (level_snap) but does not list them")
         est.levels_ = LatencyLevels.from_dict(meta["levels"]) if est.level_snap > 0 else None
         identity_ms = meta.get("identity_ms")
-        if identity_ms is not None and not (isinstance(identity_ms, (int, float)) and identity_ms >= 0):
+        if identity_ms is not None and not (isinstance(identity_ms, (int, float))
+                                            and np.isfinite(identity_ms) and identity_ms >= 0):
             raise ValueError(f"its identity_ms is not a latency >= 0: {identity_ms!r}")
         est.identity_ms_ = None if identity_ms is None else float(identity_ms)
         est.boosters_ = {name: [lgb.Booster(model_str=_model_text(f, models[f])) for f in files]

@@ -83,7 +83,7 @@ class PowerLawBase(Estimator):
         and weight bytes) are nearly collinear in a hundred rows, and a fit may trade
         MACs^-12 against output^8: exact on the rows it saw, several times off one layer
         further (HW-NAS-Bench edgegpu, half of the blocks: 5.5x on a block never seen).
-    floor_ms : latencies below this (identity ops timed as 0) are raised to it before logs.
+    floor_ms : latencies below this (an op a runtime timed as 0) are raised to it before logs.
     max_nfev : evaluation budget of the least-squares solver.
     """
 

@@ -42,10 +42,11 @@ def scatter_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title: 
         ax.scatter(true[~inside], pred[~inside], s=10, color="tab:red", label="outside")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        # Plain numbers at 1, 2 and 5 of each decade (at 1 alone over many decades): under a
-        # decade matplotlib labels the minor ticks too, and neighbouring 10^x labels ran into
-        # each other.
-        subs = (1.0, 2.0, 5.0) if np.log10(hi / lo) <= 2.5 else (1.0,)
+        # Plain numbers at 1, 2 and 5 of each decade (1 alone over many decades, 1-9 within
+        # one): under a decade matplotlib labels the minor ticks too, and neighbouring 10^x
+        # labels ran into each other.
+        decades = np.log10(hi / lo)
+        subs = (1.0,) if decades > 2.5 else (1.0, 2.0, 5.0) if decades > 0.8 else tuple(range(1, 10))
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_locator(LogLocator(base=10, subs=subs))
             axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
@@ -60,4 +61,3 @@ def scatter_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title: 
         fig.suptitle(title)
     fig.tight_layout()
     return fig
-

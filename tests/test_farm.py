@@ -268,6 +268,7 @@ def test_an_agent_refuses_two_units_of_one_device(latbench_cli, latbench_home):
                          "--unit", "local@desk-a", "--dry-run", "--no-check")
     assert other.returncode == 0, other.stderr  # two devices on one agent stay fine
 
+
 def test_a_farm_collections_text_names_the_units():
     """Which unit a batch failed on, what each unit measured, and how alike the units time."""
     from latbench.cli.collect import retry_line, unit_lines

@@ -16,7 +16,7 @@ def _label_boxes(fig, axis):
     return [t.get_text() for t in labels], [t.get_window_extent(renderer) for t in labels]
 
 
-@pytest.mark.parametrize("lo_ms, hi_ms", [(0.4, 3.6), (0.004, 0.3), (0.3, 40.0), (0.005, 80.0)])
+@pytest.mark.parametrize("lo_ms, hi_ms", [(0.4, 3.6), (0.004, 0.3), (0.3, 40.0), (0.005, 80.0), (1.1, 1.5), (2.1, 4.5)])
 def test_tick_labels_do_not_overlap(lo_ms, hi_ms):
     """Under about one decade, the log axes label minor ticks too; in 10^x notation
     ('3 x 10^0' beside '4 x 10^0', as on HW-NAS-Bench's Jetson blocks) they ran into each

@@ -367,12 +367,14 @@ def test_a_stopped_local_run_keeps_its_output_when_a_process_that_left_the_sessi
     transport = open_transport(load_profile(fast_profile))
     transport.connect()
     pid_file = tmp_path / "escaped.pid"
-    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    interrupt = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    interrupt.start()
     try:
         with pytest.raises(KeyboardInterrupt) as stopped:
             transport.run(["sh", "-c", 'echo done; setsid sleep 60 & echo $! > "$1"; sleep 30',
                            "sh", str(pid_file)], 30)
         assert stopped.value.partial_stdout == "done\n"
     finally:
+        interrupt.cancel()  # a run that ended early must not leave a Ctrl-C for the next test
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), signal.SIGKILL)

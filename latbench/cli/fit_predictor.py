@@ -20,8 +20,9 @@ Fits on the device's newest table (runtime version and settings) measured with i
 profile's current settings (else the newest), or on the one --table names (`latbench lut
 --device X --tables` lists them): a LUT of the measured ops, a GBDT for ops never measured
 (its features, target, base model, split and pull towards latency levels chosen by
-cross-validation over --folds, default 5), and a network-level correction when 3 or more whole networks of --space were measured
-(`latbench collect --networks N`; networks of other spaces are left out and named); without
+cross-validation over --folds, default 5), and a network-level correction when 3 or more
+whole networks of --space were measured (`latbench collect --networks N`; networks of other
+spaces are left out and named); without
 them a network is the plain sum of its ops. A device has one predictor: fitting again, with
 another --space too, replaces it. Prints held-out
 accuracy next to baselines fitted on the same data (ops: FLOPs-linear and a plain LightGBM on

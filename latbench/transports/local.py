@@ -82,10 +82,11 @@ class LocalTransport(Transport):
         try:
             stdout, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
-            _kill_session(proc)
+            # what it printed up to the kill (communicate keeps what it read before the timeout)
+            printed = _kill_session(proc) or _text(exc.stdout)
             err = DeviceError(f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}",
                               "raise timeout_s in the profile or lower protocol.batch_size")
-            err.partial_stdout = whole_lines(_text(exc.stdout))  # what finished before the time ran out is kept
+            err.partial_stdout = whole_lines(printed)  # what finished before the time ran out is kept
             err.timed_out = True
             raise err from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in a collection
