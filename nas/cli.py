@@ -36,7 +36,8 @@ Several --cost add their terms (fbnet: CE * alpha * sum of log(cost) ** beta); t
 per unit: give one for all costs of that unit, or one per cost in --cost order.
 
 The final arch is theta's argmax, or, when a target is given (--pick auto), the most likely
-of the argmax and the --samples draws whose predicted cost is within --tolerance of it.
+of the argmax and the --samples draws whose predicted cost is within --tolerance of it (up to
+that much over it, too; --pick budget: at or under it).
 --width-mult and --input-size shrink only the trained supernet (for speed on a small CPU,
 e.g. --width-mult 0.25 --input-size 8 with the 8x8 digits: the defaults, full width at the
 space's 32 or 224 px, take some 45 minutes for 10 epochs of digits on a 2-core CPU); costs,
@@ -163,10 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("result")
     o.add_argument("--samples", type=int_at_least(0), default=10, metavar="K",
                    help="also score K archs drawn from theta (default 10)")
-    o.add_argument("--pick", choices=["auto", "argmax", "target"], default="auto",
+    o.add_argument("--pick", choices=["auto", "argmax", "target", "budget"], default="auto",
                    help="final arch: theta's argmax, or (target) the most likely of argmax and the K "
-                        "draws whose predicted cost is within --tolerance of the targets; "
-                        "auto (default): target when a target is given, else argmax")
+                        "draws whose predicted cost is within --tolerance of the targets, or (budget) "
+                        "the same at or under every target, a hard budget (else the closest under; "
+                        "none under: the least over); auto (default): target when a target is given, "
+                        "else argmax")
     o.add_argument("--tolerance", type=_fraction, default=None, metavar="F",
                    help="--pick target: allowed relative miss of each target, as predicted (default 0.05, "
                         "which leaves the rest of a +-10%% band for the predictor's own error)")

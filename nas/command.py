@@ -107,12 +107,16 @@ def print_targets(result: dict) -> None:
     for t in result.get("targets", []):
         miss, tol, unit = t["relative_miss"], t["tolerance"], t["unit"]
         side = "over" if miss > 0 else "under"
+        budget = t.get("budget", False)  # --pick budget: any amount over is a miss
         if t["hit"]:
             said = (f"hit: final arch predicted {_num(t['predicted'])} {unit}, {abs(miss):.1%} {side} "
-                    f"(within --tolerance {100 * tol:g}%)")
+                    + (f"(at or under the budget, within --tolerance {100 * tol:g}% of it)" if budget
+                       else f"(within --tolerance {100 * tol:g}%)"))
         elif miss < 0:  # within the budget, but it leaves accuracy on the table
             said = (f"{abs(miss):.1%} under: final arch predicted {_num(t['predicted'])} {unit}, within the "
                     f"target but further below it than --tolerance {100 * tol:g}%")
+        elif budget:
+            said = f"MISSED by {abs(miss):.1%}: final arch predicted {_num(t['predicted'])} {unit}, over the budget"
         else:
             said = (f"MISSED by {abs(miss):.1%}: final arch predicted {_num(t['predicted'])} {unit}, over "
                     f"the target by more than --tolerance {100 * tol:g}%")
@@ -127,7 +131,7 @@ def print_targets(result: dict) -> None:
             off = measured[t["spec"]] / t["target"] - 1
             said += (f"; measured {_num(measured[t['spec']])} ms, {abs(off):.1%} "
                      f"{'over' if off > 0 else 'under'} the target"
-                     + (" (measured OVER it)" if off > tol else ""))
+                     + (" (measured OVER it)" if off > (0 if budget else tol) else ""))
         output.note(f"target {t['spec']} {_num(t['target'])} {unit}: {said}",
                     style=None if t["hit"] else "yellow")
 
@@ -174,9 +178,18 @@ def print_summary(result: dict) -> None:
 def _pick_line(result: dict) -> str:
     """How the final arch was chosen, in words (it is often a draw, not the argmax)."""
     final, tol = result["final"], result.get("tolerance")
-    if result.get("pick") != "target":
+    if result.get("pick") not in ("target", "budget"):
         return "final arch: theta's argmax (--pick argmax)"
     pool = f"the argmax and {output.plural(len(result['samples']), 'draw')} from theta (--samples)"
+    if result["pick"] == "budget":
+        if final.get("within_tolerance"):
+            return (f"final arch: {final['source']}, the likeliest of {pool} predicted at or under every "
+                    f"target and within --tolerance {100 * tol:g}% below it (--pick budget)")
+        if final.get("under_budget"):
+            return (f"final arch: {final['source']}, the closest under the targets of {pool}: none is within "
+                    f"--tolerance {100 * tol:g}% below them (--pick budget)")
+        return (f"final arch: {final['source']}, the least over the targets of {pool}: none is under "
+                "(--pick budget)")
     if final.get("within_tolerance"):
         return (f"final arch: {final['source']}, the likeliest of {pool} whose predicted cost is within "
                 f"--tolerance {100 * tol:g}% of every target (--pick target)")

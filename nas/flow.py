@@ -24,7 +24,9 @@ from nas.verify import measure_networks
 from predictors.costmodel import as_space
 
 
-PICKS = ("auto", "argmax", "target")
+PICKS = ("auto", "argmax", "target", "budget")
+#: Picks that choose by the targets (`pick_final`).
+TARGET_PICKS = ("target", "budget")
 #: --tolerance when none is given: the rest of a +-10% band is left to the predictor's own error.
 DEFAULT_TOLERANCE = 0.05
 #: How long --verify waits for a collection that measures the device when the search ends.
@@ -102,12 +104,12 @@ def prepare(job: SearchJob, loader=None):
     pick = job.pick
     if pick == "auto":
         pick = "argmax" if len(missing) == len(costs) else "target"
-    if missing and (job.form != "fbnet" or pick == "target"):
+    if missing and (job.form != "fbnet" or pick in TARGET_PICKS):
         c = missing[0]
-        why = f"the {job.form} form" if job.form != "fbnet" else "--pick target"
+        why = f"the {job.form} form" if job.form != "fbnet" else f"--pick {pick}"
         raise UsageError(f"{why} needs a target for --cost {c.spec}",
                          f"add {TARGET_OPTIONS.get(c.unit, '--target')} VALUE (in {c.unit})")
-    if job.form == "fbnet" and pick != "target" and len(missing) < len(costs):
+    if job.form == "fbnet" and pick not in TARGET_PICKS and len(missing) < len(costs):
         raise UsageError("targets are not used by the fbnet form",
                          "add --form hinge (or linear), or --pick target, or drop the target")
     given = {k: v for k, v in (("alpha", job.alpha), ("beta", job.beta), ("lam", job.lam)) if v is not None}
@@ -183,7 +185,7 @@ def advice(job: SearchJob, costs: list[LoadedCost], pick: str) -> list[str]:
     if job.form == "fbnet" and targeted:
         options = ", ".join(dict.fromkeys(TARGET_OPTIONS.get(c.unit, "--target") for c in targeted))
         lines.append(f"note: {options} does not enter the fbnet loss, it only picks the final arch "
-                     f"(--pick target); use --form hinge or linear to train toward it")
+                     f"(--pick {pick}); use --form hinge or linear to train toward it")
     for name, option in (("alpha", "--alpha"), ("beta", "--beta")):
         if getattr(job, name) is not None and job.form != "fbnet":
             lines.append(f"note: {option} has no effect with --form {job.form} (it is a constant of the "
@@ -198,9 +200,10 @@ def advice(job: SearchJob, costs: list[LoadedCost], pick: str) -> list[str]:
     return lines
 
 
-def target_report(final: dict, costs: list[LoadedCost], tolerance: float) -> list[dict]:
+def target_report(final: dict, costs: list[LoadedCost], tolerance: float, budget: bool = False) -> list[dict]:
     """For each target: the final arch's predicted cost, its relative miss, and whether that is
-    within +-`tolerance` (what --pick target aims at)."""
+    within +-`tolerance` (what --pick target aims at); a `budget` (--pick budget) is hit only at
+    or under it, within `tolerance` below."""
     out = []
     for c in costs:
         if c.target is None:
@@ -208,7 +211,8 @@ def target_report(final: dict, costs: list[LoadedCost], tolerance: float) -> lis
         predicted = final["predicted"][c.spec]
         miss = predicted / c.target - 1.0
         out.append({"spec": c.spec, "unit": c.unit, "target": c.target, "predicted": predicted,
-                    "relative_miss": miss, "tolerance": tolerance, "hit": abs(miss) <= tolerance})
+                    "relative_miss": miss, "tolerance": tolerance, "budget": budget,
+                    "hit": -tolerance <= miss <= 0 if budget else abs(miss) <= tolerance})
     return out
 
 
@@ -249,6 +253,10 @@ def pick_final(argmax: dict, samples: list[dict], costs: list[LoadedCost], pick:
     ``auto`` (resolved in `prepare`): ``target`` when a target is given, else ``argmax``.
     ``target``: of the argmax and the K draws from theta, the most likely one whose predicted
     cost is within +-`tolerance` of every target; if none is, the one closest to the targets.
+    ``budget``: the targets are hard budgets: the most likely one predicted at or under every
+    target and within `tolerance` below it; if none is, the one closest under them (a short
+    search's argmax of skips is far under, and leaves accuracy on the table); if none is
+    under, the one least over.
     While theta is still spread out, the argmax can sit far from the cost the distribution
     was trained to (each layer's cheapest candidate wins its layer by a hair), whereas draws
     from theta land where its mass is.
@@ -259,12 +267,25 @@ def pick_final(argmax: dict, samples: list[dict], costs: list[LoadedCost], pick:
     if pick == "argmax":
         return argmax | {"source": "argmax"}
     if not targeted:
-        raise UsageError("--pick target needs a target", "add --target-ms (or --target-flops/--target-params)")
+        raise UsageError(f"--pick {pick} needs a target", "add --target-ms (or --target-flops/--target-params)")
     entries = [("argmax", argmax)] + [(f"sample {i + 1}", e) for i, e in enumerate(samples)]
 
-    def miss(entry: dict) -> float:
-        return max(abs(entry["predicted"][c.spec] / c.target - 1.0) for c in targeted)
+    def over(entry: dict) -> list[float]:
+        return [entry["predicted"][c.spec] / c.target - 1.0 for c in targeted]
 
+    def miss(entry: dict) -> float:
+        return max(abs(o) for o in over(entry))
+
+    if pick == "budget":
+        under = [(src, e) for src, e in entries if max(over(e)) <= 0]
+        within = [(src, e) for src, e in under if min(over(e)) >= -tolerance]
+        if within:
+            src, best = max(within, key=lambda se: se[1]["log_prob"])
+        elif under:
+            src, best = max(under, key=lambda se: min(over(se[1])))  # the closest under every target
+        else:
+            src, best = min(entries, key=lambda se: max(over(se[1])))
+        return best | {"source": src, "within_tolerance": bool(within), "under_budget": bool(under)}
     within = [(src, e) for src, e in entries if miss(e) <= tolerance]
     if within:
         src, best = max(within, key=lambda se: se[1]["log_prob"])
@@ -439,7 +460,7 @@ def _run_job(job: SearchJob, hooks: Hooks, world, space, costs, form, pick, devi
         "versions": library_versions(),
         "distributed": world.to_dict(),
         "final": final,
-        "targets": target_report(final, costs, job.tolerance),
+        "targets": target_report(final, costs, job.tolerance, budget=pick == "budget"),
         "notes": notes,
         "argmax": argmax,
         "samples": samples,

@@ -222,6 +222,13 @@ def test_the_summary_says_how_the_final_arch_was_chosen():
     closest = _pick_line(base | {"final": {"source": "argmax", "within_tolerance": False}})
     assert "the closest to the targets" in closest and "none is within --tolerance 5%" in closest
     assert "argmax" in _pick_line(base | {"pick": "argmax", "final": {"source": "argmax"}})
+    budget = _pick_line(base | {"pick": "budget", "final": {"source": "sample 2", "within_tolerance": True}})
+    assert "sample 2, the likeliest" in budget and "at or under every target (--pick budget)" in budget
+    under = _pick_line(base | {"pick": "budget", "final": {"source": "argmax", "within_tolerance": False,
+                                                            "under_budget": True}})
+    assert "the closest under the targets" in under
+    over = _pick_line(base | {"pick": "budget", "final": {"source": "argmax", "within_tolerance": False}})
+    assert "the least over the targets" in over and "none is under" in over
 
 
 def test_a_final_arch_under_its_target_is_not_called_a_miss(capsys):
@@ -248,3 +255,8 @@ def test_a_final_arch_under_its_target_is_not_called_a_miss(capsys):
     measured = {"targets": [target(0.98)], "verify": [{"device": "local", "median_ms": 2.0}]}
     print_targets(measured)  # predicted within the target, measured twice it: say so
     assert capsys.readouterr().err.rstrip().endswith("measured 2 ms, 100.0% over the target (measured OVER it)")
+    budget = [target(1.02) | {"budget": True, "hit": False}, target(0.97) | {"budget": True, "hit": True}]
+    print_targets({"targets": budget})  # --pick budget: 2% over is a miss
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("MISSED by 2.0%: final arch predicted 1.02 ms, over the budget")
+    assert lines[1].endswith("3.0% under (at or under the budget, within --tolerance 5% of it)")

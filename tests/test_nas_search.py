@@ -11,6 +11,7 @@ pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn (
 
 import predictors  # noqa: E402
 from conftest import SHARED_DATA  # noqa: E402
+from latbench.errors import UsageError  # noqa: E402
 from latbench.spaces import get_space  # noqa: E402
 from nas.cost import CostForm, load_costs  # noqa: E402
 from nas.data import load_data  # noqa: E402
@@ -83,6 +84,29 @@ def test_pick_target_takes_the_likeliest_arch_within_tolerance(flops):
     closest = pick_final(argmax, samples, [flops], "target", 0.01)
     assert closest["source"] == "sample 2" and not closest["within_tolerance"]
     flops.target = None
+
+
+def test_pick_budget_takes_the_likeliest_arch_at_or_under_every_target(flops):
+    """--pick target takes 104 for a target of 100 (4% over, within +-10%); a budget does not."""
+    flops.target = 100.0
+    entries = [{"arch": [i], "predicted": {"flops": p}, "log_prob": lp}
+               for i, (p, lp) in enumerate([(150.0, -1.0), (95.0, -5.0), (104.0, -3.0), (60.0, -4.0)])]
+    argmax, samples = entries[0], entries[1:]
+    assert pick_final(argmax, samples, [flops], "target", 0.1)["source"] == "sample 2"
+    chosen = pick_final(argmax, samples, [flops], "budget", 0.1)
+    assert chosen["source"] == "sample 1" and chosen["within_tolerance"]  # 95: under, within 10%
+    closest_under = pick_final(argmax, samples, [flops], "budget", 0.01)
+    assert closest_under["source"] == "sample 1" and not closest_under["within_tolerance"]
+    assert closest_under["under_budget"]  # 95, not the likelier 60: far under wastes the budget
+    least_over = pick_final(argmax, [entries[2]], [flops], "budget", 0.1)
+    assert least_over["source"] == "sample 1" and not least_over["under_budget"]
+    (over,) = target_report({"predicted": {"flops": 104.0}}, [flops], 0.05, budget=True)
+    assert not over["hit"] and over["budget"]
+    (under,) = target_report({"predicted": {"flops": 97.0}}, [flops], 0.05, budget=True)
+    assert under["hit"]
+    flops.target = None
+    with pytest.raises(UsageError, match="--pick budget needs a target"):
+        prepare(SearchJob(costs=["flops"], form="fbnet", pick="budget"))
 
 
 def _advice(**job) -> list[str]:
