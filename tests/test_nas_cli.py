@@ -223,7 +223,7 @@ def test_the_summary_says_how_the_final_arch_was_chosen():
     assert "the closest to the targets" in closest and "none is within --tolerance 5%" in closest
     assert "argmax" in _pick_line(base | {"pick": "argmax", "final": {"source": "argmax"}})
     budget = _pick_line(base | {"pick": "budget", "final": {"source": "sample 2", "within_tolerance": True}})
-    assert "sample 2, the likeliest" in budget and "at or under every target (--pick budget)" in budget
+    assert "sample 2, the likeliest" in budget and "within --tolerance 5% below it (--pick budget)" in budget
     under = _pick_line(base | {"pick": "budget", "final": {"source": "argmax", "within_tolerance": False,
                                                             "under_budget": True}})
     assert "the closest under the targets" in under
