@@ -20,7 +20,7 @@ from latbench.measurement import NOISY_IQR_RATIO, Measurement, ReportedMeasureme
 from latbench.ops import Network, OpSpec
 from latbench.profiles import DeviceProfile
 from latbench.store import Context, Store
-from latbench.runners.base import BatchItem, BatchOutput, make_runner
+from latbench.runners.base import BatchItem, BatchOutput, make_runner, runner_applies
 from latbench.transports import open_transport
 
 #: A key whose round medians differ by more than this share of their median did not reproduce
@@ -347,7 +347,8 @@ class Collector:
         if temp is None:
             temp = state.get("max_temperature_c")
         rel_ci = self.profile.protocol.rel_ci
-        check_ci = rel_ci > 0 and self.profile.runner == "python"  # its stop rule: did it get there?
+        # the runner's CI stop rule, where it has one (`Runner.applies`): did it get there?
+        check_ci = rel_ci > 0 and "rel_ci" in runner_applies(self.profile.runner)
         if check_ci:
             from latbench.runners.pyrunner import median_rel_ci  # the runner's own stop test
         results, remaining, estimated = [], [], {}

@@ -73,10 +73,15 @@ def test_searched_archs_score_and_retrain(space, digits, flops):
     assert result["epochs"] == 2 and 0.0 <= result["accuracy"] <= 1.0
 
 
+def _scored(predicted_and_log_prob: list[tuple[float, float]]) -> list[dict]:
+    """Scored archs as `score_candidates` gives them: (predicted flops, log P(arch)) each."""
+    return [{"arch": [i], "predicted": {"flops": p}, "log_prob": lp}
+            for i, (p, lp) in enumerate(predicted_and_log_prob)]
+
+
 def test_pick_target_takes_the_likeliest_arch_within_tolerance(flops):
     flops.target = 100.0
-    entries = [{"arch": [i], "predicted": {"flops": p}, "log_prob": lp}
-               for i, (p, lp) in enumerate([(150.0, -1.0), (95.0, -5.0), (104.0, -3.0), (60.0, -2.0)])]
+    entries = _scored([(150.0, -1.0), (95.0, -5.0), (104.0, -3.0), (60.0, -2.0)])
     argmax, samples = entries[0], entries[1:]
     assert pick_final(argmax, samples, [flops], "argmax", 0.1)["source"] == "argmax"
     chosen = pick_final(argmax, samples, [flops], "target", 0.1)
@@ -89,8 +94,7 @@ def test_pick_target_takes_the_likeliest_arch_within_tolerance(flops):
 def test_pick_budget_takes_the_likeliest_arch_at_or_under_every_target(flops):
     """--pick target takes 104 for a target of 100 (4% over, within +-10%); a budget does not."""
     flops.target = 100.0
-    entries = [{"arch": [i], "predicted": {"flops": p}, "log_prob": lp}
-               for i, (p, lp) in enumerate([(150.0, -1.0), (95.0, -5.0), (104.0, -3.0), (60.0, -4.0)])]
+    entries = _scored([(150.0, -1.0), (95.0, -5.0), (104.0, -3.0), (60.0, -4.0)])
     argmax, samples = entries[0], entries[1:]
     assert pick_final(argmax, samples, [flops], "target", 0.1)["source"] == "sample 2"
     chosen = pick_final(argmax, samples, [flops], "budget", 0.1)
