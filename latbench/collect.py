@@ -133,6 +133,7 @@ class Collector:
         self.on_event = on_event or (lambda *a: None)
         self.transport = open_transport(profile)
         self.runner = None
+        self.sigterm_received = False  # set by the SIGTERM handler while open
 
     def __enter__(self) -> "Collector":
         from contextlib import ExitStack
@@ -155,22 +156,24 @@ class Collector:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
-    def _stop_on_sigterm(self) -> None:
+    def _stop_on_sigterm(self, replace: bool = False) -> None:
         """While open, SIGTERM (`kill PID`, a job scheduler, systemd) stops collection as Ctrl-C
         does: the runner in flight is killed (here, or on an SSH board through a new channel; an
         adb phone's shell is closed) before the hardware lock is released.
         By default SIGTERM ends this process at once and the runner goes on timing an op, with
-        the lock already free, so a collection started next times it as load."""
+        the lock already free, so a collection started next times it as load. `replace`: over
+        a handler already set too (a farm head's: Ray's driver exits at once on SIGTERM)."""
         import signal
         import threading
 
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may set handlers (a farm or test thread keeps its own)
         previous = signal.getsignal(signal.SIGTERM)
-        if previous not in (signal.SIG_DFL, None):
+        if previous not in (signal.SIG_DFL, None) and not replace:
             return  # someone else's handler: leave it be
 
         def on_sigterm(signum, frame):
+            self.sigterm_received = True
             raise KeyboardInterrupt("SIGTERM")
 
         signal.signal(signal.SIGTERM, on_sigterm)

@@ -60,5 +60,12 @@ class Interrupted(KeyboardInterrupt):
         self.output = None  # a runners.base.BatchOutput, set by Runner.run_reading
 
 
+def stopped_by(exc: KeyboardInterrupt) -> str:
+    """A stopped batch's error: "stopped by Ctrl-C", "... by SIGTERM" (collect's handler raises
+    KeyboardInterrupt("SIGTERM")), or "... by Ctrl-C on the head" (a farm unit's worker)."""
+    reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+    return f"stopped by {reason if reason not in ('', 'interrupted') else 'Ctrl-C'}"
+
+
 class ExportError(LatbenchError):
     """A model could not be exported to the requested format."""

@@ -110,9 +110,9 @@ def unit_states() -> dict[str, str]:
     return {u["unit"]: u["state"] for u in farm_status(ray)["units"]}
 
 
-def collect_on_farm(keys: int, on_event=None, **options):
+def collect_on_farm(keys: int, on_event=None, device: str = DEVICE, **options):
     """Collect the first `keys` ops of fbnet-cifar with the head's profile over the farm."""
-    profile = load_profile(DEVICE)
+    profile = load_profile(device)
     with Store(home.db_path()) as store, FarmCollector(profile, store, address=None, on_event=on_event,
                                                       **options) as collector:
         plan = collector.plan(OPS[:keys])
@@ -267,6 +267,23 @@ def test_an_agent_refuses_two_units_of_one_device(latbench_cli, latbench_home):
     other = latbench_cli("farm", "agent", "--address", "head", "--unit", f"{DEVICE}@desk-a",
                          "--unit", "local@desk-a", "--dry-run", "--no-check")
     assert other.returncode == 0, other.stderr  # two devices on one agent stay fine
+
+
+def test_stop_batch_signals_only_a_unit_worker_that_is_measuring():
+    from latbench.farm.worker import STOP_SIGNALS, stop_batch
+
+    other = subprocess.Popen(["sleep", "30"])
+    worker = subprocess.Popen(["bash", "-c", 'exec -a "ray::UnitWorker.run_batch" sleep 30'])
+    try:
+        wait_for(lambda: Path(f"/proc/{worker.pid}/cmdline").read_bytes().startswith(b"ray::"), 10, "exec -a")
+        assert stop_batch(other.pid, "Ctrl-C") is False  # a pid reused by another process
+        assert stop_batch(worker.pid, "SIGTERM") is True
+        assert worker.wait(10) == -STOP_SIGNALS["SIGTERM"] and other.poll() is None
+        assert stop_batch(worker.pid, "Ctrl-C") is False  # gone
+    finally:
+        for proc in (other, worker):
+            proc.kill()
+            proc.wait()
 
 
 def test_a_farm_collections_text_names_the_units():
@@ -431,6 +448,60 @@ def test_a_node_killed_midway_loses_nothing_and_stores_nothing_twice(farm, warm_
     assert report.passes >= 2  # its batch in flight was planned again from the store
     (queue,) = [c for c in killed["status"]["collections"] if c["device"] == DEVICE]
     assert doomed.name in queue["lost"] and doomed.name not in queue["units"]
+
+
+@pytest.mark.parametrize("sig, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_on_the_head_keeps_the_models_a_units_batch_had_finished(farm, warm_home, make_profile,
+                                                                         tmp_path, sig, by):
+    """Ctrl-C (or SIGTERM) on the head stops each unit's batch in flight (its run on the device
+    is killed) and stores the models that batch had finished, as a single-device collection does."""
+    device, protocol = f"test-stop-{by.lower()}", {"batch_size": 4, "rounds": 1}
+    make_profile(device, protocol=protocol)
+    printed, marker = tmp_path / "printed", f"7{time.time() % 1000:.4f}"
+    python = tmp_path / "python-that-hangs"  # the real runner, cut after 2 results; then a hang
+    python.write_text(f"""#!/bin/sh
+if [ "$2" = run ]; then
+  {shlex.quote(sys.executable)} "$@" | head -n 3
+  touch {shlex.quote(str(printed))}
+  exec sleep {marker}
+fi
+exec {shlex.quote(sys.executable)} "$@"
+""")
+    python.chmod(0o755)
+    unit = Unit(device, "agent-e")
+    node = farm.add_agent(unit, tmp_path / "agent-e", write_profile(tmp_path / "agent-e", device,
+                                                                    python=str(python), protocol=protocol))
+
+    def ctrl_c_once_printed():
+        deadline = time.monotonic() + 90
+        while not printed.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signalled.append(time.monotonic())
+        os.kill(os.getpid(), sig)
+
+    events, signalled = [], []
+    try:
+        with Store(home.db_path()) as store, FarmCollector(
+                load_profile(device), store, address=None,
+                on_event=lambda stage, done, total, info: events.append((stage, info))) as collector:
+            plan = collector.plan(OPS[:4])
+            threading.Thread(target=ctrl_c_once_printed, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                collector.run(plan)
+            stopped_at = time.monotonic()
+            assert printed.exists()
+            first, second, *_ = plan.batches[0]
+            assert store.measured(plan.context) == {first, second}
+        with sqlite3.connect(home.db_path()) as conn:
+            assert conn.execute("SELECT unit, status, items, error FROM batches").fetchall() == [
+                (unit.name, "partial", 4, f"stopped by {by} on the head")]
+            assert conn.execute("SELECT COUNT(*) FROM measurements WHERE unit = ?", (unit.name,)).fetchone() == (2,)
+        assert [(info["by"], info["wait_s"]) for stage, info in events if stage == "stopping"] == [(by, 20)]
+        assert stopped_at - signalled[0] < 15, "the unit's stopped batch was not back at once"
+        assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode != 0
+        wait_for(lambda: unit_states().get(unit.name) == "free", 30, "the stopped unit to be free again")
+    finally:
+        farm.cluster.remove_node(node)
 
 
 def test_agent_status_and_collect_commands(farm, warm_home, make_profile, latbench_cli, tmp_path):

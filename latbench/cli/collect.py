@@ -16,7 +16,7 @@ examples:
   latbench collect --device local --arch 0-8-3-1-...     # only this network (as `nas search` printed it)
 
 Re-running measures only what is missing; Ctrl-C (or SIGTERM) keeps every finished batch and
-the finished models of the batch in flight."""
+the finished models of the batch in flight (on a farm, of each unit's batch)."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -108,6 +108,11 @@ def run(args) -> int:
                     if stage == "cooling":
                         bar.console.print(f"device at {info['temperature_c']:.0f} C > "
                                           f"{info['limit_c']:.0f} C: waiting to cool", style="yellow")
+                        return
+                    if stage == "stopping":  # a farm head's Ctrl-C or SIGTERM
+                        bar.console.print(f"{info['by']}: stopping the batches of {total} unit(s); up to "
+                                          f"{info['wait_s']:g} s for the models they finished (Ctrl-C "
+                                          f"again to leave them)", style="yellow")
                         return
                     if stage not in tasks:
                         label = "exporting" if stage == "export" else "measuring"

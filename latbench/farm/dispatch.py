@@ -32,7 +32,7 @@ from latbench.farm import NAMESPACE
 from latbench.farm.cluster import connected, node_units, one_line
 from latbench.farm.queue import CollectionQueue, queue_name
 from latbench.farm.units import unit_of_resource
-from latbench.farm.worker import UnitWorker
+from latbench.farm.worker import UnitWorker, stop_batch
 from latbench.profiles import DeviceProfile, settings_differences
 from latbench.runners.base import BatchOutput, make_runner
 from latbench.store import Store
@@ -71,6 +71,7 @@ class Claimed:
     runtime_label: str
     runner_info: dict
     pid: int  # of its worker process now (Ray may restart it)
+    node_id: str = ""
     lost: str | None = None
 
 
@@ -90,7 +91,7 @@ class FarmCollector(Collector):
                  rounds: int | None = None, cache_dir: Path | None = None,
                  on_event: EventCallback | None = None, lost_after_s: float = 30.0,
                  poll_s: float = 1.0, claim_timeout_s: float = 120.0, busy_wait_s: float = 5.0,
-                 max_restarts: int = 3):
+                 max_restarts: int = 3, stop_wait_s: float = 20.0):
         super().__init__(profile, store, rounds=rounds, cache_dir=cache_dir, on_event=on_event)
         self.address = address
         self.lost_after_s = lost_after_s
@@ -98,6 +99,7 @@ class FarmCollector(Collector):
         self.claim_timeout_s = claim_timeout_s
         self.busy_wait_s = busy_wait_s
         self.max_restarts = max_restarts
+        self.stop_wait_s = stop_wait_s  # on Ctrl-C: how long the units' batches in flight are waited for
         self.units: dict[str, Claimed] = {}
         self.skipped: dict[str, str] = {}
         self._stack = contextlib.ExitStack()
@@ -115,6 +117,7 @@ class FarmCollector(Collector):
         try:
             self._ray = self._stack.enter_context(connected(self.address))
             self._stack.callback(self._release)
+            self._stop_on_sigterm(replace=True)  # as Ctrl-C: stop the units' batches, keep what finished
             # never connected here: the head only reads runtime versions from the units' info
             self.runner = make_runner(self.transport, self.profile)
             self._claim()
@@ -193,7 +196,7 @@ class FarmCollector(Collector):
                 continue
             self.units[unit] = Claimed(unit, actors[unit], facts["hostname"], facts["node_ip"],
                                        facts["transport"], facts["runtime_label"], facts["runner_info"],
-                                       facts["pid"])
+                                       facts["pid"], facts["node_id"])
         for unit, actor in actors.items():
             if unit not in self.units:
                 _kill(ray, actor)
@@ -306,9 +309,17 @@ class FarmCollector(Collector):
     def _run_pass(self, plan: Plan, batches: list[list[tuple[str, int]]], paths: dict[str, Path],
                   report: FarmReport) -> None:
         """Hand the batches to free units one at a time per unit until all are stored or given up."""
-        ray = self._ray
         queue = deque(_Batch(list(b)) for b in batches)
         inflight: dict[object, tuple[str, _Batch, dict]] = {}
+        try:
+            self._hand_out(plan, queue, inflight, paths, report)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM here: the units' batches too
+            self._stop_inflight(plan, inflight, report, exc)
+            raise
+
+    def _hand_out(self, plan: Plan, queue: deque, inflight: dict, paths: dict[str, Path],
+                  report: FarmReport) -> None:
+        ray = self._ray  # `inflight` stays the caller's: a Ctrl-C here stops what it holds
         last_watch = time.monotonic()
         while queue or inflight:
             now = time.monotonic()
@@ -380,6 +391,42 @@ class FarmCollector(Collector):
                 report.failed.setdefault(key, f"run: {output.error}")
         settled = report.measured + sum(self._rounds_of[k] for k in report.failed if k in self._rounds_of)
         self.on_event("measure", min(settled, self._total), self._total, {"report": report, "unit": unit})
+
+    def _stop_inflight(self, plan: Plan, inflight: dict, report: FarmReport, stop: KeyboardInterrupt) -> None:
+        """Have each unit stop the batch it measures and store the models that batch finished, as
+        a single-device collection keeps them when stopped. Waits `stop_wait_s` at most; a second
+        Ctrl-C leaves them. A unit not reached (its node gone, its worker restarted since the
+        head last heard from it) has its batch measured again by the next run."""
+        if not inflight:
+            return
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray = self._ray
+        deadline = time.monotonic() + self.stop_wait_s
+        # Ray's wait raises a KeyboardInterrupt of its own for the handler's: ask the handler
+        by = "SIGTERM" if stop.args[:1] == ("SIGTERM",) or self.sigterm_received else "Ctrl-C"
+        stopper = ray.remote(num_cpus=0, max_retries=0)(stop_batch)
+        asked = {}
+        for unit in {unit for unit, _, _ in inflight.values()}:
+            claimed = self.units[unit]
+            if claimed.node_id and unit not in self._absent:
+                asked[stopper.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    claimed.node_id, soft=False)).remote(claimed.pid, by)] = unit
+        self.on_event("stopping", 0, len(asked), {"wait_s": self.stop_wait_s, "by": by})
+        answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=self.stop_wait_s) if asked else ([], [])
+        reached = {asked[ref] for ref in answered if _value(ray, ref)}
+        stopping = [ref for ref, (unit, _, _) in inflight.items() if unit in reached]
+        if stopping:
+            ray.wait(stopping, num_returns=len(stopping), timeout=max(deadline - time.monotonic(), 0.0))
+        ready, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0)  # stopped or finished
+        for ref in ready:
+            unit, _, ids = inflight.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError:
+                continue
+            self.store_output(plan, ids, BatchOutput(**result["output"]), result["started"],
+                              result["temperature_c"], report, unit=unit)
 
     def _watch(self, inflight: dict) -> None:
         """Give up units whose node has been gone from the cluster for `lost_after_s`; until
@@ -454,6 +501,14 @@ def _pop_ready(queue: deque, now: float) -> _Batch | None:
             del queue[i]
             return batch
     return None
+
+
+def _value(ray, ref):
+    """A finished task's result; None if it failed."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError:
+        return None
 
 
 def _kill(ray, actor) -> None:

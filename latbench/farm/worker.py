@@ -4,6 +4,11 @@ and runner, and measures the batches the head sends it.
 It reads the unit's profile on its own host (the file its agent registered), keeps the models
 it is sent in a cache on that host by file name, and returns every batch's output as plain
 data; the head stores it. It keeps no store of its own.
+
+Ctrl-C or SIGTERM on the head stops a batch the way it stops one on a single device: the head
+has `stop_batch` signal the worker, whose handler raises KeyboardInterrupt inside the running
+batch (an actor's tasks run on its main thread), the transport ends the run on the device and
+the batch returns what it had finished.
 """
 
 from __future__ import annotations
@@ -12,17 +17,26 @@ import dataclasses
 import hashlib
 import os
 import re
+import signal
 import socket
+import subprocess
+import threading
 import time
 from pathlib import Path
 
 from latbench import home
-from latbench.errors import DeviceError, LatbenchError
+from latbench.errors import DeviceError, LatbenchError, stopped_by
 from latbench.farm.units import registered_profile
 from latbench.transports.base import sha256_file
 
 #: "<exporter tag>/<file>", as the head's model cache names a model file
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+#: what stopped the head -> the signal that asks a unit's worker to stop its batch in flight
+STOP_SIGNALS = {"Ctrl-C": signal.SIGUSR1, "SIGTERM": signal.SIGUSR2}
+
+#: a worker's process title while it measures (Ray names a process for the method it runs)
+_MEASURING_TITLE = b"ray::UnitWorker.run_batch"
 
 
 def model_cache_dir() -> Path:
@@ -41,6 +55,16 @@ class UnitWorker:
         self.profile_path = registered_profile(unit)
         self.reconnect = False
         self.verified: set[str] = set()
+        self._measuring = False
+        if threading.current_thread() is threading.main_thread():  # where Ray runs an actor
+            for by, sig in STOP_SIGNALS.items():
+                signal.signal(sig, self._stop_handler(f"{by} on the head"))
+
+    def _stop_handler(self, by: str):
+        def handler(signum, frame):
+            if self._measuring:  # between batches there is nothing to stop
+                raise KeyboardInterrupt(by)
+        return handler
 
     def _open(self):
         from latbench.collect import Collector
@@ -65,7 +89,8 @@ class UnitWorker:
         import ray
 
         facts = {"unit": self.unit, "hostname": socket.gethostname(), "pid": os.getpid(),
-                 "node_ip": ray.util.get_node_ip_address(), "profile": self.profile_path, "error": None}
+                 "node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
+                 "profile": self.profile_path, "error": None}
         try:
             collector = self._open()
             info = collector.runner.info()
@@ -86,6 +111,7 @@ class UnitWorker:
 
         started = time.time()
         temp = None
+        self._measuring = True
         try:
             collector = self._open()
             paths = {name: self._model(name, sha, models) for _, name, sha in items}
@@ -97,6 +123,10 @@ class UnitWorker:
                 output = collector.runner.run_batch([BatchItem(bid, paths[name]) for bid, name, _ in items])
         except (LatbenchError, OSError) as exc:
             output = BatchOutput(start=None, error=str(exc))
+        except KeyboardInterrupt as exc:  # stop_batch: the head was stopped; keep what finished
+            output = getattr(exc, "output", None) or BatchOutput(start=None, error=stopped_by(exc))
+        finally:
+            self._measuring = False
         if output.error is not None:
             self.reconnect = True  # as the single-device loop does before its next attempt
         return {"unit": self.unit, "pid": os.getpid(), "started": started, "temperature_c": temp,
@@ -121,3 +151,21 @@ class UnitWorker:
             os.replace(tmp, path)
         self.verified.add(name)
         return path
+
+
+def stop_batch(pid: int, by: str) -> bool:
+    """Ask the unit worker `pid` to stop the batch it measures (`by`: a key of STOP_SIGNALS).
+    Run as a Ray task on the worker's node. Only a worker measuring is signalled: after a Ray
+    restart the pid the head knows may name another process. False: nothing was signalled."""
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read()
+        except OSError:  # gone
+            return False
+    else:  # macOS
+        title = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True).stdout.strip()
+    if not title.startswith(_MEASURING_TITLE):
+        return False
+    os.kill(pid, STOP_SIGNALS[by])
+    return True

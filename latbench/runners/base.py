@@ -63,15 +63,14 @@ class Runner(abc.ABC):
         (a lost connection, the time limit, Ctrl-C) is read from what it had printed, through
         `cut_short`, so the results it finished are kept; nothing printed: the error as it is.
         Ctrl-C still propagates, carrying that reading as `Interrupted.output`."""
-        from latbench.errors import DeviceError, Interrupted
+        from latbench.errors import DeviceError, Interrupted, stopped_by
 
         try:
             res = self.transport.run(argv, self.profile.timeout_s)
         except Interrupted as exc:
             if exc.partial_stdout:
                 exc.output = read(cut_short(exc.partial_stdout), "", -1)
-                # collect's SIGTERM handler raises KeyboardInterrupt("SIGTERM"); Ctrl-C has no reason
-                exc.output.error = f"stopped by {'SIGTERM' if exc.args[:1] == ('SIGTERM',) else 'Ctrl-C'}"
+                exc.output.error = stopped_by(exc)
             raise
         except DeviceError as exc:
             if not exc.partial_stdout:
