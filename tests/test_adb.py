@@ -292,6 +292,25 @@ def test_exit_status_stdout_and_stderr_are_kept_apart(tmp_path, peer, adb_key):
         assert not list((tmp_path / ODD / "work").glob(".stderr-*"))  # stderr files are removed
 
 
+@pytest.mark.parametrize("stderr, missed", [
+    ("sh: 1: /data/local/tmp/bm: not found", True),  # dash
+    ("bash: line 1: /data/local/tmp/bm: command not found", True),
+    ("zsh:1: command not found: /data/local/tmp/bm", True),
+    ("/system/bin/sh: /data/local/tmp/bm: inaccessible or not found", True),  # Android's mksh
+    ("timeout: /data/local/tmp/bm: No such file or directory", True),  # toybox timeout
+    ("timeout: failed to run command '/data/local/tmp/bm': No such file or directory", True),  # GNU
+    ("timeout: failed to run command \u2018/data/local/tmp/bm\u2019: No such file or directory", True),
+    ("ERROR: /data/local/tmp/models/m.tflite: No such file or directory", False),  # the tool's own
+    ("/data/local/tmp/bm: error while loading shared libraries: libc++.so: cannot open shared object "
+     "file: No such file or directory", False),  # it ran: a library is missing, not the tool
+    ("bash: s.sh: No such file or directory", False),
+])
+def test_exit_127_is_program_not_found_only_when_the_shell_says_so(stderr, missed):
+    from latbench.transports.remote_runs import shell_missed
+
+    assert shell_missed("/data/local/tmp/bm", stderr) is missed
+
+
 def test_every_word_reaches_the_phone_literally(tmp_path, peer, adb_key):
     words = ["a b", "it's", 'q"x', ";", "touch", "pwned1", "$(touch pwned2)", "`touch pwned3`",
              "&& touch pwned4", "*", "\\n"]

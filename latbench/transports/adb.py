@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 from latbench.errors import DeviceError, Interrupted, ProfileError
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, whole_lines
-from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark
+from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark, shell_missed
 
 log = logging.getLogger("latbench.adb")
 
@@ -462,7 +462,7 @@ class ADBTransport(Transport):
             err.partial_stdout = whole_lines(res.stdout)  # what finished before the limit is kept
             err.timed_out = True
             raise err
-        if res.exit_code == 127 and ("not found" in res.stderr or "No such file" in res.stderr):
+        if res.exit_code == 127 and shell_missed(argv[0], res.stderr):
             raise DeviceError(f"{argv[0]} not found on {self.profile.name}",
                               f"push it to the phone or fix its path in {self._src}")
         return res

@@ -13,7 +13,6 @@ import getpass
 import logging
 import os
 import posixpath
-import re
 import select
 import shlex
 import socket
@@ -25,7 +24,7 @@ from typing import Sequence
 from latbench.errors import DeviceError, Interrupted
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, sha256_file, whole_lines
-from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark
+from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark, shell_missed
 
 try:
     import paramiko
@@ -96,17 +95,6 @@ def _connect_failure(exc: BaseException) -> BaseException:
     errors = list(exc.errors.values())
     refused = [e for e in errors if isinstance(e, ConnectionRefusedError)]
     return (refused or errors)[0]
-
-
-def _shell_missed(program: str, stderr: str) -> bool:
-    """Whether the login shell said it found no `program` (exit 127): dash "sh: 1: P: not
-    found", bash "bash: line 1: P: command not found" or, for a path (a python: whose venv was
-    never made on the board), "...: P: No such file or directory", zsh "command not found: P".
-    Not a message of the program itself, such as bash's "bash: s.sh: No such file or directory"
-    for a missing script."""
-    p = re.escape(program)
-    return re.search(rf"(?m)(?:^|: ){p}: (?:(?:command )?not found|No such file or directory)$"
-                     rf"|command not found: {p}$", stderr) is not None
 
 
 def _require_paramiko() -> None:
@@ -546,7 +534,7 @@ class SSHTransport(Transport):
         chan.close()
         stdout = command_stdout(out)
         stderr = err.decode("utf-8", "replace")
-        if code == 127 and _shell_missed(argv[0], stderr):
+        if code == 127 and shell_missed(argv[0], stderr):
             raise DeviceError(f"{argv[0]} not found on {self.profile.name}",
                               f"install it on the board or set `python:` in "
                               f"{self.profile.source or self.profile.name}")
