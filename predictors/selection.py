@@ -19,8 +19,8 @@ import numpy as np
 from latbench.ops import OpSpec
 from predictors import metrics
 from predictors.correction import NetworkCorrection
-from predictors.features import as_spec_matrix, quantities
-from predictors.gbdt import GBDTPredictor
+from predictors.features import as_spec_matrix, identity_rows, quantities
+from predictors.gbdt import MIN_FIT_ROWS, GBDTPredictor
 
 #: Reach tried for the pull towards latency levels (`predictors.levels`): on HW-NAS-Bench's
 #: Jetson TX2 blocks it lifts +-10% from 70% to 76% (5 seeds, half the blocks); on its
@@ -125,13 +125,47 @@ def select_gbdt(specs: Sequence[OpSpec], y: Sequence[float], *, folds: int = 5, 
     return {**fixed, **best}, table
 
 
+def nests(specs: Sequence[OpSpec], folds: int) -> bool:
+    """Whether every fit of a nested search has rows enough: the inner folds fit on the outer
+    training part less its largest inner fold, in the worst case all ops that are fitted."""
+    n = len(specs)
+    n_fit = n - int(identity_rows(as_spec_matrix(specs)).sum()) if n else 0
+    largest_outer = n - n // folds  # training part of the outer folds, at most
+    return n_fit - -(-n // folds) - -(-largest_outer // folds) >= MIN_FIT_ROWS
+
+
+def nested_oof_predict(specs: Sequence[OpSpec], y: np.ndarray, base_params: dict, fold_of: np.ndarray,
+                       *, folds: int, seed: int, progress: Progress | None = None
+                       ) -> tuple[np.ndarray, list[dict]]:
+    """Out-of-fold predictions of the whole procedure, the settings search included: each fold
+    is predicted with settings chosen (`select_gbdt`) on the other folds alone, so the choice
+    does not flatter the held-out score. Returns the predictions and each fold's settings."""
+    m = as_spec_matrix(specs)
+    pred = np.zeros(len(m))
+    chosen = []
+    for i, fold in enumerate(np.unique(fold_of)):
+        if progress:
+            progress("nested cross-validation (settings chosen inside each fold)", i, len(np.unique(fold_of)))
+        test = fold_of == fold
+        params, _ = select_gbdt(m[~test], y[~test], folds=folds, seed=seed, base_params=base_params)
+        pred[test] = GBDTPredictor(**params).fit(m[~test], y[~test]).predict(m[test])
+        chosen.append({k: params[k] for k in DEFAULT_CHOICE})
+    return pred, chosen
+
+
 def evaluate_ops(specs: Sequence[OpSpec], y: Sequence[float], params: dict, *, folds: int = 5,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, nested_base: dict | None = None, progress: Progress | None = None) -> dict:
     """K-fold held-out metrics of the GBDT with `params` and of the two op-level baselines,
-    plus the out-of-fold predictions (for the plot)."""
+    plus the out-of-fold predictions (for the plot). With `nested_base` (the fixed settings of
+    a search), the GBDT is scored nested (`nested_oof_predict`) where the rows allow (`nests`)."""
     y = np.asarray(y, dtype=np.float64)
     fold_of = kfold(len(y), folds, seed)
-    pred = oof_predict(specs, y, params, fold_of)
+    nested = nested_base is not None and nests(specs, folds)
+    if nested:
+        pred, fold_settings = nested_oof_predict(specs, y, nested_base, fold_of, folds=folds, seed=seed,
+                                                 progress=progress)
+    else:
+        pred, fold_settings = oof_predict(specs, y, params, fold_of), None
     raw = oof_predict(specs, y, RAW_BASELINE, fold_of)
     flops = op_flops(specs)
     lin = np.zeros(len(y))
@@ -139,7 +173,8 @@ def evaluate_ops(specs: Sequence[OpSpec], y: Sequence[float], params: dict, *, f
         test = fold_of == fold
         lin[test] = FlopsLinear().fit(flops[~test], y[~test]).predict(flops[test])
     return {
-        "folds": int(len(np.unique(fold_of))), "rows": int(len(y)),
+        "folds": int(len(np.unique(fold_of))), "rows": int(len(y)), "nested": nested,
+        "fold_settings": fold_settings,
         "predictor": metrics.evaluate(pred, y), "flops_linear": metrics.evaluate(lin, y),
         "lightgbm_raw": metrics.evaluate(raw, y),
         "pred": pred, "true": y,

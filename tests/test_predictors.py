@@ -298,6 +298,37 @@ def test_select_gbdt_tries_each_setting_and_returns_the_best():
     assert selection.log_error(np.array([2.0, 0.5]), np.array([1.0, 1.0])) == pytest.approx(np.log(2))
 
 
+def test_nested_scoring_chooses_each_folds_settings_without_its_rows(monkeypatch):
+    xs, ys, _, _ = block_halves("raspi4")
+    xs, ys = xs[:40], ys[:40]
+    real, seen = selection.select_gbdt, []
+
+    def recording(specs, y, **kw):
+        seen.append({tuple(r) for r in selection.as_spec_matrix(specs).tolist()})
+        return real(specs, y, **kw)
+
+    monkeypatch.setattr(selection, "select_gbdt", recording)
+    done = selection.evaluate_ops(xs, ys, {}, folds=4, seed=3, nested_base={"random_state": 3})
+    assert done["nested"] and len(done["fold_settings"]) == len(seen) == 4
+    m = selection.as_spec_matrix(xs)
+    fold_of = selection.kfold(len(ys), 4, 3)
+    for fold, rows in enumerate(seen):  # each search saw exactly the other folds' ops
+        assert rows == {tuple(r) for r in m[fold_of != fold].tolist()}
+    plain = selection.evaluate_ops(xs, ys, {"random_state": 3}, folds=4, seed=3)
+    assert not plain["nested"] and plain["fold_settings"] is None
+    assert not np.array_equal(done["pred"], plain["pred"])
+
+
+def test_a_search_is_nested_only_where_every_inner_fit_has_rows_enough():
+    specs, _ = device_table("raspi4")
+    blocks = [s for s in specs if s.kind == "fbnet_block"]
+    identity = OpSpec("skip", 16, 32, 32, 16)
+    # 9 ops, 5 folds: the worst inner fit has 9 - 2 (outer fold) - 2 (inner fold) = 5 rows
+    assert selection.nests(blocks[:9], 5) and not selection.nests(blocks[:8], 5)
+    assert not selection.nests(blocks[:8] + [identity], 5)  # 9 ops too, but an identity is not fitted
+    assert selection.nests(blocks[:40], 5)
+
+
 # ---- LUT, correction, composition ------------------------------------------------------------
 
 def test_lut_rows_coverage_and_lookup():
