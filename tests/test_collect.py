@@ -265,8 +265,18 @@ def test_ctrl_c_says_cancelled_keeps_finished_batches_and_resumes(warm_home, mak
     check_resumes(warm_home / "latbench.db", before, name, latbench_cli)
 
 
+@pytest.fixture
+def default_sigterm():
+    """SIGTERM's handler as `latbench collect` finds it (a ray.init earlier in this test process
+    leaves its own, which a collection does not replace)."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.parametrize("sig, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
-def test_ctrl_c_in_a_batch_keeps_the_models_it_had_finished(warm_home, make_profile, tmp_path, sig, by):
+def test_ctrl_c_in_a_batch_keeps_the_models_it_had_finished(warm_home, make_profile, tmp_path, sig, by,
+                                                              default_sigterm):
     """A stopped run's finished models are stored (status partial); the one it was on is not.
     The batch's error says which stopped it."""
     import threading
