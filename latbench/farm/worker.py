@@ -111,8 +111,8 @@ class UnitWorker:
 
         started = time.time()
         temp = None
-        self._measuring = True
         try:
+            self._measuring = True  # inside the try: a stop from here on is caught below
             collector = self._open()
             paths = {name: self._model(name, sha, models) for _, name, sha in items}
             # Units of one piece of hardware (local and local-tflite on one host) take turns: the
