@@ -23,5 +23,5 @@ PY
 echo "latency target: ${target_ms} ms (80% of the median predicted latency of random networks)"
 # A narrow, low-resolution supernet keeps training within minutes on a laptop CPU; the cost,
 # the exported network and the verification are always the full-width network.
-"$bin/nas" search --cost latbench:local --form hinge --target-ms "$target_ms" \
+"$bin/nas" search --cost latbench:local --form hinge --target-ms "$target_ms" --pick budget \
   --epochs 8 --width-mult 0.25 --input-size 8 --theta-lr 0.1 --verify

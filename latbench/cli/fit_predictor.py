@@ -221,7 +221,9 @@ def run(args) -> int:
         output.table(f"networks: held-out ({net_eval['held_out']} of {net_eval['networks']})",
                      metrics.TABLE_COLUMNS, rows)
     if tried:
-        output.table(f"GBDT settings tried ({args.folds}-fold on ops; chosen by mean |log error|)",
+        output.table(f"GBDT settings tried ({args.folds}-fold on ops; chosen by mean |log error|, one "
+                     f"setting at a time; a change must lower it by {selection.MIN_GAIN:.0%}, so a "
+                     f"row a little lower than * can lose)",
                      ["", "features", "target", "base", "split", "levels", "log_error", "+-10%", "mape%"],
                      [["*" if t["chosen"] else "", t["settings"]["features"], t["settings"]["target"],
                        t["settings"]["base"], t["settings"]["split"],
@@ -284,7 +286,8 @@ def _notes(predictor, data, coverage, directory, args, ctx, summed, stderr_only:
                     f"Spearman and Kendall) say little; measure {FEW_NETWORKS} or more (`--networks 20`)")
     if data.networks:
         _check_network_ratio(predictor, data, summed)
-    output.note(f"saved {directory} (load with predictors.load(\"latbench:{directory.name}\"))")
+    output.note(f"saved {directory}, with its report.json and predicted_vs_measured.png "
+                f"(load with predictors.load(\"latbench:{directory.name}\"))")
 
 
 def _check_fold_size(n_ops: int, folds: int, min_rows: int, device: str, n_fit: int | None = None) -> None:
