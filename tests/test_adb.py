@@ -297,7 +297,8 @@ def test_exit_status_stdout_and_stderr_are_kept_apart(tmp_path, peer, adb_key):
     ("bash: line 1: /data/local/tmp/bm: command not found", True),
     ("zsh:1: command not found: /data/local/tmp/bm", True),
     ("/system/bin/sh: /data/local/tmp/bm: inaccessible or not found", True),  # Android's mksh
-    ("timeout: /data/local/tmp/bm: No such file or directory", True),  # toybox timeout
+    ("timeout: exec /data/local/tmp/bm: No such file or directory", True),  # toybox timeout
+    ("zsh:1: no such file or directory: /data/local/tmp/bm", True),
     ("timeout: failed to run command '/data/local/tmp/bm': No such file or directory", True),  # GNU
     ("timeout: failed to run command \u2018/data/local/tmp/bm\u2019: No such file or directory", True),
     ("ERROR: /data/local/tmp/models/m.tflite: No such file or directory", False),  # the tool's own

@@ -27,7 +27,8 @@ them a network is the plain sum of its ops. A device has one predictor: fitting 
 another --space too, replaces it. Prints held-out
 accuracy next to baselines fitted on the same data (ops: FLOPs-linear and a plain LightGBM on
 raw shape columns; networks: FLOPs-linear and the LUT sum without correction); the ops' score
-is nested, each fold's settings searched on its training ops alone. It saves
+is nested, each fold's settings searched on its training ops alone (unless --no-select, or too
+few ops to nest: the table says which). It saves
 manifest.json, lut.json, gbdt*.{json,txt}, correction.json, report.json and
 predicted_vs_measured.png into $LATBENCH_HOME/predictors/<device>/, where
 `predictors.load("latbench:<device>")` finds them.

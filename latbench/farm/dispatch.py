@@ -412,7 +412,8 @@ class FarmCollector(Collector):
             if claimed.node_id and unit not in self._absent:
                 asked[stopper.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
                     claimed.node_id, soft=False)).remote(claimed.pid, by)] = unit
-        self.on_event("stopping", 0, len(asked), {"wait_s": self.stop_wait_s, "by": by})
+        if asked:
+            self.on_event("stopping", 0, len(asked), {"wait_s": self.stop_wait_s, "by": by})
         answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=self.stop_wait_s) if asked else ([], [])
         reached = {asked[ref] for ref in answered if _value(ray, ref)}
         stopping = [ref for ref, (unit, _, _) in inflight.items() if unit in reached]
@@ -421,9 +422,8 @@ class FarmCollector(Collector):
         ready, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0)  # stopped or finished
         for ref in ready:
             unit, _, ids = inflight.pop(ref)
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayError:
+            result = _value(ray, ref)
+            if result is None:
                 continue
             self.store_output(plan, ids, BatchOutput(**result["output"]), result["started"],
                               result["temperature_c"], report, unit=unit)

@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from latbench import home
 from latbench.errors import DeviceError, LatbenchError, stopped_by
@@ -56,13 +57,15 @@ class UnitWorker:
         self.reconnect = False
         self.verified: set[str] = set()
         self._measuring = False
+        self._stopped_by = ""  # set by the stop handler: Ray may raise a bare KeyboardInterrupt of its own
         if threading.current_thread() is threading.main_thread():  # where Ray runs an actor
             for by, sig in STOP_SIGNALS.items():
                 signal.signal(sig, self._stop_handler(f"{by} on the head"))
 
-    def _stop_handler(self, by: str):
+    def _stop_handler(self, by: str) -> Callable[[int, object], None]:
         def handler(signum, frame):
             if self._measuring:  # between batches there is nothing to stop
+                self._stopped_by = by
                 raise KeyboardInterrupt(by)
         return handler
 
@@ -125,8 +128,10 @@ class UnitWorker:
             output = BatchOutput(start=None, error=str(exc))
         except KeyboardInterrupt as exc:  # stop_batch: the head was stopped; keep what finished
             output = getattr(exc, "output", None) or BatchOutput(start=None, error=stopped_by(exc))
+            if self._stopped_by:
+                output.error = f"stopped by {self._stopped_by}"
         finally:
-            self._measuring = False
+            self._measuring, self._stopped_by = False, ""
         if output.error is not None:
             self.reconnect = True  # as the single-device loop does before its next attempt
         return {"unit": self.unit, "pid": os.getpid(), "started": started, "temperature_c": temp,
