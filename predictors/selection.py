@@ -143,9 +143,10 @@ def nested_oof_predict(specs: Sequence[OpSpec], y: np.ndarray, base_params: dict
     m = as_spec_matrix(specs)
     pred = np.zeros(len(m))
     chosen = []
-    for i, fold in enumerate(np.unique(fold_of)):
+    folds_here = np.unique(fold_of)
+    for i, fold in enumerate(folds_here):
         if progress:
-            progress("nested cross-validation (settings chosen inside each fold)", i, len(np.unique(fold_of)))
+            progress("nested cross-validation (settings chosen inside each fold)", i, len(folds_here))
         test = fold_of == fold
         params, _ = select_gbdt(m[~test], y[~test], folds=folds, seed=seed, base_params=base_params)
         pred[test] = GBDTPredictor(**params).fit(m[~test], y[~test]).predict(m[test])

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from latbench import home
-from latbench.errors import DeviceError, LatbenchError, stopped_by
+from latbench.errors import DeviceError, LatbenchError
 from latbench.farm.units import registered_profile
 from latbench.transports.base import sha256_file
 
@@ -127,9 +127,8 @@ class UnitWorker:
         except (LatbenchError, OSError) as exc:
             output = BatchOutput(start=None, error=str(exc))
         except KeyboardInterrupt as exc:  # stop_batch: the head was stopped; keep what finished
-            output = getattr(exc, "output", None) or BatchOutput(start=None, error=stopped_by(exc))
-            if self._stopped_by:
-                output.error = f"stopped by {self._stopped_by}"
+            output = getattr(exc, "output", None) or BatchOutput(start=None)
+            output.error = f"stopped by {self._stopped_by or 'Ctrl-C'}"  # the handler's reason
         finally:
             self._measuring, self._stopped_by = False, ""
         if output.error is not None:

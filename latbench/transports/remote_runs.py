@@ -76,10 +76,11 @@ def run_mark(out: bytes | bytearray) -> tuple[str, str, str] | None:
 def shell_missed(program: str, stderr: str) -> bool:
     """Whether a run's exit 127 is the device saying it found no `program`, not the program's
     own exit status: dash "sh: 1: P: not found", bash "bash: line 1: P: command not found", zsh
-    "command not found: P" (a path: "no such file or directory: P"), Android's mksh "/system/bin/sh: P: inaccessible or not found", a
-    path (a `python:` whose venv was never made) "...: P: No such file or directory", and under
-    `timeout`, toybox "timeout: exec P: No such file or directory" or GNU "timeout: failed to run
-    command 'P': No such file or directory" (quotes curly in a UTF-8 locale). Not bash's "bash: s.sh: No such file or
+    "command not found: P" (a path: "no such file or directory: P"), Android's mksh
+    "/system/bin/sh: P: inaccessible or not found", a path (a `python:` whose venv was never
+    made) "...: P: No such file or directory", and under `timeout`, toybox "timeout: exec P: No
+    such file or directory" or GNU "timeout: failed to run command 'P': No such file or
+    directory" (quotes curly in a UTF-8 locale). Not bash's "bash: s.sh: No such file or
     directory" for a missing script, nor a message of the program itself."""
     p = re.escape(program)
     return re.search(rf"(?m)(?:^|: |: exec |['\u2018]){p}['\u2019]?: "
