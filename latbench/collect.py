@@ -156,20 +156,23 @@ class Collector:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
-    def _stop_on_sigterm(self, replace: bool = False) -> None:
+    def _stop_on_sigterm(self, over_ray: bool = False) -> None:
         """While open, SIGTERM (`kill PID`, a job scheduler, systemd) stops collection as Ctrl-C
         does: the runner in flight is killed (here, or on an SSH board through a new channel; an
         adb phone's shell is closed) before the hardware lock is released.
         By default SIGTERM ends this process at once and the runner goes on timing an op, with
-        the lock already free, so a collection started next times it as load. `replace`: over
-        a handler already set too (a farm head's: Ray's driver exits at once on SIGTERM)."""
+        the lock already free, so a collection started next times it as load. A handler set by
+        the program that called us is left be; `over_ray`: Ray's is not (a farm head's driver
+        exits at once on SIGTERM)."""
         import signal
         import threading
 
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may set handlers (a farm or test thread keeps its own)
         previous = signal.getsignal(signal.SIGTERM)
-        if previous not in (signal.SIG_DFL, None) and not replace:
+        ours_to_replace = previous in (signal.SIG_DFL, None) or (
+            over_ray and getattr(previous, "__module__", "").startswith("ray."))
+        if not ours_to_replace:
             return  # someone else's handler: leave it be
 
         def on_sigterm(signum, frame):

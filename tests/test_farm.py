@@ -6,6 +6,7 @@ killed midway with nothing lost or stored twice, refuse a unit with other settin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -94,6 +95,20 @@ def farm(tmp_path_factory, sshd):
     yield farm
     ray.shutdown()
     cluster.shutdown()
+
+
+def start_agent_node(farm: Farm, unit: Unit, agent_home: Path, profile: Path) -> subprocess.Popen:
+    """`farm.add_agent` as a separate `ray start` process (Ray's cluster utilities start nodes
+    only from the main thread); the caller terminates it."""
+    from latbench.farm.agent import AgentUnit, ray_start_argv
+
+    argv = ray_start_argv([AgentUnit(unit, None)], address=farm.address, num_cpus=NODE["num_cpus"],
+                          object_store_mb=NODE["object_store_memory"] // MB)
+    env = os.environ | registry_env({unit: str(profile)}) | {
+        "LATBENCH_HOME": str(agent_home), "LATBENCH_LOCK_DIR": str(agent_home / "locks")}
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: unit.name in unit_states(), 60, f"{unit} to rejoin")
+    return process
 
 
 def wait_for(predicate, timeout_s: float = 30, what: str = "condition"):
@@ -269,21 +284,86 @@ def test_an_agent_refuses_two_units_of_one_device(latbench_cli, latbench_home):
     assert other.returncode == 0, other.stderr  # two devices on one agent stay fine
 
 
-def test_stop_batch_signals_only_a_unit_worker_that_is_measuring():
-    from latbench.farm.worker import STOP_SIGNALS, stop_batch
+def test_stop_batch_signals_only_a_unit_worker_that_is_measuring(latbench_home):
+    from latbench.farm.worker import STOP_SIGNALS, stop_batch, worker_pid_file
 
     other = subprocess.Popen(["sleep", "30"])
     worker = subprocess.Popen(["bash", "-c", 'exec -a "ray::UnitWorker.run_batch" sleep 30'])
+    unit = "dev@host-a"
     try:
         wait_for(lambda: Path(f"/proc/{worker.pid}/cmdline").read_bytes().startswith(b"ray::"), 10, "exec -a")
-        assert stop_batch(other.pid, "Ctrl-C") is False  # a pid reused by another process
-        assert stop_batch(worker.pid, "SIGTERM") is True
+        assert stop_batch(unit, other.pid, "Ctrl-C") is False  # a pid reused by another process
+        worker_pid_file(unit).parent.mkdir(parents=True)
+        worker_pid_file(unit).write_text(f"{other.pid}\n")
+        assert stop_batch(unit, worker.pid, "Ctrl-C") is False  # the file names the worker now
+        worker_pid_file(unit).write_text(f"{worker.pid}\n")  # as a worker Ray restarted writes it
+        assert stop_batch(unit, other.pid, "SIGTERM") is True  # the head's pid is stale
         assert worker.wait(10) == -STOP_SIGNALS["SIGTERM"] and other.poll() is None
-        assert stop_batch(worker.pid, "Ctrl-C") is False  # gone
+        assert stop_batch(unit, worker.pid, "Ctrl-C") is False  # gone
     finally:
         for proc in (other, worker):
             proc.kill()
             proc.wait()
+
+
+def test_a_unit_worker_writes_its_pid_where_the_stop_reads_it(latbench_home):
+    from latbench.farm.worker import UnitWorker, worker_pid_file
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        UnitWorker("dev@host-b")  # as Ray starts (or restarts) one on the unit's host
+        assert worker_pid_file("dev@host-b").read_text() == f"{os.getpid()}\n"
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_heads_bookkeeping_is_not_cut_by_a_stop(sig):
+    """A Ctrl-C (or the collection's SIGTERM handler) waits for the end of the block that sends a
+    batch or stores one, then is raised as it would have been."""
+    from latbench.farm.dispatch import _stop_held
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    before = signal.signal(signal.SIGTERM, on_sigterm)
+    done = []
+    try:
+        with pytest.raises(KeyboardInterrupt) as stop:
+            with _stop_held():
+                os.kill(os.getpid(), sig)
+                time.sleep(0.05)  # the handler runs here, were it not held
+                done.append("stored")
+        assert done == ["stored"]
+        assert stop.value.args == (("SIGTERM",) if sig == signal.SIGTERM else ())
+        assert signal.getsignal(signal.SIGTERM) is on_sigterm
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_a_head_replaces_rays_sigterm_handler_but_not_its_callers(make_profile):
+    from latbench.collect import Collector
+
+    def callers(signum, frame):
+        pass
+
+    def rays(signum, frame):
+        sys.exit(signum)
+
+    rays.__module__ = "ray._private.worker"
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        for handler, replaced in ((callers, False), (rays, True)):
+            signal.signal(signal.SIGTERM, handler)
+            collector = Collector(load_profile(make_profile("test-sigterm-handlers")), None, lock=False)
+            with contextlib.ExitStack() as collector._stack:
+                collector._stop_on_sigterm(over_ray=True)
+                assert (signal.getsignal(signal.SIGTERM) is not handler) is replaced
+            assert signal.getsignal(signal.SIGTERM) is handler  # given back on close
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_a_farm_collections_text_names_the_units():
@@ -502,6 +582,77 @@ exec {shlex.quote(sys.executable)} "$@"
         wait_for(lambda: unit_states().get(unit.name) == "free", 30, "the stopped unit to be free again")
     finally:
         farm.cluster.remove_node(node)
+
+
+@pytest.mark.parametrize("how", ["worker crash", "agent rejoin"])
+def test_ctrl_c_reaches_a_unit_worker_ray_restarted_since_the_head_heard_from_it(
+        farm, warm_home, make_profile, tmp_path, how):
+    """The worker crashes (or its agent's node leaves and a new one joins) in its second batch;
+    Ray restarts the worker and retries the batch there, and Ctrl-C comes before the head has
+    heard from the new worker: the stop still reaches it (it left its pid on its host; the head
+    looks up the unit's node), and the models it finished are stored."""
+    device, protocol = f"test-stop-{how.split()[-1]}", {"batch_size": 4, "rounds": 1}
+    make_profile(device, protocol=protocol)
+    runs, second, printed = tmp_path / "runs", tmp_path / "second", tmp_path / "printed"
+    marker = f"7{time.time() % 1000:.4f}"
+    python = tmp_path / "python-crash-then-hang"  # run 1 measures; run 2 hangs; run 3 stops after 2
+    python.write_text(f"""#!/bin/sh
+if [ "$2" = run ]; then
+  echo x >> {shlex.quote(str(runs))}
+  n=$(wc -l < {shlex.quote(str(runs))})
+  if [ "$n" -eq 2 ]; then touch {shlex.quote(str(second))}; exec sleep 1{marker}; fi
+  if [ "$n" -ge 3 ]; then
+    {shlex.quote(sys.executable)} "$@" | head -n 3
+    touch {shlex.quote(str(printed))}
+    exec sleep {marker}
+  fi
+fi
+exec {shlex.quote(sys.executable)} "$@"
+""")
+    python.chmod(0o755)
+    unit = Unit(device, "agent-f")
+    agent = (unit, tmp_path / "agent-f", write_profile(tmp_path / "agent-f", device, python=str(python),
+                                                       protocol=protocol))
+    nodes, rejoined = [farm.add_agent(*agent)], []
+    pids, signalled = [], []
+
+    def on_event(stage, done, total, info):
+        if stage == "measure" and not pids:
+            pids.append(info["report"].units[unit.name]["worker_pids"][0])
+
+    def crash_then_ctrl_c():
+        wait_for(lambda: second.exists() and pids, 90, "the second batch")
+        if how == "worker crash":
+            os.kill(pids[0], signal.SIGKILL)  # Ray restarts the worker and retries the batch
+        else:  # the same unit on a new node: Ray restarts the worker there
+            farm.cluster.remove_node(nodes[0])
+            rejoined.append(start_agent_node(farm, *agent))  # as `latbench farm agent` does
+        wait_for(printed.exists, 90, "the retried batch's first results")
+        signalled.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        with Store(home.db_path()) as store, FarmCollector(load_profile(device), store, address=None,
+                                                           on_event=on_event) as collector:
+            plan = collector.plan(OPS[:8])
+            threading.Thread(target=crash_then_ctrl_c, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                collector.run(plan)
+            assert collector.units[unit.name].pid == pids[0]  # the head never heard from the new one
+            assert len(store.measured(plan.context)) == 4 + 2
+        assert time.monotonic() - signalled[0] < 15, "the restarted worker's batch was not back at once"
+        with sqlite3.connect(home.db_path()) as conn:
+            assert conn.execute("SELECT status, items, error FROM batches ORDER BY id").fetchall() == [
+                ("ok", 4, None), ("partial", 4, "stopped by Ctrl-C on the head")]
+        assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode != 0
+    finally:
+        subprocess.run(["pkill", "-f", f"sleep 1?{marker}"])  # run 2's, orphaned by the crash
+        for node in nodes:
+            with contextlib.suppress(Exception):  # gone already when rejoined
+                farm.cluster.remove_node(node)
+        for process in rejoined:
+            process.terminate()
+            process.wait(60)
 
 
 def test_agent_status_and_collect_commands(farm, warm_home, make_profile, latbench_cli, tmp_path):

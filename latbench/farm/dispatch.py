@@ -117,7 +117,7 @@ class FarmCollector(Collector):
         try:
             self._ray = self._stack.enter_context(connected(self.address))
             self._stack.callback(self._release)
-            self._stop_on_sigterm(replace=True)  # as Ctrl-C: stop the units' batches, keep what finished
+            self._stop_on_sigterm(over_ray=True)  # as Ctrl-C: stop the units' batches, keep what finished
             # never connected here: the head only reads runtime versions from the units' info
             self.runner = make_runner(self.transport, self.profile)
             self._claim()
@@ -336,7 +336,8 @@ class FarmCollector(Collector):
                     name, sha, ref = self._model(paths[key])
                     items.append((bid, name, sha))
                     models[name] = ref
-                inflight[self.units[unit].actor.run_batch.remote(items, models)] = (unit, batch, ids)
+                with _stop_held():  # a batch sent is a batch in `inflight`, so a stop reaches it
+                    inflight[self.units[unit].actor.run_batch.remote(items, models)] = (unit, batch, ids)
             self._publish(queue, inflight, report)
             if not self._live():
                 return  # the rest is re-planned (and reported) by run()
@@ -350,8 +351,9 @@ class FarmCollector(Collector):
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_s)
             for ref in ready:
                 if ref in inflight:
-                    unit, batch, ids = inflight.pop(ref)
-                    self._finish(plan, ref, unit, batch, ids, queue, report)
+                    with _stop_held():  # a batch out of `inflight` is a batch stored
+                        unit, batch, ids = inflight.pop(ref)
+                        self._finish(plan, ref, unit, batch, ids, queue, report)
 
     def _finish(self, plan: Plan, ref, unit: str, batch: _Batch, ids: dict, queue: deque,
                 report: FarmReport) -> None:
@@ -395,8 +397,10 @@ class FarmCollector(Collector):
     def _stop_inflight(self, plan: Plan, inflight: dict, report: FarmReport, stop: KeyboardInterrupt) -> None:
         """Have each unit stop the batch it measures and store the models that batch finished, as
         a single-device collection keeps them when stopped. Waits `stop_wait_s` at most; a second
-        Ctrl-C leaves them. A unit not reached (its node gone, its worker restarted since the
-        head last heard from it) has its batch measured again by the next run."""
+        Ctrl-C leaves them. The stop goes to the node that offers the unit now (an agent that
+        rejoined is a new node) and to the worker's pid there (`worker_pid_file`: Ray may have
+        restarted it). A unit not reached (its node gone) has its batch measured again by the
+        next run."""
         if not inflight:
             return
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -406,12 +410,17 @@ class FarmCollector(Collector):
         # Ray's wait raises a KeyboardInterrupt of its own for the handler's: ask the handler
         by = "SIGTERM" if stop.args[:1] == ("SIGTERM",) or self.sigterm_received else "Ctrl-C"
         stopper = ray.remote(num_cpus=0, max_retries=0)(stop_batch)
+        try:  # where each unit is now: an agent that rejoined is a new node
+            nodes = {nu.unit.name: nu.node_id for nu in node_units(ray.nodes()) if nu.alive}
+        except Exception:
+            nodes = {}
         asked = {}
         for unit in {unit for unit, _, _ in inflight.values()}:
             claimed = self.units[unit]
-            if claimed.node_id and unit not in self._absent:
+            node = nodes.get(unit) or claimed.node_id
+            if node and unit not in self._absent:
                 asked[stopper.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                    claimed.node_id, soft=False)).remote(claimed.pid, by)] = unit
+                    node, soft=False)).remote(unit, claimed.pid, by)] = unit
         if asked:
             self.on_event("stopping", 0, len(asked), {"wait_s": self.stop_wait_s, "by": by})
         answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=self.stop_wait_s) if asked else ([], [])
@@ -501,6 +510,30 @@ def _pop_ready(queue: deque, now: float) -> _Batch | None:
             del queue[i]
             return batch
     return None
+
+
+@contextlib.contextmanager
+def _stop_held():
+    """Ctrl-C and the SIGTERM handler wait until the block is over: its bookkeeping is not cut
+    halfway (a batch sent but not recorded as in flight, or taken out but not stored)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {sig: h for sig, h in handlers.items() if callable(h)}  # not SIG_DFL, SIG_IGN
+    for sig in handlers:
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if caught:
+            handlers[caught[0]](caught[0], None)  # raises KeyboardInterrupt, now
 
 
 def _value(ray, ref):

@@ -45,6 +45,12 @@ def model_cache_dir() -> Path:
     return home.home_dir() / "farm" / "models"
 
 
+def worker_pid_file(unit: str) -> Path:
+    """Where the unit's worker on this host writes its pid when it starts: Ray may restart it
+    under a new pid the head has not heard of yet, and the head's stop must still reach it."""
+    return home.home_dir() / "farm" / "workers" / f"{unit}.pid"
+
+
 class UnitWorker:
     """One unit's device session (created by the head as a Ray actor that needs the unit's
     resource, so it runs on the unit's host and holds the unit while the collection lasts)."""
@@ -61,6 +67,7 @@ class UnitWorker:
         if threading.current_thread() is threading.main_thread():  # where Ray runs an actor
             for by, sig in STOP_SIGNALS.items():
                 signal.signal(sig, self._stop_handler(f"{by} on the head"))
+        _write_pid_file(worker_pid_file(unit))
 
     def _stop_handler(self, by: str) -> Callable[[int, object], None]:
         def handler(signum, frame):
@@ -157,10 +164,33 @@ class UnitWorker:
         return path
 
 
-def stop_batch(pid: int, by: str) -> bool:
-    """Ask the unit worker `pid` to stop the batch it measures (`by`: a key of STOP_SIGNALS).
-    Run as a Ray task on the worker's node. Only a worker measuring is signalled: after a Ray
-    restart the pid the head knows may name another process. False: nothing was signalled."""
+def _write_pid_file(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+    except OSError:  # a home it cannot write: the head's stop falls back to the pid it knows
+        pass
+
+
+def stop_batch(unit: str, pid: int, by: str) -> bool:
+    """Ask `unit`'s worker to stop the batch it measures (`by`: a key of STOP_SIGNALS). Run as
+    a Ray task on the unit's node. The worker is the pid in its pid file (the one Ray started
+    last), else `pid`, the one the head last heard from. Only a worker measuring is signalled:
+    a stale pid may name another process. False: nothing was signalled."""
+    try:
+        pid = int(worker_pid_file(unit).read_text().strip())
+    except (OSError, ValueError):
+        pass
+    if not _measuring(pid):
+        return False
+    os.kill(pid, STOP_SIGNALS[by])
+    return True
+
+
+def _measuring(pid: int) -> bool:
+    """Whether process `pid` is a unit worker in a batch (by the title Ray gives it)."""
     if os.path.isdir("/proc/self"):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -169,7 +199,4 @@ def stop_batch(pid: int, by: str) -> bool:
             return False
     else:  # macOS
         title = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True).stdout.strip()
-    if not title.startswith(_MEASURING_TITLE):
-        return False
-    os.kill(pid, STOP_SIGNALS[by])
-    return True
+    return title.startswith(_MEASURING_TITLE)
