@@ -45,6 +45,10 @@ class ArtifactError(LatbenchError):
     """A predictor artifact is missing, corrupt or was written by an incompatible version."""
 
 
+class NoPredictorError(ArtifactError, UsageError):
+    """No predictor under the name or folder given: an unknown name (exit code 2, as any)."""
+
+
 def check_device_name(device: str, what: str = "device name") -> str:
     if not _DEVICE_NAME.match(device or ""):
         raise UsageError(f"bad {what} {device!r}",
@@ -136,7 +140,7 @@ def load(directory: Path, device: str | None = None) -> LatencyPredictor:
     if device is None:  # loaded by its path: the folder's name need not be a device
         refit = _path_refit_hint(directory)
         if not manifest_path.exists():
-            raise ArtifactError(f"no latbench predictor in {directory} ({manifest_path} does not exist)",
+            raise NoPredictorError(f"no latbench predictor in {directory} ({manifest_path} does not exist)",
                                 "give the folder `latbench fit-predictor --device DEVICE` saved (or a "
                                 "copy of it), or latbench:DEVICE")
     else:
@@ -145,7 +149,7 @@ def load(directory: Path, device: str | None = None) -> LatencyPredictor:
         if not manifest_path.exists():
             fitted = sorted(m.parent.name for m in directory.parent.glob(f"*/{MANIFEST}"))
             hint = did_you_mean(directory.name, fitted)
-            raise ArtifactError(f"no fitted predictor for device {device!r} ({manifest_path} does not exist)",
+            raise NoPredictorError(f"no fitted predictor for device {device!r} ({manifest_path} does not exist)",
                                 (hint + " " if hint else "")
                                 + (f"fitted: {', '.join(fitted)}; or " if fitted else "") + f"run `{fit}`")
     manifest, manifest_bytes = _read_json(manifest_path, refit)

@@ -138,7 +138,11 @@ def test_lut_shows_each_keys_noise_from_its_raw_samples(cli, collected, fast_pro
             assert row["rel_iqr"] == pytest.approx(float(np.median(ratios)), rel=1e-12)
             assert row["noisy"] is (row["rel_iqr"] > 0.10)
     code, out, _ = cli("lut", "--device", fast_profile)
-    assert code == 0 and "rel_iqr" in out and "noisy" in out
+    assert code == 0 and "rel_iqr%" in out and "round_spread%" in out and "noisy" in out
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if "│" in line]
+    shown = {c[0]: c for c in cells}  # the terminal shows percents, as `collect` does; JSON fractions
+    for row in rows:
+        assert f"{100 * row['rel_iqr']:.1f}" in shown[row["key"]]
 
 
 def test_lut_csv_rows_say_where_they_came_from(cli, collected, fast_profile):
@@ -265,7 +269,7 @@ def test_unknown_space_is_one_line_and_exit_2(latbench_cli):
     res = latbench_cli("collect", "--device", "local", "--space", "fbnet-cifr")
     assert res.returncode == 2
     line = one_line(res.stderr)
-    assert "unknown search space 'fbnet-cifr'" in line and "fbnet-cifar" in line
+    assert "unknown search space 'fbnet-cifr'" in line and "did you mean 'fbnet-cifar'?" in line
 
 
 def test_an_invalid_profile_is_one_line_naming_the_file(latbench_cli, latbench_home):

@@ -47,7 +47,7 @@ def test_help_has_examples(latbench_home):
     (["--cost", "watts"], 2, "unknown cost spec"),
     (["--cost", "flops", "--form", "hinge"], 2, "add --target-flops"),
     (["--cost", "flops", "--target-ms", "5", "--form", "hinge"], 2, "no --cost is in ms"),
-    (["--cost", "latbench:nosuchdevice"], 1, "nosuchdevice"),
+    (["--cost", "latbench:nosuchdevice"], 2, "no fitted predictor for device 'nosuchdevice'"),
     (["--cost", "flops", "--data", "mnist"], 2, "unknown data spec"),
     (["--cost", "flops", "--data", "cifar10:/no/such/dir"], 1, "does not exist"),
     (["--cost", "flops", "--target-flops", "lots"], 2, "not a number"),

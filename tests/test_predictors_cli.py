@@ -68,7 +68,7 @@ def test_fit_with_networks_reports_held_out_networks_and_baselines(imported, lat
     assert done.returncode == 0, done.stderr
     done = latbench_cli("fit-predictor", "--device", "pi", "--folds", "2", timeout_s=300)
     assert done.returncode == 0, done.stderr
-    for text in ("ops: 2-fold held-out", "settings chosen inside each fold", "networks: held-out", "lut+gbdt+correction (", "flops_linear",
+    for text in ("ops: 2-fold held-out", "settings chosen inside each fold", "gbdt (nested)", "networks: held-out", "lut+gbdt+correction (", "flops_linear",
                  "lut_sum (no correction)", "settings tried", "network correction"):
         assert text in done.stdout + done.stderr, text
     assert "the sum of their ops" not in done.stderr and "measured networks:" not in done.stderr

@@ -14,6 +14,8 @@ from latbench.cli import output
 from latbench.errors import UsageError
 
 COLUMNS = ["key", "kind", "median_ms", "p10_ms", "p90_ms", "round_spread", "rounds", "count", "rel_iqr", "noisy"]
+#: fractions the terminal shows as percents ("round_spread%"); CSV and JSON keep the fractions
+PERCENT_COLUMNS = ("round_spread", "rel_iqr")
 #: Where each CSV row came from (a CSV has no header block to say it once): the table id names
 #: the full settings in `latbench lut --tables`.
 CSV_PROVENANCE = ["device", "runtime", "table", "threads"]
@@ -34,8 +36,10 @@ key measured in one round only): how far apart repeated measurements of the key 
 number to read for reproducibility. rel_iqr is
 the median over rounds of each round's IQR / median of its raw samples, noisy is rel_iqr > 10%
 (as `collect` counts noisy measurements); both are empty for a table without raw samples
-(imported, or a tool that printed statistics only). --csv adds device, runtime, table and
-threads to every row."""
+(imported, or a tool that printed statistics only). rounds is how many rounds measured the key,
+count how many timed runs they took in all. The terminal shows round_spread and rel_iqr as
+percents (as `collect` does); --csv and --json keep fractions (0.023 is 2.3%). --csv adds
+device, runtime, table and threads to every row."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -82,7 +86,7 @@ def run(args) -> int:
     provenance = {"device": ctx.device, "runtime": ctx.runtime_label, "table": ctx.table_id,
                   "threads": info.settings.get("threads", "")}
     return _emit(args, title, COLUMNS, rows, lambda: _json(ctx, info.settings, rows, args.unit),
-                 f"{len(rows)} rows", csv_extra=provenance)
+                 f"{len(rows)} rows", csv_extra=provenance, percent=PERCENT_COLUMNS)
 
 
 def _with_noise(ctx, rows: list[dict], unit: str | None) -> list[dict]:
@@ -134,11 +138,13 @@ def _list_tables(args) -> int:
 
 
 def _emit(args, title: str, columns: list[str], rows: list[dict], json_text, what: str,
-          csv_extra: dict | None = None) -> int:
+          csv_extra: dict | None = None, percent: tuple[str, ...] = ()) -> int:
     """`rows` as a table on the terminal, or as --json (`json_text()`) or --csv on stdout or
-    into --out; `csv_extra` (column -> value) is added to every CSV row."""
+    into --out; `csv_extra` (column -> value) is added to every CSV row; the `percent` columns
+    (fractions) show as percents on the terminal."""
     if not (args.json or args.csv or args.out):
-        output.table(title, columns, [[r[c] for c in columns] for r in rows])
+        shown = [f"{c}%" if c in percent else c for c in columns]
+        output.table(title, shown, [[_percent(r[c]) if c in percent else r[c] for c in columns] for r in rows])
         return 0
     if args.json or (not args.csv and args.out.suffix.lower() == ".json"):
         text = json_text()
@@ -159,6 +165,10 @@ def _emit(args, title: str, columns: list[str], rows: list[dict], json_text, wha
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _percent(fraction: float | None) -> str | None:
+    return None if fraction is None else f"{100 * fraction:.1f}"
 
 
 def _protocol(settings: dict) -> str:

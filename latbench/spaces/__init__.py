@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from latbench.errors import UsageError
+from latbench.errors import UsageError, did_you_mean
 from latbench.spaces.fbnet import FBNetSpace, CANDIDATES
 
 SPACES = {
@@ -16,9 +16,9 @@ def get_space(name: str) -> FBNetSpace:
     try:
         return SPACES[name]()
     except KeyError:
-        raise UsageError(
-            f"unknown search space {name!r}", f"known spaces: {', '.join(sorted(SPACES))}"
-        ) from None
+        close = did_you_mean(name, SPACES)
+        raise UsageError(f"unknown search space {name!r}",
+                         (f"{close} " if close else "") + f"known spaces: {', '.join(sorted(SPACES))}") from None
 
 
 __all__ = ["FBNetSpace", "CANDIDATES", "SPACES", "get_space"]
