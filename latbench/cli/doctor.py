@@ -143,7 +143,11 @@ def _diagnose(profile, trust_new_host: bool) -> list[dict]:
                     f"max {hottest:.0f} C over {len(temps)} zone(s)" + (f", limit {limit} C" if limit else ""),
                     "let the device cool; collection waits for it" if hot else "")
             else:
-                add("temperature", "warn", "no thermal zones readable", "temperatures will not be recorded")
+                add("temperature", "warn",
+                    "no thermal zones readable: temperatures are not recorded"
+                    + (", and max_temp_c cannot make collection wait to cool" if limit is not None else ""),
+                    "none on a VM or container (it has no sensors); elsewhere, make "
+                    "/sys/class/thermal/thermal_zone*/temp readable to the device's user")
             free = info.get("free_bytes")
             if free is not None:
                 low = free < MIN_FREE_BYTES
