@@ -530,6 +530,22 @@ def test_a_node_killed_midway_loses_nothing_and_stores_nothing_twice(farm, warm_
     assert doomed.name in queue["lost"] and doomed.name not in queue["units"]
 
 
+def python_that_hangs(tmp_path: Path, printed: Path, marker: str, first_runs: str = "") -> Path:
+    """A `python` for a unit's profile: the real one, but a batch run (after the shell lines
+    `first_runs`) prints its first 2 results, touches `printed` and hangs in `sleep MARKER`."""
+    python = tmp_path / "python-that-hangs"
+    python.write_text(f"""#!/bin/sh
+if [ "$2" = run ]; then
+{first_runs}  {shlex.quote(sys.executable)} "$@" | head -n 3
+  touch {shlex.quote(str(printed))}
+  exec sleep {marker}
+fi
+exec {shlex.quote(sys.executable)} "$@"
+""")
+    python.chmod(0o755)
+    return python
+
+
 @pytest.mark.parametrize("sig, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
 def test_ctrl_c_on_the_head_keeps_the_models_a_units_batch_had_finished(farm, warm_home, make_profile,
                                                                          tmp_path, sig, by):
@@ -538,16 +554,7 @@ def test_ctrl_c_on_the_head_keeps_the_models_a_units_batch_had_finished(farm, wa
     device, protocol = f"test-stop-{by.lower()}", {"batch_size": 4, "rounds": 1}
     make_profile(device, protocol=protocol)
     printed, marker = tmp_path / "printed", f"7{time.time() % 1000:.4f}"
-    python = tmp_path / "python-that-hangs"  # the real runner, cut after 2 results; then a hang
-    python.write_text(f"""#!/bin/sh
-if [ "$2" = run ]; then
-  {shlex.quote(sys.executable)} "$@" | head -n 3
-  touch {shlex.quote(str(printed))}
-  exec sleep {marker}
-fi
-exec {shlex.quote(sys.executable)} "$@"
-""")
-    python.chmod(0o755)
+    python = python_that_hangs(tmp_path, printed, marker)
     unit = Unit(device, "agent-e")
     node = farm.add_agent(unit, tmp_path / "agent-e", write_profile(tmp_path / "agent-e", device,
                                                                     python=str(python), protocol=protocol))
@@ -595,21 +602,12 @@ def test_ctrl_c_reaches_a_unit_worker_ray_restarted_since_the_head_heard_from_it
     make_profile(device, protocol=protocol)
     runs, second, printed = tmp_path / "runs", tmp_path / "second", tmp_path / "printed"
     marker = f"7{time.time() % 1000:.4f}"
-    python = tmp_path / "python-crash-then-hang"  # run 1 measures; run 2 hangs; run 3 stops after 2
-    python.write_text(f"""#!/bin/sh
-if [ "$2" = run ]; then
+    python = python_that_hangs(tmp_path, printed, marker, first_runs=f"""  # run 1 measures; run 2 hangs
   echo x >> {shlex.quote(str(runs))}
   n=$(wc -l < {shlex.quote(str(runs))})
+  if [ "$n" -eq 1 ]; then exec {shlex.quote(sys.executable)} "$@"; fi
   if [ "$n" -eq 2 ]; then touch {shlex.quote(str(second))}; exec sleep 1{marker}; fi
-  if [ "$n" -ge 3 ]; then
-    {shlex.quote(sys.executable)} "$@" | head -n 3
-    touch {shlex.quote(str(printed))}
-    exec sleep {marker}
-  fi
-fi
-exec {shlex.quote(sys.executable)} "$@"
 """)
-    python.chmod(0o755)
     unit = Unit(device, "agent-f")
     agent = (unit, tmp_path / "agent-f", write_profile(tmp_path / "agent-f", device, python=str(python),
                                                        protocol=protocol))
