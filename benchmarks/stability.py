@@ -29,8 +29,8 @@ def main() -> int:
                     help="compare only ops at least this slow: faster ones are timer noise (default 0.1)")
     args = ap.parse_args()
 
-    from latbench.spaces import get_space
     from latbench.measurement import Measurement
+    from latbench.spaces import get_space
     from latbench.store import Store
 
     items = get_space(args.space).ops()[: args.limit]

@@ -156,20 +156,22 @@ class UnitWorker:
             data = ray.get(models[name])
             if hashlib.sha256(data).hexdigest() != sha:
                 raise DeviceError(f"model {name} arrived damaged (checksum differs)")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            _write_whole(path, data)
         self.verified.add(name)
         return path
 
 
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all: another worker or a stop task may read it meanwhile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def _write_pid_file(path: Path) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(f"{os.getpid()}\n")
-        os.replace(tmp, path)
+        _write_whole(path, f"{os.getpid()}\n".encode())
     except OSError:  # a home it cannot write: the head's stop falls back to the pid it knows
         pass
 
@@ -183,13 +185,13 @@ def stop_batch(unit: str, pid: int, by: str) -> bool:
         pid = int(worker_pid_file(unit).read_text().strip())
     except (OSError, ValueError):
         pass
-    if not _measuring(pid):
+    if not _is_measuring_worker(pid):
         return False
     os.kill(pid, STOP_SIGNALS[by])
     return True
 
 
-def _measuring(pid: int) -> bool:
+def _is_measuring_worker(pid: int) -> bool:
     """Whether process `pid` is a unit worker in a batch (by the title Ray gives it)."""
     if os.path.isdir("/proc/self"):
         try:
