@@ -494,21 +494,25 @@ def test_a_crashed_unit_worker_is_restarted_and_its_batch_retried_by_ray(farm, w
 def test_a_node_killed_midway_loses_nothing_and_stores_nothing_twice(farm, warm_home, make_profile, tmp_path):
     make_profile(DEVICE, protocol={"batch_size": 2})  # 12 ops x 2 rounds = 12 batches over 3 units
     doomed = Unit(DEVICE, "agent-c")
-    node = farm.add_agent(doomed, tmp_path / "agent-c", write_profile(tmp_path / "agent-c", DEVICE))
-    finished_one = threading.Event()
+    # its second batch hangs, so the node is surely removed while it measures (not after the
+    # doomed unit ran out of batches: then it was never lost)
+    first, second, marker = tmp_path / "first-batch", tmp_path / "second-batch", f"8{time.time() % 1000:.4f}"
+    python = python_that_hangs(tmp_path, second, marker, first_runs=f"""  # batch 1 measures; the next hang
+  if [ ! -e {shlex.quote(str(first))} ]; then touch {shlex.quote(str(first))}; exec {shlex.quote(sys.executable)} "$@"; fi
+""")
+    node = farm.add_agent(doomed, tmp_path / "agent-c",
+                          write_profile(tmp_path / "agent-c", DEVICE, python=str(python)))
     killed = {}
 
     def on_event(stage, done, total, info):
-        if stage == "measure" and info["unit"] == doomed.name:
-            finished_one.set()
         if stage == "measure" and done == total:  # what `farm status` showed at the end
             killed["status"] = farm_status(ray)
 
     def kill_while_it_measures():
-        finished_one.wait(60)
         try:
+            wait_for(second.exists, 60, "the doomed unit's second batch")
             wait_for(lambda: any(u["unit"] == doomed.name and u["measuring"] for u in farm_status(ray)["units"]),
-                     30, "the doomed unit measuring a batch")
+                     30, "farm status to show the doomed unit measuring")
         finally:
             farm.cluster.remove_node(node)
             killed["at"] = time.monotonic()
@@ -519,6 +523,7 @@ def test_a_node_killed_midway_loses_nothing_and_stores_nothing_twice(farm, warm_
         plan, report = collect_on_farm(12, on_event=on_event, lost_after_s=2, poll_s=0.3)
     finally:
         killer.join(90)
+        subprocess.run(["pkill", "-f", f"sleep {marker}"])
     assert "at" in killed
     by_unit = check_each_pair_stored_once(plan, 12)
     assert report.measured == 24 and not report.failed
