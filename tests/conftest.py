@@ -6,12 +6,17 @@ each other's database, profiles or model files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -36,6 +41,37 @@ CACHED_NETWORKS = 2
 # Collections lock the hardware they measure in a folder shared by every LATBENCH_HOME of this
 # user (latbench.locks); the tests get their own, so a real collection here does not fail them.
 os.environ["LATBENCH_LOCK_DIR"] = tempfile.mkdtemp(prefix="latbench-test-locks-")
+
+
+@contextlib.contextmanager
+def signal_when(ready: Path | Callable[[], bool], sig: int = signal.SIGINT, *, settle_s: float = 0.0,
+                timeout_s: float = 60.0):
+    """Send `sig` (Ctrl-C) to this process once `ready()` holds (a path: once it exists), then
+    `settle_s` later, so output already printed reaches the client: a run is interrupted when
+    it surely runs, not after a fixed delay that a slow host outlasts. Yields the list the
+    signal's time.monotonic() is put in. Leaving the block cancels a signal not yet sent, so
+    none lands in a later test."""
+    check = ready.exists if isinstance(ready, Path) else ready
+    cancelled, sending, sent = threading.Event(), threading.Lock(), []
+
+    def wait_then_signal() -> None:
+        deadline = time.monotonic() + timeout_s  # sent anyway then: the test fails, not hangs
+        while not cancelled.is_set() and not check() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cancelled.wait(settle_s)
+        with sending:
+            if not cancelled.is_set():
+                sent.append(time.monotonic())
+                os.kill(os.getpid(), sig)
+
+    thread = threading.Thread(target=wait_then_signal, daemon=True)
+    thread.start()
+    try:
+        yield sent
+    finally:
+        with sending:
+            cancelled.set()
+        thread.join(5)
 
 
 @pytest.fixture

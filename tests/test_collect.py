@@ -17,6 +17,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
+from conftest import signal_when  # noqa: E402
+
 from latbench import home  # noqa: E402
 from latbench.collect import Collector, plan_batches, space_items  # noqa: E402
 from latbench.ops import Network, OpSpec  # noqa: E402
@@ -279,7 +281,6 @@ def test_ctrl_c_in_a_batch_keeps_the_models_it_had_finished(warm_home, make_prof
                                                               default_sigterm):
     """A stopped run's finished models are stored (status partial); the one it was on is not.
     The batch's error says which stopped it."""
-    import threading
 
     name = make_profile("ctrlc-mid", protocol={"batch_size": 3, "rounds": 1})
     profile = load_profile(name)
@@ -295,15 +296,8 @@ def test_ctrl_c_in_a_batch_keeps_the_models_it_had_finished(warm_home, make_prof
         real_run = collector.transport.run
         collector.transport.run = lambda argv, timeout_s: real_run(["sh", "-c", script], timeout_s)
 
-        def interrupt_once_printed():
-            deadline = time.monotonic() + 30
-            while not printed.exists() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            os.kill(os.getpid(), sig)
-
-        threading.Thread(target=interrupt_once_printed, daemon=True).start()
         started = time.monotonic()
-        with pytest.raises(KeyboardInterrupt):
+        with signal_when(printed, sig), pytest.raises(KeyboardInterrupt):
             collector.run(plan)
         assert time.monotonic() - started < 20, "the stopped run was waited for"
         first, second, third = plan.batches[0]

@@ -26,7 +26,7 @@ ray = pytest.importorskip("ray", reason="the device farm needs Ray: pip install 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from conftest import FAST_PROFILE_NAME as DEVICE, write_profile  # noqa: E402
+from conftest import FAST_PROFILE_NAME as DEVICE, signal_when, write_profile  # noqa: E402
 
 from latbench import home  # noqa: E402
 from latbench.errors import LatbenchError, UsageError  # noqa: E402
@@ -126,7 +126,9 @@ def unit_states() -> dict[str, str]:
 
 
 def collect_on_farm(keys: int, on_event=None, device: str = DEVICE, **options):
-    """Collect the first `keys` ops of fbnet-cifar with the head's profile over the farm."""
+    """Collect the first `keys` ops of fbnet-cifar with the head's profile over the farm. A unit
+    the last test's collection still holds may take a loaded host a while to show free."""
+    options.setdefault("busy_wait_s", 30)
     profile = load_profile(device)
     with Store(home.db_path()) as store, FarmCollector(profile, store, address=None, on_event=on_event,
                                                       **options) as collector:
@@ -416,7 +418,7 @@ def test_a_collection_splits_over_the_pool_and_records_each_unit(farm, warm_home
     assert all(states[u.name][1] and states[u.name][2] for u in (farm.local, farm.ssh))
     (queue,) = [c for c in during["collections"] if c["device"] == DEVICE]
     assert queue["total"] == 16 and queue["queued_batches"] + len(queue["running"]) <= 8
-    wait_for(lambda: set(unit_states().values()) == {"free"}, 10, "units released")
+    wait_for(lambda: set(unit_states().values()) == {"free"}, 60, "units released")
 
 
 def test_a_units_batch_waits_while_its_hardware_is_measured_by_another(farm, warm_home, make_profile):
@@ -426,19 +428,24 @@ def test_a_units_batch_waits_while_its_hardware_is_measured_by_another(farm, war
     make_profile(DEVICE, protocol={"batch_size": 2})
     local_profile = parse_profile(farm.homes[farm.local.name] / "devices" / f"{DEVICE}.yaml")
     released = {}
-
-    def hold_then_release(lock):  # a plain `latbench collect` on the agent's host, 2 s long
-        time.sleep(2)
-        released["at"] = time.time()
-        lock.__exit__(None, None, None)
+    # a plain `latbench collect` on the agent's host, until the other unit has stored a batch:
+    # the local unit's batch surely waits, however slow this host is
     lock = device_lock(local_profile, farm.homes[farm.local.name] / "locks")
     lock.__enter__()
-    threading.Thread(target=hold_then_release, args=(lock,)).start()
-    plan, report = collect_on_farm(4)
+
+    def release_after_the_other_units_batch(stage, done, total, info):
+        if stage == "measure" and info["unit"] == farm.ssh.name and not released:
+            released["at"] = time.time()
+            lock.__exit__(None, None, None)
+    try:
+        plan, report = collect_on_farm(4, on_event=release_after_the_other_units_batch)
+    finally:
+        if not released:
+            lock.__exit__(None, None, None)
     check_each_pair_stored_once(plan, 4)
     with sqlite3.connect(home.db_path()) as conn:
         started = [t for (t,) in conn.execute("SELECT started_at FROM batches WHERE unit=?", (farm.local.name,))]
-    assert started and min(started) >= released["at"] - 0.05  # not one batch timed beside the holder
+    assert released and started and min(started) >= released["at"] - 0.05  # none timed beside the holder
     assert report.measured == 8 and not report.failed
 
 
@@ -465,7 +472,7 @@ def test_a_unit_with_other_settings_is_refused(farm, warm_home, make_profile):
     assert DEVICE in text and "@agent-" in text
     with sqlite3.connect(home.db_path()) as conn:
         assert conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 0
-    wait_for(lambda: set(unit_states().values()) == {"free"}, 10, "units released")
+    wait_for(lambda: set(unit_states().values()) == {"free"}, 60, "units released")
 
 
 def test_a_crashed_unit_worker_is_restarted_and_its_batch_retried_by_ray(farm, warm_home, make_profile):
@@ -564,21 +571,13 @@ def test_ctrl_c_on_the_head_keeps_the_models_a_units_batch_had_finished(farm, wa
     node = farm.add_agent(unit, tmp_path / "agent-e", write_profile(tmp_path / "agent-e", device,
                                                                     python=str(python), protocol=protocol))
 
-    def ctrl_c_once_printed():
-        deadline = time.monotonic() + 90
-        while not printed.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        signalled.append(time.monotonic())
-        os.kill(os.getpid(), sig)
-
-    events, signalled = [], []
+    events = []
     try:
         with Store(home.db_path()) as store, FarmCollector(
                 load_profile(device), store, address=None,
                 on_event=lambda stage, done, total, info: events.append((stage, info))) as collector:
             plan = collector.plan(OPS[:4])
-            threading.Thread(target=ctrl_c_once_printed, daemon=True).start()
-            with pytest.raises(KeyboardInterrupt):
+            with signal_when(printed, sig, timeout_s=90) as signalled, pytest.raises(KeyboardInterrupt):
                 collector.run(plan)
             stopped_at = time.monotonic()
             assert printed.exists()
@@ -589,7 +588,9 @@ def test_ctrl_c_on_the_head_keeps_the_models_a_units_batch_had_finished(farm, wa
                 (unit.name, "partial", 4, f"stopped by {by} on the head")]
             assert conn.execute("SELECT COUNT(*) FROM measurements WHERE unit = ?", (unit.name,)).fetchone() == (2,)
         assert [(info["by"], info["wait_s"]) for stage, info in events if stage == "stopping"] == [(by, 20)]
-        assert stopped_at - signalled[0] < 15, "the unit's stopped batch was not back at once"
+        # the run hangs for hours: back within a minute is back because it was stopped (the
+        # margin is for a loaded host starting the stop task's worker)
+        assert stopped_at - signalled[0] < 60, "the unit's stopped batch was not back at once"
         assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode != 0
         wait_for(lambda: unit_states().get(unit.name) == "free", 30, "the stopped unit to be free again")
     finally:
@@ -636,14 +637,14 @@ def test_ctrl_c_reaches_a_unit_worker_ray_restarted_since_the_head_heard_from_it
 
     try:
         with Store(home.db_path()) as store, FarmCollector(load_profile(device), store, address=None,
-                                                           on_event=on_event) as collector:
-            plan = collector.plan(OPS[:8])
+                                                           on_event=on_event, lost_after_s=120) as collector:
+            plan = collector.plan(OPS[:8])  # lost_after_s: the rejoin may take a loaded host a while
             threading.Thread(target=crash_then_ctrl_c, daemon=True).start()
             with pytest.raises(KeyboardInterrupt):
                 collector.run(plan)
             assert collector.units[unit.name].pid == pids[0]  # the head never heard from the new one
             assert len(store.measured(plan.context)) == 4 + 2
-        assert time.monotonic() - signalled[0] < 15, "the restarted worker's batch was not back at once"
+        assert time.monotonic() - signalled[0] < 60, "the restarted worker's batch was not back at once"
         with sqlite3.connect(home.db_path()) as conn:
             assert conn.execute("SELECT status, items, error FROM batches ORDER BY id").fetchall() == [
                 ("ok", 4, None), ("partial", 4, "stopped by Ctrl-C on the head")]

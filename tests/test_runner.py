@@ -14,6 +14,8 @@ import pytest
 
 ort = pytest.importorskip("onnxruntime")
 
+from conftest import signal_when  # noqa: E402
+
 from latbench.errors import DeviceError  # noqa: E402
 from latbench.measurement import Measurement  # noqa: E402
 from latbench.profiles import load_profile  # noqa: E402
@@ -332,9 +334,7 @@ def test_a_local_run_past_its_time_hands_on_what_it_printed(fast_profile):
 def test_a_local_run_that_is_stopped_ends_a_tool_under_timeout_too(fast_profile):
     """GNU timeout (in every batch script) puts the tool in a process group of its own: a run
     cut short must end the whole session, or the tool goes on timing after latbench stopped."""
-    import signal
     import subprocess
-    import threading
 
     from latbench.transports import open_transport
 
@@ -348,8 +348,8 @@ def test_a_local_run_that_is_stopped_ends_a_tool_under_timeout_too(fast_profile)
     with pytest.raises(DeviceError, match="took longer"):
         transport.run(["sh", "-c", f"timeout 60 sleep {marker}"], 1)
     assert not running()
-    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt) as stopped:
+    sleeping = lambda: subprocess.run(["pgrep", "-f", f"^sleep {marker}"]).returncode == 0  # noqa: E731
+    with signal_when(sleeping, settle_s=0.1), pytest.raises(KeyboardInterrupt) as stopped:
         transport.run(["sh", "-c", f"echo done; printf cut; timeout 60 sleep {marker}; echo never"], 30)
     assert not running()
     assert stopped.value.partial_stdout == "done\n"  # the runner keeps what had finished
@@ -360,21 +360,18 @@ def test_a_stopped_local_run_keeps_its_output_when_a_process_that_left_the_sessi
     """Killing the session cannot end a process that called setsid: stdout stays open, and
     reading it to the end times out, but what was read by then is still the run's."""
     import signal
-    import threading
 
     from latbench.transports import open_transport
 
     transport = open_transport(load_profile(fast_profile))
     transport.connect()
     pid_file = tmp_path / "escaped.pid"
-    interrupt = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
-    interrupt.start()
     try:
-        with pytest.raises(KeyboardInterrupt) as stopped:
+        with signal_when(lambda: pid_file.exists() and pid_file.read_text().strip(), settle_s=0.1), \
+                pytest.raises(KeyboardInterrupt) as stopped:
             transport.run(["sh", "-c", 'echo done; setsid sleep 60 & echo $! > "$1"; sleep 30',
                            "sh", str(pid_file)], 30)
         assert stopped.value.partial_stdout == "done\n"
     finally:
-        interrupt.cancel()  # a run that ended early must not leave a Ctrl-C for the next test
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), signal.SIGKILL)

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import signal_when
+
 from latbench.errors import DeviceError
 from latbench.profiles import parse_profile
 
@@ -412,14 +414,18 @@ def _running(pattern: str) -> list[str]:
     return found.stdout.split()
 
 
-def _drop(t, after_s: float) -> threading.Thread:
-    """Cut this side of the connection after `after_s`, like a cable pulled mid-run."""
+def _drop(t, ready, settle_s: float = 0.0) -> threading.Thread:
+    """Cut this side of the connection once `ready()` holds (and `settle_s` later, for output
+    in flight to arrive), like a cable pulled mid-run."""
     import socket
 
     sock = t._client.get_transport().sock
 
     def cut() -> None:
-        time.sleep(after_s)
+        deadline = time.monotonic() + 60
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(settle_s)
         sock.shutdown(socket.SHUT_RDWR)
         sock.close()
 
@@ -431,7 +437,7 @@ def _drop(t, after_s: float) -> threading.Thread:
 def test_a_dropped_connection_is_lost_and_its_run_ended_on_reconnect(sshd, tmp_path):
     marker = f"4{time.time() % 1000:.4f}"  # a sleep no one else runs
     with transport_for(make_profile(tmp_path, sshd)) as t:
-        cut = _drop(t, 1.0)
+        cut = _drop(t, lambda: len(_running(f"sleep {marker}")) == 2)
         with pytest.raises(DeviceError) as err:
             t.run(["sh", "-c", "sleep $1 & sleep $1; wait", "sh", marker], 30)
         cut.join()
@@ -450,7 +456,7 @@ def test_a_lost_connection_hands_on_what_the_command_printed(sshd, tmp_path):
     without the pid line the transport adds."""
     marker = f"5{time.time() % 1000:.4f}"
     with transport_for(make_profile(tmp_path, sshd)) as t:
-        cut = _drop(t, 1.5)
+        cut = _drop(t, lambda: _running(f"sleep {marker}"), settle_s=0.3)  # after the echoes
         with pytest.raises(DeviceError) as err:
             t.run(["sh", "-c", 'echo first; echo second; exec sleep "$1"', "sh", marker], 30)
         cut.join()
@@ -468,19 +474,17 @@ def test_a_run_past_its_time_hands_on_what_it_printed(sshd, tmp_path):
 def test_ctrl_c_ends_the_run_on_the_board_too(sshd, tmp_path):
     """sshd does not signal a command without a pty when the client goes: an interrupted run
     would go on timing on the board after the lock was freed."""
-    import signal
 
     marker = f"6{time.time() % 1000:.4f}"
     with transport_for(make_profile(tmp_path, sshd)) as t:
-        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
-        with pytest.raises(KeyboardInterrupt) as stopped:
+        with signal_when(lambda: len(_running(f"sleep {marker}")) == 2, settle_s=0.3), \
+                pytest.raises(KeyboardInterrupt) as stopped:
             t.run(["sh", "-c", "echo done; printf cut; sleep $1 & sleep $1; wait", "sh", marker], 30)
         assert _running(f"sleep {marker}") == []
         assert stopped.value.partial_stdout == "done\n"  # the runner keeps what had finished
         # a tool under GNU timeout (as batch scripts run them) has a process group of its own
-        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
-        with pytest.raises(KeyboardInterrupt):
-            t.run(["sh", "-c", "timeout 60 sleep $1", "sh", marker], 30)
+        with signal_when(lambda: len(_running(f"sleep {marker}")) == 2), pytest.raises(KeyboardInterrupt):
+            t.run(["sh", "-c", "timeout 60 sleep $1", "sh", marker], 30)  # timeout and its sleep
         assert _running(f"sleep {marker}") == []
         assert t.run(["echo", "still here"], 10).stdout == "still here\n"
 
@@ -491,8 +495,11 @@ def test_ctrl_c_keeps_what_was_received_but_not_yet_read(sshd, tmp_path, monkeyp
 
     class Interrupting:  # the wait in which Ctrl-C lands, after the line arrived
         @staticmethod
-        def select(*args):
-            time.sleep(1.0)
+        def select(rlist, *args):
+            deadline = time.monotonic() + 30  # the line is printed once the sleep runs
+            while not (_running(f"sleep {marker}") and rlist[0].recv_ready()) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.3)  # the line may come after the pid line
             raise KeyboardInterrupt
 
     marker = f"7{time.time() % 1000:.4f}"
