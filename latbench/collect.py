@@ -16,16 +16,12 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from latbench.errors import DeviceError, ExportError, Interrupted
-from latbench.measurement import NOISY_IQR_RATIO, Measurement, ReportedMeasurement
+from latbench.measurement import NOISY_IQR_RATIO, UNSTABLE_ROUND_SPREAD, Measurement, ReportedMeasurement
 from latbench.ops import Network, OpSpec
 from latbench.profiles import DeviceProfile
 from latbench.store import Context, Store
 from latbench.runners.base import BatchItem, BatchOutput, make_runner, runner_applies
 from latbench.transports import open_transport
-
-#: A key whose round medians differ by more than this share of their median did not reproduce
-#: within the collection (the device drifted between batches).
-UNSTABLE_ROUND_SPREAD = 0.10
 
 Item = Union[OpSpec, Network]
 #: on_event(stage, done, total, info): stage is "export" or "measure".

@@ -11,6 +11,20 @@ import numpy as np
 #: (torch.utils.benchmark's thresholds).
 NOISY_IQR_RATIO = 0.10
 GROSS_IQR_RATIO = 0.25
+#: A key whose round medians differ by more than this share of their median did not reproduce
+#: within the collection (the device drifted between batches).
+UNSTABLE_ROUND_SPREAD = 0.10
+
+
+def round_spread(medians_ms) -> float | None:
+    """(max - min) / median of one key's round medians (each round a separate runner run):
+    how far apart the rounds are. None for one round: it has no spread to show, and 0.0 would
+    read as perfectly stable."""
+    medians = np.asarray(medians_ms, dtype=np.float64)
+    if medians.size < 2:
+        return None
+    median = float(np.median(medians))
+    return float((medians.max() - medians.min()) / median) if median > 0 else 0.0
 
 
 class _Summary:

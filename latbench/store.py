@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from latbench.errors import StoreError
-from latbench.measurement import Measurement
+from latbench.measurement import Measurement, round_spread
 
 SCHEMA_VERSION = 1
 
@@ -364,9 +364,7 @@ def summarize_rounds(key: str, rows: list[Row]) -> dict:
         "key": key, "kind": rows[0].kind, "median_ms": median,
         "p10_ms": float(np.median([r.p10_ms for r in rows])),
         "p90_ms": float(np.median([r.p90_ms for r in rows])),
-        # One round has no spread to show; 0.0 would read as perfectly stable.
-        "round_spread": (float((medians.max() - medians.min()) / median) if median > 0 else 0.0)
-        if len(rows) > 1 else None,
+        "round_spread": round_spread(medians),
         "rounds": len(rows), "count": int(sum(r.count for r in rows)),
     }
 

@@ -19,12 +19,13 @@ pytest_plugins = ["sshd"]
 
 #: Every row doctor shows once a device answered, in table order.
 ALL_CHECKS = ["profile", "reachable", "auth", "runtime", "device", "cores", "governor",
-              "temperature", "free space"]
+              "temperature", "free space", "steadiness"]
 
 
-def doctor(cli, device: str, *flags: str) -> tuple[subprocess.CompletedProcess, dict[str, dict]]:
-    """Run `latbench doctor --device DEVICE --json FLAGS`; the rows keyed by check, in order."""
-    res = cli("doctor", "--device", device, "--json", *flags)
+def doctor(cli, device: str, *flags: str, probe: bool = False) -> tuple[subprocess.CompletedProcess, dict[str, dict]]:
+    """Run `latbench doctor --device DEVICE --json FLAGS` (with --no-probe unless `probe`: the
+    steadiness probe times an op for seconds); the rows keyed by check, in order."""
+    res = cli("doctor", "--device", device, "--json", *flags, *(() if probe else ("--no-probe",)))
     assert "Traceback" not in res.stderr + res.stdout, res.stderr
     rows = json.loads(res.stdout)
     assert len({r["check"] for r in rows}) == len(rows), rows  # one row per check
@@ -60,6 +61,18 @@ def assert_free_space(row: dict, workdir: Path) -> None:
     assert abs(int(m.group(1)) - free_mib) <= max(256, 0.05 * free_mib), (row, free_mib)
 
 
+def assert_steadiness(row: dict) -> None:
+    """The probe ran its 5 separate runs, and the status follows its round spread (ok up to
+    10%; a warning with its fix above: this host's neighbours may well make it one)."""
+    m = re.search(r" in 5 separate runs \([\d.]+ s\): medians ([\d.]+)-([\d.]+) ms, round spread "
+                  r"([\d.]+)%; within a run IQR/median [\d.]+%", row["detail"])
+    assert m, row
+    low, high, spread = (float(v) for v in m.groups())
+    assert 0 < low <= high and spread >= 0
+    assert row["status"] == ("ok" if spread <= 10 else "warn"), row
+    assert bool(row["fix"]) == (row["status"] == "warn"), row
+
+
 def fingerprint(pub: Path) -> str:
     """OpenSSH's own SHA256 fingerprint of a public key file."""
     out = subprocess.run(["ssh-keygen", "-lf", str(pub)], check=True, capture_output=True, text=True)
@@ -82,9 +95,10 @@ def bare_python(tmp_path_factory) -> str:
 
 def test_doctor_on_this_host_passes(latbench_cli, latbench_home):
     version = ort_version()
-    res, rows = doctor(latbench_cli, "local")
+    res, rows = doctor(latbench_cli, "local", probe=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert list(rows) == ALL_CHECKS
+    assert_steadiness(rows["steadiness"])
     assert all(r["status"] in ("ok", "warn") for r in rows.values()), rows
     assert all(r["fix"] for r in rows.values() if r["status"] == "warn"), rows  # each warning says what to do
     assert f"onnxruntime {version}" in rows["runtime"]["detail"]
@@ -99,11 +113,12 @@ def test_doctor_on_this_host_passes(latbench_cli, latbench_home):
 
 def test_doctor_table_shows_each_row(latbench_cli):
     version = ort_version()
-    res = latbench_cli("doctor", "--device", "local")
+    res = latbench_cli("doctor", "--device", "local", "--no-probe")
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
-    for check in ALL_CHECKS:
+    for check in ALL_CHECKS[:-1]:
         assert re.search(rf"│ {check} +│ (ok|warn) ", res.stdout), (check, res.stdout)
+    assert re.search(r"│ steadiness +│ skipped +│ not run \(--no-probe\)", res.stdout), res.stdout
     assert f"onnxruntime {version}" in res.stdout
 
 
@@ -112,9 +127,10 @@ def test_doctor_table_shows_each_row(latbench_cli):
 def test_doctor_over_ssh_passes(sshd, latbench_cli, make_profile, tmp_path):
     version = ort_version()
     name = ssh_profile(make_profile, tmp_path, sshd)
-    res, rows = doctor(latbench_cli, name)
+    res, rows = doctor(latbench_cli, name, probe=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert list(rows) == ALL_CHECKS
+    assert_steadiness(rows["steadiness"])  # timed on the board, over SSH
     assert all(r["status"] in ("ok", "warn") for r in rows.values()), rows
     assert f"{sshd.user}@{sshd.host}:{sshd.port}" in rows["reachable"]["detail"]
     assert f"onnxruntime {version}" in rows["runtime"]["detail"]
@@ -274,13 +290,13 @@ def test_more_threads_than_cores_is_a_warning(make_profile):
     from latbench.profiles import load_profile
 
     cores = len(os.sched_getaffinity(0))
-    rows = {r["check"]: r for r in diagnose(load_profile(make_profile("crowded", threads=cores + 3)))}
+    rows = {r["check"]: r for r in diagnose(load_profile(make_profile("crowded", threads=cores + 3)), probe=False)}
     assert rows["cores"]["status"] == "warn" and f"is more than the {cores} it may use" in rows["cores"]["detail"]
     assert rows["cores"]["fix"] == f"set threads: {cores} or fewer"
     pinned = make_profile("pinned-one", threads=2, connection={"cpu_mask": "1"})  # 2 threads, 1 core
-    rows = {r["check"]: r for r in diagnose(load_profile(pinned))}
+    rows = {r["check"]: r for r in diagnose(load_profile(pinned), probe=False)}
     assert rows["cores"]["status"] == "warn" and "is more than the 1 it may use" in rows["cores"]["detail"]
-    rows = {r["check"]: r for r in diagnose(load_profile(make_profile("fits", threads=1)))}
+    rows = {r["check"]: r for r in diagnose(load_profile(make_profile("fits", threads=1)), probe=False)}
     assert rows["cores"]["status"] == "ok" and "converter" not in rows  # an onnx profile converts nothing
 
 
@@ -293,6 +309,58 @@ def test_a_tflite_profile_checks_the_converter_on_this_host(monkeypatch):
     def missing():
         raise ExportError("litert-torch is not installed, so .tflite models cannot be made", tflite.INSTALL_HINT)
     monkeypatch.setattr(tflite, "converter_version", missing)
-    rows = {r["check"]: r for r in diagnose(load_profile("local-tflite"))}
+    rows = {r["check"]: r for r in diagnose(load_profile("local-tflite"), probe=False)}
     assert rows["converter"]["status"] == "FAIL" and "litert-torch is not installed" in rows["converter"]["detail"]
     assert rows["converter"]["fix"] == "pip install -e .[tflite]"
+
+
+# ---- the steadiness probe ---------------------------------------------------------------------
+
+class _Runner:
+    """A runner whose runs time the probe op at the given medians, one per run (or fail)."""
+
+    def __init__(self, medians_ms=(), error: str | None = None):
+        self.medians_ms, self.error, self.runs = list(medians_ms), error, []
+
+    def run_batch(self, items):
+        from latbench.runners.base import BatchOutput
+
+        (item,) = items
+        self.runs.append(item.id)
+        if self.error:
+            return BatchOutput(start={}, results={item.id: {"ok": False, "error": self.error}})
+        median = self.medians_ms[len(self.runs) - 1]
+        return BatchOutput(start={}, results={item.id: {"ok": True, "samples_ms": [median * f for f in
+                                                                                 (0.99, 1.0, 1.0, 1.01)]}})
+
+
+@pytest.mark.parametrize("medians_ms, status, spread", [
+    ((1.0, 1.02, 0.99, 1.0, 1.01), "ok", "3.0%"),
+    ((1.0, 1.0, 1.3, 1.0, 1.0), "warn", "30.0%"),  # one run at another speed
+])
+def test_the_steadiness_probe_warns_when_separate_runs_disagree(monkeypatch, make_profile, medians_ms, status,
+                                                                 spread):
+    import latbench.export
+    from latbench.cli.doctor import steadiness_row
+    from latbench.profiles import load_profile
+
+    monkeypatch.setattr(latbench.export, "export", lambda op, fmt: Path("/nonexistent/probe.onnx"))
+    runner = _Runner(medians_ms)
+    check, got, detail, fix = steadiness_row(runner, load_profile(make_profile("probed")))
+    assert (check, got) == ("steadiness", status)
+    assert runner.runs == [f"probe-{i}" for i in range(5)]  # five separate runs, not one batch
+    assert f"medians {min(medians_ms):.4g}-{max(medians_ms):.4g} ms, round spread {spread}" in detail, detail
+    assert "within a run IQR/median 0.5%" in detail  # each run alone looked clean
+    assert ("cpu_mask" in fix and "protocol.rounds" in fix) if status == "warn" else fix == ""
+
+
+def test_a_probe_op_that_fails_on_the_device_is_a_failed_check(monkeypatch, make_profile):
+    import latbench.export
+    from latbench.cli.doctor import steadiness_row
+    from latbench.profiles import load_profile
+
+    monkeypatch.setattr(latbench.export, "export", lambda op, fmt: Path("/nonexistent/probe.onnx"))
+    check, status, detail, fix = steadiness_row(_Runner(error="Unsupported op: Conv"),
+                                                load_profile(make_profile("probed")))
+    assert (check, status) == ("steadiness", "FAIL")
+    assert "did not time on the device: run 1 of 5: Unsupported op: Conv" in detail and fix

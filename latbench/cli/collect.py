@@ -161,7 +161,7 @@ def _trust_notes(report, profile) -> list[str]:
     within-round figure shows) and rounds the stop rule left short of its interval."""
     import numpy as np
 
-    from latbench.collect import UNSTABLE_ROUND_SPREAD
+    from latbench.measurement import UNSTABLE_ROUND_SPREAD
 
     lines = []
     spreads = report.round_spreads

@@ -13,12 +13,18 @@ examples:
 
 Checks: the profile, reachability and authentication, the runtime and its version on the
 device, cores, CPU governors and frequencies, temperatures against the profile's limit,
-and free space in the device's work directory. Exit code 1 when a check fails. While a
-collection measures the device, the checks are skipped (they would disturb its timings)."""
+free space in the device's work directory, and steadiness: one fbnet block timed in 5
+separate runs with the profile's protocol, as a collection's rounds are (a few seconds, plus
+exporting the block once; --no-probe skips it). Runs that disagree by over 10% mean the
+device changes speed and a collection's rounds will disagree too. Exit code 1 when a check
+fails. While a collection measures the device, the checks are skipped (they would disturb
+its timings)."""
 
 MIN_FREE_BYTES = 200 * 1024 * 1024
+#: The checks that read the device's description (`Transport.device_info`), in table order.
+DEVICE_INFO_CHECKS = ("cores", "governor", "temperature", "free space")
 #: The checks that need a connection, in table order.
-INFO_CHECKS = ("runtime", "cores", "governor", "temperature", "free space")
+INFO_CHECKS = ("runtime", *DEVICE_INFO_CHECKS, "steadiness")
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -28,9 +34,11 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--trust-new-host", action="store_true",
                    help="SSH: accept and remember the host key of a board never connected to before")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.add_argument("--no-probe", action="store_true",
+                   help="skip the steadiness check (it times one op on the device for a few seconds)")
 
 
-def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
+def diagnose(profile, trust_new_host: bool = False, probe: bool = True) -> list[dict]:
     """Run every check in order; a failed connection skips the checks that need one. The
     checks start the runtime on the device, so while a collection measures it (it holds the
     hardware's lock, latbench.locks) they are skipped instead of disturbing its timings. The
@@ -41,7 +49,7 @@ def diagnose(profile, trust_new_host: bool = False) -> list[dict]:
     holder = lock_holder(profile)
     if holder:
         return busy_rows(profile, busy_message(profile, holder))
-    return _diagnose(profile, trust_new_host)
+    return _diagnose(profile, trust_new_host, probe)
 
 
 def busy_rows(profile, message: str) -> list[dict]:
@@ -55,7 +63,7 @@ def busy_rows(profile, message: str) -> list[dict]:
     return rows
 
 
-def _diagnose(profile, trust_new_host: bool) -> list[dict]:
+def _diagnose(profile, trust_new_host: bool, probe: bool) -> list[dict]:
     from latbench.errors import DeviceError
     from latbench.runners.base import make_runner
     from latbench.transports import open_transport
@@ -110,8 +118,10 @@ def _diagnose(profile, trust_new_host: bool) -> list[dict]:
             info = {}
             add("device info", "FAIL", str(exc) or "not available", "check the transport")
         runner = make_runner(transport, profile)
+        runtime_ok = False
         try:
             add("runtime", "ok", f"{runner.runtime_version(runner.info())} ({profile.runner} runner)")
+            runtime_ok = True
         except DeviceError as exc:
             add("runtime", "FAIL", exc.message, exc.hint or "")
         if info:
@@ -157,11 +167,49 @@ def _diagnose(profile, trust_new_host: bool) -> list[dict]:
                 add("free space", "warn", f"cannot read the free space in {transport.workdir}",
                     "check that `df` works on the device")
         else:
-            for check in INFO_CHECKS[1:]:
+            for check in DEVICE_INFO_CHECKS:
                 add(check, "skipped", "no device info")
+        if not probe:
+            add("steadiness", "skipped", "not run (--no-probe)")
+        elif not runtime_ok:
+            add("steadiness", "skipped", "the runtime does not start")
+        else:
+            add(*steadiness_row(runner, profile))
     finally:
         transport.close()
     return rows
+
+
+def steadiness_row(runner, profile) -> tuple[str, str, str, str]:
+    """Time the probe op in separate runs (`latbench.probe`): rounds that disagree now will
+    disagree in a collection, and it only says so when it is over."""
+    from latbench.errors import LatbenchError
+    from latbench.export import export
+    from latbench.measurement import UNSTABLE_ROUND_SPREAD
+    from latbench.probe import PROBE_ROUNDS, ProbeError, probe_op, run_probe
+
+    op = probe_op()
+    try:
+        path = export(op, profile.format)
+    except LatbenchError as exc:
+        return ("steadiness", "warn", f"not run: the probe model could not be made: {exc.message}",
+                exc.hint or "")
+    try:
+        result = run_probe(runner, path, op.key, PROBE_ROUNDS)
+    except (ProbeError, LatbenchError) as exc:
+        return ("steadiness", "FAIL", f"{op.key} did not time on the device: {exc}",
+                "fix what the error names: a collection's ops would fail the same way")
+    medians = result.medians_ms
+    detail = (f"{op.key} in {len(medians)} separate runs ({result.wall_s:.1f} s): medians "
+              f"{min(medians):.4g}-{max(medians):.4g} ms, round spread {result.round_spread:.1%}; "
+              f"within a run IQR/median {result.relative_iqr:.1%}")
+    if result.steady:
+        return ("steadiness", "ok", detail, "")
+    return ("steadiness", "warn", detail + f": over {UNSTABLE_ROUND_SPREAD:.0%}, the device changes speed "
+            "between runs, and a collection's rounds will disagree as much",
+            "stop other work on the device, keep it cool, set the governor to performance, pin cores "
+            "(connection.cpu_mask); on a shared VM it is the neighbours: add protocol.rounds and compare "
+            "two collections with benchmarks/stability.py")
 
 
 def noexec_row(profile, workdir: str) -> tuple[str, str, str, str]:
@@ -242,7 +290,7 @@ def run(args) -> int:
         output.print_json([{"check": "profile", "status": "FAIL", "detail": exc.message,
                             "fix": exc.hint or ""}])
         return exc.exit_code
-    rows = diagnose(profile, trust_new_host=args.trust_new_host)
+    rows = diagnose(profile, trust_new_host=args.trust_new_host, probe=not args.no_probe)
     if args.json:
         output.print_json(rows)
     else:

@@ -1,0 +1,73 @@
+"""The steadiness probe: one op timed in a few separate runner runs, as a collection's rounds
+are, to tell before a collection whether the device holds its speed.
+
+A device that changes speed from one run to the next (a shared VM's neighbours, a phone
+throttling or parking cores, a board on the powersave governor) gives rounds that disagree,
+and a collection only says so when it is over. The probe is the same measurement, shortened:
+the same runner, transport and protocol, `rounds` runs of one fbnet block.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from latbench.measurement import UNSTABLE_ROUND_SPREAD, round_spread
+from latbench.runners.base import BatchItem, Runner
+
+#: The probe's op: an fbnet-cifar block from the middle of the space (k3 e3 at 16x16, 32->64,
+#: stride 2), so it times like the ops a collection measures.
+PROBE_LAYER, PROBE_CANDIDATE = 9, 2
+PROBE_ROUNDS = 5
+
+
+@dataclass
+class ProbeResult:
+    key: str
+    rounds: list  # one Measurement (or a tool's ReportedMeasurement) per runner run
+    wall_s: float
+
+    @property
+    def medians_ms(self) -> list[float]:
+        return [m.median_ms for m in self.rounds]
+
+    @property
+    def round_spread(self) -> float:
+        return round_spread(self.medians_ms) or 0.0
+
+    @property
+    def relative_iqr(self) -> float:
+        """Median of the rounds' IQR / median: the noise within a run."""
+        return float(np.median([m.relative_iqr for m in self.rounds]))
+
+    @property
+    def steady(self) -> bool:
+        return self.round_spread <= UNSTABLE_ROUND_SPREAD
+
+
+class ProbeError(Exception):
+    """The probe op did not time on the device (the message says why)."""
+
+
+def probe_op():
+    from latbench.spaces import get_space
+
+    return get_space("fbnet-cifar").candidate_op(PROBE_LAYER, PROBE_CANDIDATE)
+
+
+def run_probe(runner: Runner, model_path, key: str, rounds: int = PROBE_ROUNDS) -> ProbeResult:
+    """Time the model at `model_path` in `rounds` separate runs of `runner`."""
+    from latbench.collect import measurement_from_result
+
+    measured = []
+    start = time.perf_counter()
+    for i in range(rounds):
+        out = runner.run_batch([BatchItem(f"probe-{i}", model_path)])
+        result = out.results.get(f"probe-{i}")
+        if not result or not result.get("ok"):
+            why = (result or {}).get("error") or out.error or "the runner printed no result"
+            raise ProbeError(f"run {i + 1} of {rounds}: {why}")
+        measured.append(measurement_from_result(key, result))
+    return ProbeResult(key, measured, time.perf_counter() - start)
