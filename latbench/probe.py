@@ -46,6 +46,11 @@ class ProbeResult:
     def steady(self) -> bool:
         return self.round_spread <= UNSTABLE_ROUND_SPREAD
 
+    @property
+    def estimated(self) -> bool:
+        """Whether the figures are a tool's mean and std, not its samples (`ReportedMeasurement`)."""
+        return any(getattr(m, "estimated", ()) for m in self.rounds)
+
 
 class ProbeError(Exception):
     """The probe op did not time on the device (the message says why)."""
@@ -69,5 +74,8 @@ def run_probe(runner: Runner, model_path, key: str, rounds: int = PROBE_ROUNDS) 
         if not result or not result.get("ok"):
             why = (result or {}).get("error") or out.error or "the runner printed no result"
             raise ProbeError(f"run {i + 1} of {rounds}: {why}")
-        measured.append(measurement_from_result(key, result))
+        try:
+            measured.append(measurement_from_result(key, result))
+        except (KeyError, ValueError) as exc:  # as a collection stores it: an unreadable result
+            raise ProbeError(f"run {i + 1} of {rounds}: unreadable result: {exc}") from None
     return ProbeResult(key, measured, time.perf_counter() - start)

@@ -15,7 +15,8 @@ Checks: the profile, reachability and authentication, the runtime and its versio
 device, cores, CPU governors and frequencies, temperatures against the profile's limit,
 free space in the device's work directory, and steadiness: one fbnet block timed in 5
 separate runs with the profile's protocol, as a collection's rounds are (a few seconds, plus
-exporting the block once; --no-probe skips it). Runs that disagree by over 10% mean the
+exporting the block once, and on trtexec building its engine once; --no-probe skips it), holding
+the hardware's lock as a collection does. Runs that disagree by over 10% mean the
 device changes speed and a collection's rounds will disagree too. Exit code 1 when a check
 fails. While a collection measures the device, the checks are skipped (they would disturb
 its timings)."""
@@ -182,9 +183,12 @@ def _diagnose(profile, trust_new_host: bool, probe: bool) -> list[dict]:
 
 def steadiness_row(runner, profile) -> tuple[str, str, str, str]:
     """Time the probe op in separate runs (`latbench.probe`): rounds that disagree now will
-    disagree in a collection, and it only says so when it is over."""
+    disagree in a collection, and it only says so when it is over. The probe holds the
+    hardware's lock, as a collection does: one started meanwhile waits for it or is refused,
+    instead of timing beside it."""
     from latbench.errors import LatbenchError
     from latbench.export import export
+    from latbench.locks import HardwareBusy, device_lock
     from latbench.measurement import UNSTABLE_ROUND_SPREAD
     from latbench.probe import PROBE_ROUNDS, ProbeError, probe_op, run_probe
 
@@ -194,15 +198,24 @@ def steadiness_row(runner, profile) -> tuple[str, str, str, str]:
     except LatbenchError as exc:
         return ("steadiness", "warn", f"not run: the probe model could not be made: {exc.message}",
                 exc.hint or "")
+    except Exception as exc:  # the exporter's own failure (torch, onnx): one row, not a traceback
+        return ("steadiness", "warn", f"not run: the probe model could not be made: "
+                f"{type(exc).__name__}: {exc}",
+                f"`latbench --debug collect --device {profile.name} --limit 1` shows the whole error")
     try:
-        result = run_probe(runner, path, op.key, PROBE_ROUNDS)
-    except (ProbeError, LatbenchError) as exc:
+        with device_lock(profile):
+            result = run_probe(runner, path, op.key, PROBE_ROUNDS)
+    except HardwareBusy as exc:
+        return ("steadiness", "skipped", f"a collection started meanwhile: {exc.message}", "")
+    except (ProbeError, LatbenchError, OSError) as exc:
         return ("steadiness", "FAIL", f"{op.key} did not time on the device: {exc}",
                 "fix what the error names: a collection's ops would fail the same way")
     medians = result.medians_ms
     detail = (f"{op.key} in {len(medians)} separate runs ({result.wall_s:.1f} s): medians "
               f"{min(medians):.4g}-{max(medians):.4g} ms, round spread {result.round_spread:.1%}; "
               f"within a run IQR/median {result.relative_iqr:.1%}")
+    if result.estimated:
+        detail += f" ({profile.runner} printed a mean and std: the medians and IQR are estimated from them)"
     if result.steady:
         return ("steadiness", "ok", detail, "")
     return ("steadiness", "warn", detail + f": over {UNSTABLE_ROUND_SPREAD:.0%}, the device changes speed "
