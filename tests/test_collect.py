@@ -149,6 +149,7 @@ def test_the_summary_says_when_rounds_disagree_and_when_the_stop_rule_fell_short
     first, second = _trust_notes(drifting, profile)
     assert "2 differ by over 10%: the device drifted between batches; the highest 1-minute load seen was " \
            "2.5 on 2 usable cores" in first
+    assert "`latbench doctor --device trust` tells in seconds whether it holds its speed" in first
     assert second.startswith("3 measurement(s) reached max_runs or max_time_s before their median was within +-0.5%")
     assert _trust_notes(Report(planned=1, already=0), profile) == []  # one round: nothing to compare
 

@@ -173,7 +173,8 @@ def _trust_notes(report, profile) -> list[str]:
                     f"; the highest 1-minute load seen was {report.max_load_1m:.1f}"
                     + (f" on {len(report.cpus)} usable cores" if report.cpus else ""))
             line += (f"; {report.unstable} differ by over {UNSTABLE_ROUND_SPREAD:.0%}: the device drifted "
-                     f"between batches{load}. Quiet it (or pin cores with cpu_mask) and compare two "
+                     f"between batches{load}. Quiet it (or pin cores with cpu_mask; `latbench doctor --device "
+                     f"{profile.name}` tells in seconds whether it holds its speed) and compare two "
                      f"collections with benchmarks/stability.py before trusting small differences")
         lines.append(line)
     if report.short_of_ci:
