@@ -21,6 +21,9 @@ from latbench.runners.base import BatchItem, Runner
 #: stride 2), so it times like the ops a collection measures.
 PROBE_LAYER, PROBE_CANDIDATE = 9, 2
 PROBE_ROUNDS = 5
+#: Pause between the runs: the probe then spans a few seconds, not one (a shared host's speed
+#: changes from one second to the next; slower drift shows only in a collection's rounds).
+PROBE_GAP_S = 0.5
 
 
 @dataclass
@@ -62,13 +65,17 @@ def probe_op():
     return get_space("fbnet-cifar").candidate_op(PROBE_LAYER, PROBE_CANDIDATE)
 
 
-def run_probe(runner: Runner, model_path, key: str, rounds: int = PROBE_ROUNDS) -> ProbeResult:
-    """Time the model at `model_path` in `rounds` separate runs of `runner`."""
+def run_probe(runner: Runner, model_path, key: str, rounds: int = PROBE_ROUNDS,
+              gap_s: float | None = None) -> ProbeResult:
+    """Time the model at `model_path` in `rounds` separate runs of `runner`, `gap_s` apart
+    (default `PROBE_GAP_S`)."""
     from latbench.collect import measurement_from_result
 
     measured = []
     start = time.perf_counter()
     for i in range(rounds):
+        if i:
+            time.sleep(PROBE_GAP_S if gap_s is None else gap_s)
         out = runner.run_batch([BatchItem(f"probe-{i}", model_path)])
         result = out.results.get(f"probe-{i}")
         if not result or not result.get("ok"):

@@ -340,9 +340,12 @@ class _Runner:
 
 @pytest.fixture
 def probe_export(monkeypatch):
-    """The probe's model export, replaced (these runners never read the file); set
-    `probe_export.error` to make it fail."""
+    """The probe's model export, replaced (these runners never read the file), and no pause
+    between its runs; set `probe_export.error` to make the export fail."""
     import latbench.export
+    import latbench.probe
+
+    monkeypatch.setattr(latbench.probe, "PROBE_GAP_S", 0.0)
 
     class Export:
         error: Exception | None = None

@@ -14,10 +14,11 @@ examples:
 Checks: the profile, reachability and authentication, the runtime and its version on the
 device, cores, CPU governors and frequencies, temperatures against the profile's limit,
 free space in the device's work directory, and steadiness: one fbnet block timed in 5
-separate runs with the profile's protocol, as a collection's rounds are (a few seconds, plus
-exporting the block once, and on trtexec building its engine once; --no-probe skips it), holding
-the hardware's lock as a collection does. Runs that disagree by over 10% mean the
-device changes speed and a collection's rounds will disagree too. Exit code 1 when a check
+separate runs 0.5 s apart with the profile's protocol, as a collection's rounds are (a few
+seconds, plus exporting the block once, and on trtexec building its engine once; --no-probe
+skips it), holding the hardware's lock as a collection does. Runs that disagree by over 10%
+mean the device changes speed and a collection's rounds will disagree too; slower drift (heat,
+another job starting) shows only in the collection's own reproducibility line. Exit code 1 when a check
 fails. While a collection measures the device, the checks are skipped (they would disturb
 its timings)."""
 
