@@ -52,12 +52,18 @@ def signal_when(ready: Path | Callable[[], bool], sig: int = signal.SIGINT, *, s
     signal's time.monotonic() is put in. Leaving the block cancels a signal not yet sent, so
     none lands in a later test."""
     check = ready.exists if isinstance(ready, Path) else ready
-    cancelled, sending, sent = threading.Event(), threading.Lock(), []
+    cancelled, sending, sent, missed = threading.Event(), threading.Lock(), [], []
 
     def wait_then_signal() -> None:
-        deadline = time.monotonic() + timeout_s  # sent anyway then: the test fails, not hangs
-        while not cancelled.is_set() and not check() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not cancelled.is_set() and not check():
+                if time.monotonic() >= deadline:  # sent anyway, so the run does not hang; then failed
+                    missed.append(f"{ready!r} did not hold within {timeout_s:g} s")
+                    break
+                time.sleep(0.02)
+        except Exception as exc:
+            missed.append(f"{ready!r} raised {exc!r}")
         cancelled.wait(settle_s)
         with sending:
             if not cancelled.is_set():
@@ -72,6 +78,8 @@ def signal_when(ready: Path | Callable[[], bool], sig: int = signal.SIGINT, *, s
         with sending:
             cancelled.set()
         thread.join(5)
+    if missed:
+        pytest.fail(f"signal_when: {missed[0]}: the signal did not come when the run was there")
 
 
 @pytest.fixture

@@ -337,7 +337,7 @@ def test_ctrl_c_ends_a_tool_under_timeout_on_the_phone(tmp_path, peer, adb_key):
 
     marker = f"8{time.time() % 1000:.4f}"
     with open_transport(make_profile(tmp_path, peer.address, adb_key)) as t:
-        sleeping = lambda: subprocess.run(["pgrep", "-f", f"^sleep {marker}"]).returncode == 0  # noqa: E731
+        sleeping = lambda: subprocess.run(["pgrep", "-f", f"^sleep {marker}"], capture_output=True).returncode == 0  # noqa: E731
         with signal_when(sleeping, settle_s=0.3), pytest.raises(KeyboardInterrupt) as stopped:
             t.run(["sh", "-c", f"echo done; printf cut; timeout 60 sleep {marker}"], 30)
         assert stopped.value.partial_stdout == "done\n"  # the runner keeps what had finished

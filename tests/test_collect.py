@@ -277,6 +277,14 @@ def default_sigterm():
     signal.signal(signal.SIGTERM, previous)
 
 
+def test_a_ctrl_c_test_whose_run_never_came_fails():
+    """signal_when still interrupts (the test must not hang), but the test fails: a Ctrl-C that
+    came with no run there tests nothing."""
+    with pytest.raises(pytest.fail.Exception, match="did not hold within 0.2 s"):
+        with signal_when(lambda: False, timeout_s=0.2), pytest.raises(KeyboardInterrupt):
+            time.sleep(30)
+
+
 @pytest.mark.parametrize("sig, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
 def test_ctrl_c_in_a_batch_keeps_the_models_it_had_finished(warm_home, make_profile, tmp_path, sig, by,
                                                               default_sigterm):

@@ -64,7 +64,8 @@ def assert_free_space(row: dict, workdir: Path) -> None:
 def assert_steadiness(row: dict) -> None:
     """The probe ran its 5 separate runs, and the status follows its round spread (ok up to
     10%; a warning with its fix above: this host's neighbours may well make it one)."""
-    m = re.search(r" in 5 separate runs \([\d.]+ s\): medians ([\d.]+)-([\d.]+) ms, round spread "
+    m = re.search(r" in 5 separate runs \([\d.]+ s\): medians ([\d.]+(?:e[+-]\d+)?)-([\d.]+(?:e[+-]\d+)?) ms, spread between runs "
+                  r"\(max - min\) / median "
                   r"([\d.]+)%; within a run IQR/median [\d.]+%", row["detail"])
     assert m, row
     low, high, spread = (float(v) for v in m.groups())
@@ -146,8 +147,10 @@ def test_missing_runtime_fails_with_the_install_command(transport, sshd, latbenc
         name = make_profile("no-ort", python=bare_python)
     else:
         name = ssh_profile(make_profile, tmp_path, sshd, python=bare_python)
-    res, rows = doctor(latbench_cli, name)
+    res, rows = doctor(latbench_cli, name, probe=True)
     assert res.returncode == 1
+    assert rows["steadiness"] == {"check": "steadiness", "status": "skipped",
+                                  "detail": "the runtime does not start", "fix": ""}
     row = rows["runtime"]
     assert row["status"] == "FAIL" and "onnxruntime" in row["detail"] and bare_python in row["detail"]
     # the board's own interpreter installs it: a bare `pip` there may be another Python's
@@ -372,7 +375,8 @@ def test_the_steadiness_probe_warns_when_separate_runs_disagree(probe_export, ma
     check, got, detail, fix = steadiness_row(runner, load_profile(make_profile("probed")))
     assert (check, got) == ("steadiness", status)
     assert runner.runs == [f"probe-{i}" for i in range(5)]  # five separate runs, not one batch
-    assert f"medians {min(medians_ms):.4g}-{max(medians_ms):.4g} ms, round spread {spread}" in detail, detail
+    assert (f"medians {min(medians_ms):.3g}-{max(medians_ms):.3g} ms, spread between runs (max - min) / median "
+            f"{spread}") in detail, detail
     assert "within a run IQR/median 0.5%" in detail  # each run alone looked clean
     assert ("cpu_mask" in fix and "protocol.rounds" in fix) if status == "warn" else fix == ""
 
@@ -383,7 +387,7 @@ def test_the_steadiness_probe_warns_when_separate_runs_disagree(probe_export, ma
     ({"ok": True, "samples_ms": []}, "FAIL", "run 1 of 5: unreadable result: "),
     ("DeviceError", "FAIL", "did not time on the device: lost the connection"),
     ({"ok": True, "summary": {"count": 50, "mean_ms": 2.0, "std_ms": 0.1}}, "ok",
-     "medians 2-2 ms, round spread 0.0%"),  # a tool's mean and std: said to be estimates
+     "medians 2-2 ms, spread between runs (max - min) / median 0.0%"),  # a tool's mean and std
 ])
 def test_a_probe_that_does_not_time_is_one_row_that_says_why(probe_export, make_profile, result, status, detail):
     from latbench.cli.doctor import steadiness_row
@@ -396,7 +400,8 @@ def test_a_probe_that_does_not_time_is_one_row_that_says_why(probe_export, make_
     assert row[:2] == ("steadiness", status) and detail in row[2], row
     assert bool(row[3]) == (status == "FAIL"), row
     reported = isinstance(result, dict) and "summary" in result
-    assert ("printed a mean and std: the medians and IQR are estimated" in row[2]) == reported, row
+    named = "printed no samples: median_ms, p10_ms, p90_ms, q1_ms, q3_ms estimated from what it printed"
+    assert (named in row[2]) == reported, row
 
 
 def test_a_probe_model_that_cannot_be_made_or_a_busy_device_skips_the_probe(probe_export, make_profile):
@@ -417,4 +422,4 @@ def test_a_probe_model_that_cannot_be_made_or_a_busy_device_skips_the_probe(prob
     runner = _Runner((1.0,) * 5)
     with device_lock(profile):  # a collection that started after doctor looked
         row = steadiness_row(runner, profile)
-    assert row[1] == "skipped" and "a collection started meanwhile" in row[2] and runner.runs == []
+    assert row[1] == "skipped" and "the device was taken meanwhile" in row[2] and runner.runs == []

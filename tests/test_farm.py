@@ -573,8 +573,8 @@ def test_ctrl_c_on_the_head_keeps_the_models_a_units_batch_had_finished(farm, wa
 
     events = []
     try:
-        with Store(home.db_path()) as store, FarmCollector(
-                load_profile(device), store, address=None,
+        with Store(home.db_path()) as store, FarmCollector(  # stop_wait_s: back in 60 s means stopped
+                load_profile(device), store, address=None, stop_wait_s=300,
                 on_event=lambda stage, done, total, info: events.append((stage, info))) as collector:
             plan = collector.plan(OPS[:4])
             with signal_when(printed, sig, timeout_s=90) as signalled, pytest.raises(KeyboardInterrupt):
@@ -587,7 +587,7 @@ def test_ctrl_c_on_the_head_keeps_the_models_a_units_batch_had_finished(farm, wa
             assert conn.execute("SELECT unit, status, items, error FROM batches").fetchall() == [
                 (unit.name, "partial", 4, f"stopped by {by} on the head")]
             assert conn.execute("SELECT COUNT(*) FROM measurements WHERE unit = ?", (unit.name,)).fetchone() == (2,)
-        assert [(info["by"], info["wait_s"]) for stage, info in events if stage == "stopping"] == [(by, 20)]
+        assert [(info["by"], info["wait_s"]) for stage, info in events if stage == "stopping"] == [(by, 300)]
         # the run hangs for hours: back within a minute is back because it was stopped (the
         # margin is for a loaded host starting the stop task's worker)
         assert stopped_at - signalled[0] < 60, "the unit's stopped batch was not back at once"
@@ -637,7 +637,8 @@ def test_ctrl_c_reaches_a_unit_worker_ray_restarted_since_the_head_heard_from_it
 
     try:
         with Store(home.db_path()) as store, FarmCollector(load_profile(device), store, address=None,
-                                                           on_event=on_event, lost_after_s=120) as collector:
+                                                           on_event=on_event, lost_after_s=120,
+                                                           stop_wait_s=300) as collector:
             plan = collector.plan(OPS[:8])  # lost_after_s: the rejoin may take a loaded host a while
             threading.Thread(target=crash_then_ctrl_c, daemon=True).start()
             with pytest.raises(KeyboardInterrupt):

@@ -348,7 +348,7 @@ def test_a_local_run_that_is_stopped_ends_a_tool_under_timeout_too(fast_profile)
     with pytest.raises(DeviceError, match="took longer"):
         transport.run(["sh", "-c", f"timeout 60 sleep {marker}"], 1)
     assert not running()
-    sleeping = lambda: subprocess.run(["pgrep", "-f", f"^sleep {marker}"]).returncode == 0  # noqa: E731
+    sleeping = lambda: subprocess.run(["pgrep", "-f", f"^sleep {marker}"], capture_output=True).returncode == 0  # noqa: E731
     with signal_when(sleeping, settle_s=0.1), pytest.raises(KeyboardInterrupt) as stopped:
         transport.run(["sh", "-c", f"echo done; printf cut; timeout 60 sleep {marker}; echo never"], 30)
     assert not running()

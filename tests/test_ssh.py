@@ -483,7 +483,8 @@ def test_ctrl_c_ends_the_run_on_the_board_too(sshd, tmp_path):
         assert _running(f"sleep {marker}") == []
         assert stopped.value.partial_stdout == "done\n"  # the runner keeps what had finished
         # a tool under GNU timeout (as batch scripts run them) has a process group of its own
-        with signal_when(lambda: len(_running(f"sleep {marker}")) == 2), pytest.raises(KeyboardInterrupt):
+        with signal_when(lambda: len(_running(f"sleep {marker}")) == 2, settle_s=0.3), \
+                pytest.raises(KeyboardInterrupt):
             t.run(["sh", "-c", "timeout 60 sleep $1", "sh", marker], 30)  # timeout and its sleep
         assert _running(f"sleep {marker}") == []
         assert t.run(["echo", "still here"], 10).stdout == "still here\n"

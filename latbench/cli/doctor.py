@@ -207,23 +207,24 @@ def steadiness_row(runner, profile) -> tuple[str, str, str, str]:
         with device_lock(profile):
             result = run_probe(runner, path, op.key, PROBE_ROUNDS)
     except HardwareBusy as exc:
-        return ("steadiness", "skipped", f"a collection started meanwhile: {exc.message}", "")
+        return ("steadiness", "skipped", f"the device was taken meanwhile: {exc.message}", "")
     except (ProbeError, LatbenchError, OSError) as exc:
         return ("steadiness", "FAIL", f"{op.key} did not time on the device: {exc}",
                 "fix what the error names: a collection's ops would fail the same way")
     medians = result.medians_ms
     detail = (f"{op.key} in {len(medians)} separate runs ({result.wall_s:.1f} s): medians "
-              f"{min(medians):.4g}-{max(medians):.4g} ms, round spread {result.round_spread:.1%}; "
-              f"within a run IQR/median {result.relative_iqr:.1%}")
+              f"{min(medians):.3g}-{max(medians):.3g} ms, spread between runs (max - min) / median "
+              f"{result.round_spread:.1%}; within a run IQR/median {result.relative_iqr:.1%}")
     if result.estimated:
-        detail += f" ({profile.runner} printed a mean and std: the medians and IQR are estimated from them)"
+        detail += (f" ({profile.runner} printed no samples: {', '.join(result.estimated)} estimated from "
+                   "what it printed)")
     if result.steady:
         return ("steadiness", "ok", detail, "")
     return ("steadiness", "warn", detail + f": over {UNSTABLE_ROUND_SPREAD:.0%}, the device changes speed "
             "between runs, and a collection's rounds will disagree as much",
             "stop other work on the device, keep it cool, set the governor to performance, pin cores "
-            "(connection.cpu_mask); on a shared VM it is the neighbours: add protocol.rounds and compare "
-            "two collections with benchmarks/stability.py")
+            "(connection.cpu_mask); on a shared VM it is the neighbours: raise protocol.rounds and "
+            "compare two collections with benchmarks/stability.py")
 
 
 def noexec_row(profile, workdir: str) -> tuple[str, str, str, str]:
