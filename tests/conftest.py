@@ -43,6 +43,13 @@ CACHED_NETWORKS = 2
 os.environ["LATBENCH_LOCK_DIR"] = tempfile.mkdtemp(prefix="latbench-test-locks-")
 
 
+def running(pattern: str) -> list[str]:
+    """Pids of the processes on this host (also the test sshd's board and the adb peer's phone)
+    whose command line matches `pattern` (pgrep -f): a run surely started, or its leftovers."""
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return found.stdout.split()
+
+
 @contextlib.contextmanager
 def signal_when(ready: Path | Callable[[], bool], sig: int = signal.SIGINT, *, settle_s: float = 0.0,
                 timeout_s: float = 60.0):

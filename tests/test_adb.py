@@ -26,7 +26,7 @@ import yaml
 pytest.importorskip("adb_shell", reason="the adb transport needs adb-shell, a latbench dependency: pip install -e .")
 
 from adb_peer import AdbPeer, parse_android_pubkey, write_keypair  # noqa: E402
-from conftest import signal_when  # noqa: E402
+from conftest import running, signal_when  # noqa: E402
 
 from latbench.errors import DeviceError, ProfileError  # noqa: E402
 from latbench.profiles import CONNECTION_FIELDS, parse_profile  # noqa: E402
@@ -333,34 +333,30 @@ def test_a_silent_command_longer_than_the_connect_timeout_is_waited_for(tmp_path
 def test_ctrl_c_ends_a_tool_under_timeout_on_the_phone(tmp_path, peer, adb_key):
     """GNU timeout (in every batch script) gives the tool a process group of its own, which
     hanging up the shell does not reach: Ctrl-C must end the run's whole session."""
-    import subprocess
-
     marker = f"8{time.time() % 1000:.4f}"
     with open_transport(make_profile(tmp_path, peer.address, adb_key)) as t:
-        sleeping = lambda: subprocess.run(["pgrep", "-f", f"^sleep {marker}"], capture_output=True).returncode == 0  # noqa: E731
-        with signal_when(sleeping, settle_s=0.3), pytest.raises(KeyboardInterrupt) as stopped:
+        with signal_when(lambda: running(f"^sleep {marker}"), settle_s=0.3), \
+                pytest.raises(KeyboardInterrupt) as stopped:
             t.run(["sh", "-c", f"echo done; printf cut; timeout 60 sleep {marker}"], 30)
         assert stopped.value.partial_stdout == "done\n"  # the runner keeps what had finished
         deadline = time.monotonic() + 5
-        while subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 0:
+        while running(f"sleep {marker}"):
             assert time.monotonic() < deadline, "the tool still runs on the phone"
             time.sleep(0.1)
         assert t.run(["echo", "still usable"], 10).stdout == "still usable\n"
 
 
 def test_a_run_of_a_dropped_connection_is_ended_on_reconnect(tmp_path, peer, adb_key):
-    import subprocess
-
     marker = f"9{time.time() % 1000:.4f}"
     peer.on_output = lambda command, chunk: "drop" if b"started" in chunk else None
     with open_transport(make_profile(tmp_path, peer.address, adb_key)) as t:
         with pytest.raises(DeviceError, match="lost the adb connection"):
             t.run(["sh", "-c", f"echo started; exec timeout 60 sleep {marker}"], 30)
         peer.on_output = None
-        assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 0
+        assert running(f"sleep {marker}")
         assert t.run(["echo", "again"], 10).stdout == "again\n"  # reconnects, and first ends that run
         deadline = time.monotonic() + 5
-        while subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 0:
+        while running(f"sleep {marker}"):
             assert time.monotonic() < deadline, "the run of the dropped connection still times"
             time.sleep(0.1)
 

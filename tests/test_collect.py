@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from conftest import signal_when  # noqa: E402
+from conftest import running, signal_when  # noqa: E402
 
 from latbench import home  # noqa: E402
 from latbench.collect import Collector, plan_batches, space_items  # noqa: E402
@@ -315,7 +315,7 @@ def test_ctrl_c_in_a_batch_keeps_the_models_it_had_finished(warm_home, make_prof
     with sqlite3.connect(home.db_path()) as conn:
         assert conn.execute("SELECT status, items, error FROM batches").fetchall() == [
             ("partial", 3, f"stopped by {by}")]
-    assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode != 0
+    assert not running(f"sleep {marker}")
 
 
 # ---- a device that stays down, and two collections at once ------------------------------

@@ -26,7 +26,7 @@ ray = pytest.importorskip("ray", reason="the device farm needs Ray: pip install 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from conftest import FAST_PROFILE_NAME as DEVICE, signal_when, write_profile  # noqa: E402
+from conftest import FAST_PROFILE_NAME as DEVICE, running, signal_when, write_profile  # noqa: E402
 
 from latbench import home  # noqa: E402
 from latbench.errors import LatbenchError, UsageError  # noqa: E402
@@ -591,7 +591,7 @@ def test_ctrl_c_on_the_head_keeps_the_models_a_units_batch_had_finished(farm, wa
         # the run hangs for hours: back within a minute is back because it was stopped (the
         # margin is for a loaded host starting the stop task's worker)
         assert stopped_at - signalled[0] < 60, "the unit's stopped batch was not back at once"
-        assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode != 0
+        assert not running(f"sleep {marker}")
         wait_for(lambda: unit_states().get(unit.name) == "free", 30, "the stopped unit to be free again")
     finally:
         farm.cluster.remove_node(node)
@@ -649,7 +649,7 @@ def test_ctrl_c_reaches_a_unit_worker_ray_restarted_since_the_head_heard_from_it
         with sqlite3.connect(home.db_path()) as conn:
             assert conn.execute("SELECT status, items, error FROM batches ORDER BY id").fetchall() == [
                 ("ok", 4, None), ("partial", 4, "stopped by Ctrl-C on the head")]
-        assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode != 0
+        assert not running(f"sleep {marker}")
     finally:
         subprocess.run(["pkill", "-f", f"sleep 1?{marker}"])  # run 2's, orphaned by the crash
         for node in nodes:

@@ -14,7 +14,7 @@ import pytest
 
 ort = pytest.importorskip("onnxruntime")
 
-from conftest import signal_when  # noqa: E402
+from conftest import running, signal_when  # noqa: E402
 
 from latbench.errors import DeviceError  # noqa: E402
 from latbench.measurement import Measurement  # noqa: E402
@@ -334,24 +334,18 @@ def test_a_local_run_past_its_time_hands_on_what_it_printed(fast_profile):
 def test_a_local_run_that_is_stopped_ends_a_tool_under_timeout_too(fast_profile):
     """GNU timeout (in every batch script) puts the tool in a process group of its own: a run
     cut short must end the whole session, or the tool goes on timing after latbench stopped."""
-    import subprocess
-
     from latbench.transports import open_transport
 
     transport = open_transport(load_profile(fast_profile))
     transport.connect()
     marker = f"7{time.time() % 1000:.4f}"
-
-    def running() -> bool:
-        return subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 0
-
     with pytest.raises(DeviceError, match="took longer"):
         transport.run(["sh", "-c", f"timeout 60 sleep {marker}"], 1)
-    assert not running()
-    sleeping = lambda: subprocess.run(["pgrep", "-f", f"^sleep {marker}"], capture_output=True).returncode == 0  # noqa: E731
-    with signal_when(sleeping, settle_s=0.1), pytest.raises(KeyboardInterrupt) as stopped:
+    assert not running(f"sleep {marker}")
+    with signal_when(lambda: running(f"^sleep {marker}"), settle_s=0.1), \
+            pytest.raises(KeyboardInterrupt) as stopped:
         transport.run(["sh", "-c", f"echo done; printf cut; timeout 60 sleep {marker}; echo never"], 30)
-    assert not running()
+    assert not running(f"sleep {marker}")
     assert stopped.value.partial_stdout == "done\n"  # the runner keeps what had finished
 
 

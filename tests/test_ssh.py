@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import signal_when
+from conftest import running, signal_when
 
 from latbench.errors import DeviceError
 from latbench.profiles import parse_profile
@@ -404,14 +404,7 @@ def test_run_timeout_kills_the_command(sshd, tmp_path):
         assert "longer than 1 s" in err.value.message and "timeout_s" in err.value.hint
         assert t.run(["echo", "still usable"], 10).stdout == "still usable\n"
     assert 1.0 <= elapsed < 8
-    left = subprocess.run(["pgrep", "-f", f"sleep 3{marker}"], capture_output=True, text=True)
-    assert left.stdout == ""  # the command and its child are gone
-
-
-def _running(pattern: str) -> list[str]:
-    """Pids of processes on this host (the board of the test sshd) whose command line matches."""
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    return found.stdout.split()
+    assert running(f"sleep 3{marker}") == []  # the command and its child are gone
 
 
 def _drop(t, ready, settle_s: float = 0.0) -> threading.Thread:
@@ -437,17 +430,17 @@ def _drop(t, ready, settle_s: float = 0.0) -> threading.Thread:
 def test_a_dropped_connection_is_lost_and_its_run_ended_on_reconnect(sshd, tmp_path):
     marker = f"4{time.time() % 1000:.4f}"  # a sleep no one else runs
     with transport_for(make_profile(tmp_path, sshd)) as t:
-        cut = _drop(t, lambda: len(_running(f"sleep {marker}")) == 2)
+        cut = _drop(t, lambda: len(running(f"sleep {marker}")) == 2)
         with pytest.raises(DeviceError) as err:
             t.run(["sh", "-c", "sleep $1 & sleep $1; wait", "sh", marker], 30)
         cut.join()
         # paramiko's exit status -1 is a lost connection, not "the runner exited with -1"
         assert err.value.message.startswith(f"lost the SSH connection to {t.where} while running sh")
         assert "-1" not in str(err.value) and "re-run" in err.value.hint
-        assert len(_running(f"sleep {marker}")) == 2  # sshd left the run going on the board
+        assert len(running(f"sleep {marker}")) == 2  # sshd left the run going on the board
         # The next command reconnects, and first ends the old run (the sleep and its child).
         assert t.run(["echo", "again"], 10).stdout == "again\n"
-        assert _running(f"sleep {marker}") == []
+        assert running(f"sleep {marker}") == []
         assert t._lost_runs == []
 
 
@@ -456,7 +449,7 @@ def test_a_lost_connection_hands_on_what_the_command_printed(sshd, tmp_path):
     without the pid line the transport adds."""
     marker = f"5{time.time() % 1000:.4f}"
     with transport_for(make_profile(tmp_path, sshd)) as t:
-        cut = _drop(t, lambda: _running(f"sleep {marker}"), settle_s=0.3)  # after the echoes
+        cut = _drop(t, lambda: running(f"sleep {marker}"), settle_s=0.3)  # after the echoes
         with pytest.raises(DeviceError) as err:
             t.run(["sh", "-c", 'echo first; echo second; exec sleep "$1"', "sh", marker], 30)
         cut.join()
@@ -477,16 +470,16 @@ def test_ctrl_c_ends_the_run_on_the_board_too(sshd, tmp_path):
 
     marker = f"6{time.time() % 1000:.4f}"
     with transport_for(make_profile(tmp_path, sshd)) as t:
-        with signal_when(lambda: len(_running(f"sleep {marker}")) == 2, settle_s=0.3), \
+        with signal_when(lambda: len(running(f"sleep {marker}")) == 2, settle_s=0.3), \
                 pytest.raises(KeyboardInterrupt) as stopped:
             t.run(["sh", "-c", "echo done; printf cut; sleep $1 & sleep $1; wait", "sh", marker], 30)
-        assert _running(f"sleep {marker}") == []
+        assert running(f"sleep {marker}") == []
         assert stopped.value.partial_stdout == "done\n"  # the runner keeps what had finished
         # a tool under GNU timeout (as batch scripts run them) has a process group of its own
-        with signal_when(lambda: len(_running(f"sleep {marker}")) == 2, settle_s=0.3), \
+        with signal_when(lambda: len(running(f"sleep {marker}")) == 2, settle_s=0.3), \
                 pytest.raises(KeyboardInterrupt):
             t.run(["sh", "-c", "timeout 60 sleep $1", "sh", marker], 30)  # timeout and its sleep
-        assert _running(f"sleep {marker}") == []
+        assert running(f"sleep {marker}") == []
         assert t.run(["echo", "still here"], 10).stdout == "still here\n"
 
 
@@ -498,7 +491,7 @@ def test_ctrl_c_keeps_what_was_received_but_not_yet_read(sshd, tmp_path, monkeyp
         @staticmethod
         def select(rlist, *args):
             deadline = time.monotonic() + 30  # the line is printed once the sleep runs
-            while not (_running(f"sleep {marker}") and rlist[0].recv_ready()) and time.monotonic() < deadline:
+            while not (running(f"sleep {marker}") and rlist[0].recv_ready()) and time.monotonic() < deadline:
                 time.sleep(0.02)
             time.sleep(0.3)  # the line may come after the pid line
             raise KeyboardInterrupt
@@ -510,7 +503,7 @@ def test_ctrl_c_keeps_what_was_received_but_not_yet_read(sshd, tmp_path, monkeyp
             t.run(["sh", "-c", "sleep 0.2; echo done; exec sleep $1", "sh", marker], 30)
         monkeypatch.undo()
         assert stopped.value.partial_stdout == "done\n"
-        assert _running(f"sleep {marker}") == []  # its pid line was read too: the run was ended
+        assert running(f"sleep {marker}") == []  # its pid line was read too: the run was ended
 
 
 def test_a_shell_killed_by_a_signal_is_not_a_lost_connection(sshd, tmp_path):

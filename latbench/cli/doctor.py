@@ -18,9 +18,9 @@ separate runs 0.5 s apart with the profile's protocol, as a collection's rounds 
 seconds, plus exporting the block once, and on trtexec building its engine once; --no-probe
 skips it), holding the hardware's lock as a collection does. Runs that disagree by over 10%
 mean the device changes speed and a collection's rounds will disagree too; slower drift (heat,
-another job starting) shows only in the collection's own reproducibility line. Exit code 1 when a check
-fails. While a collection measures the device, the checks are skipped (they would disturb
-its timings)."""
+another job starting) shows only in the collection's own reproducibility line. Exit code 1
+when a check fails. While a collection measures the device, the checks are skipped (they would
+disturb its timings)."""
 
 MIN_FREE_BYTES = 200 * 1024 * 1024
 #: The checks that read the device's description (`Transport.device_info`), in table order.
