@@ -130,6 +130,7 @@ class Collector:
         self.transport = open_transport(profile)
         self.runner = None
         self.sigterm_received = False  # set by the SIGTERM handler while open
+        self.ended_runs: list[str] = []
 
     def __enter__(self) -> "Collector":
         from contextlib import ExitStack
@@ -139,8 +140,8 @@ class Collector:
         self._stack = ExitStack()
         try:
             self._stop_on_sigterm()
-            if self.lock:
-                self._stack.enter_context(device_lock(self.profile, wait_s=self.lock_wait_s))
+            if self.lock:  # what it ended: runs a collection killed outright left timing
+                self.ended_runs = self._stack.enter_context(device_lock(self.profile, wait_s=self.lock_wait_s))
             self.transport.connect()
             self._stack.callback(self.transport.close)
             self.runner = make_runner(self.transport, self.profile)

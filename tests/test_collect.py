@@ -572,6 +572,18 @@ def test_the_hardware_lock_waits_when_asked_and_refuses_otherwise():
     assert 0.2 < waited < 5
 
 
+def test_a_run_inherits_the_lock_of_its_own_hardware_only(make_profile):
+    from latbench.locks import device_lock, held_lock_fds, lock_path
+
+    here = load_profile("local")
+    board = load_profile(make_profile("board", transport="ssh", connection={"host": "10.0.0.7"}))
+    with device_lock(here), device_lock(board):
+        fds = held_lock_fds(here)
+        assert [os.readlink(f"/proc/self/fd/{fd}") for fd in fds] == [str(lock_path(here).resolve())]
+        assert len(held_lock_fds(board)) == 1 and held_lock_fds(board) != fds
+    assert held_lock_fds(here) == () == held_lock_fds(board)
+
+
 def test_the_lock_file_is_never_opened_through_a_link(tmp_path):
     from latbench.errors import LatbenchError
     from latbench.locks import device_lock, hardware_name
@@ -649,3 +661,46 @@ def test_sigterm_stops_the_runner_too_and_says_cancelled(warm_home, make_profile
                     os.kill(c, signal.SIGKILL)
     assert proc.returncode == 130, log.read_text()
     assert "latbench: cancelled" in log.read_text()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fdinfo"), reason="needs Linux /proc")
+def test_a_run_left_timing_by_a_killed_collect_holds_the_lock_until_the_next_collect_ends_it(
+        warm_home, make_profile, tmp_path, capsys, monkeypatch):
+    """SIGKILL (or the OOM killer) gives a collect no chance to stop its run. The run inherits the
+    hardware lock, so nothing else times beside it; the next collection ends it and says so."""
+    from latbench.cli.main import main
+    from latbench.locks import lock_holder
+
+    started, marker = tmp_path / "started", f"8{time.time() % 1000:.4f}"
+    python = tmp_path / "python-that-hangs-once"  # the first batch run hangs, as a tool timing on
+    python.write_text(f"""#!/bin/sh
+if [ "$1" != info ] && [ ! -e {started} ]; then touch {started}; exec sleep {marker}; fi
+exec {sys.executable} "$@"
+""")
+    python.chmod(0o755)
+    name = make_profile("killed", python=str(python), protocol={"rounds": 1})
+    argv = [sys.executable, "-m", "latbench", "collect", "--device", name, "--limit", "1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(timeout=30)
+        left = running(f"sleep {marker}")
+        assert left, "the run did not time on (this test needs it to)"
+        holder = lock_holder(load_profile(name))  # what doctor's busy row says; it ends nothing
+        assert holder == (f"pid {left[0]} (sleep {marker}), left running when latbench pid {proc.pid}, "
+                          f"device {name} ended (the lock frees when that ends)")
+        assert running(f"sleep {marker}") == left
+        monkeypatch.setattr(sys, "argv", ["latbench"])
+        assert main(["collect", "--device", name, "--limit", "1"]) == 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert (f"ended pid {left[0]} (sleep {marker}), left running when latbench pid {proc.pid}, device "
+                f"{name} ended: its results had no reader") in err, err
+        assert not running(f"sleep {marker}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["pkill", "-f", f"sleep {marker}"])

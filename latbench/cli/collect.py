@@ -16,7 +16,10 @@ examples:
   latbench collect --device local --arch 0-8-3-1-...     # only this network (as `nas search` printed it)
 
 Re-running measures only what is missing; Ctrl-C (or SIGTERM) keeps every finished batch and
-the finished models of the batch in flight (on a farm, of each unit's batch)."""
+the finished models of the batch in flight (on a farm, of each unit's batch). One collection
+measures a device at a time: a second is refused. A run left timing on this host by a collection
+killed outright (kill -9, the OOM killer) keeps the device locked until the next collection
+ends it, saying so."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -79,6 +82,8 @@ def run(args) -> int:
     # Ray's C++ core prints task retries on stdout: with --json, stdout is for the summary alone.
     quiet = output.stdout_to_stderr() if args.json and args.farm else nullcontext()
     with quiet, store, collector:  # a Collector holds the hardware's lock (latbench.locks) while open
+        for run in collector.ended_runs:
+            output.note(ended_line(run), style="yellow")
         plan = collector.plan(items)
         options = describe_options(profile.timed_options)
         output.note(
@@ -108,6 +113,9 @@ def run(args) -> int:
                     if stage == "cooling":
                         bar.console.print(f"device at {info['temperature_c']:.0f} C > "
                                           f"{info['limit_c']:.0f} C: waiting to cool", style="yellow")
+                        return
+                    if stage == "ended":  # a farm unit's worker ended a run a killed worker left
+                        bar.console.print(f"{info['unit']}: {ended_line(info['run'])}", style="yellow")
                         return
                     if stage == "stopping":  # a farm head's Ctrl-C or SIGTERM
                         bar.console.print(f"{info['by']}: stopping the batches of {total} unit(s); up to "
@@ -188,6 +196,10 @@ def retry_line(attempt: int, attempts: int, info: dict) -> str:
     """A failed batch about to be tried again; on a farm, which unit it failed on."""
     where = f" on {info['unit']}" if info.get("unit") else ""
     return f"batch failed{where} ({info['error']}); retry {attempt}/{attempts - 1} in {info['delay_s']:.0f} s"
+
+
+def ended_line(run: str) -> str:
+    return f"ended {run}: its results had no reader, and it would have timed as load"
 
 
 def unit_lines(report) -> list[str]:

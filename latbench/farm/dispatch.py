@@ -370,6 +370,9 @@ class FarmCollector(Collector):
         output = BatchOutput(**result["output"])
         temp = result["temperature_c"]
         self.units[unit].pid = result.get("pid", self.units[unit].pid)
+        for run in result.get("ended_runs", ()):  # left timing by a worker killed outright
+            report.units[unit].setdefault("ended_runs", []).append(run)
+            self.on_event("ended", 0, 0, {"run": run, "unit": unit})
         if temp is not None:
             report.max_temperature_c = max(temp, report.max_temperature_c or temp)
         before = report.measured

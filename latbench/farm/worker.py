@@ -120,14 +120,14 @@ class UnitWorker:
         from latbench.runners.base import BatchItem, BatchOutput
 
         started = time.time()
-        temp = None
+        temp, ended = None, []
         try:
             self._measuring = True  # inside the try: a stop from here on is caught below
             collector = self._open()
             paths = {name: self._model(name, sha, models) for _, name, sha in items}
             # Units of one piece of hardware (local and local-tflite on one host) take turns: the
             # same lock, held for one batch, its cooling wait and temperature probe included.
-            with device_lock(self.profile, wait_s=self.profile.timeout_s):
+            with device_lock(self.profile, wait_s=self.profile.timeout_s) as ended:  # a killed worker's run
                 temp = collector.wait_until_cool(Report())
                 started = time.time()
                 output = collector.runner.run_batch([BatchItem(bid, paths[name]) for bid, name, _ in items])
@@ -141,7 +141,7 @@ class UnitWorker:
         if output.error is not None:
             self.reconnect = True  # as the single-device loop does before its next attempt
         return {"unit": self.unit, "pid": os.getpid(), "started": started, "temperature_c": temp,
-                "output": dataclasses.asdict(output)}
+                "ended_runs": ended, "output": dataclasses.asdict(output)}
 
     def _model(self, name: str, sha: str, models: dict) -> Path:
         """The cached file for `name`, written from the head's bytes when missing or different."""

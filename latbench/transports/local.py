@@ -11,6 +11,7 @@ from pathlib import Path
 
 from latbench import home
 from latbench.errors import DeviceError, Interrupted
+from latbench.processes import session_members
 from latbench.transports.base import CommandResult, Transport, whole_lines
 
 
@@ -72,10 +73,14 @@ class LocalTransport(Transport):
 
     def run(self, argv: list[str], timeout_s: float) -> CommandResult:
         """Run `argv` in a session of its own; on a timeout, Ctrl-C or SIGTERM the whole session
-        is killed (a batch script's `timeout` puts the tool in a process group of its own)."""
+        is killed (a batch script's `timeout` puts the tool in a process group of its own). The run
+        inherits this host's hardware lock, if held: should this process die outright, the lock
+        stays held until the run has ended too (`latbench.locks`)."""
+        from latbench.locks import held_lock_fds
+
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True)
+                                    start_new_session=True, pass_fds=held_lock_fds(self.profile))
         except FileNotFoundError:
             raise DeviceError(f"{argv[0]} not found on this host",
                               f"set `python:` in {self.profile.source}") from None
@@ -104,7 +109,7 @@ def _kill_session(proc: subprocess.Popen) -> str:
     import signal
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        members = _session_members(proc.pid)
+        members = session_members(proc.pid)
         for pid in members:
             try:
                 os.kill(pid, sig)
@@ -115,7 +120,7 @@ def _kill_session(proc: subprocess.Popen) -> str:
                 proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 pass
-            if not _session_members(proc.pid):
+            if not session_members(proc.pid):
                 break
     try:
         stdout, _ = proc.communicate(timeout=5)
@@ -131,23 +136,3 @@ def _text(printed: str | bytes | None) -> str:
     if isinstance(printed, bytes):
         return printed.decode("utf-8", "replace")
     return printed or ""
-
-
-def _session_members(sid: int) -> list[int]:
-    """Pids whose session is `sid` (Linux /proc; elsewhere only the leader)."""
-    found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return [sid]
-    for name in entries:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:  # state, ppid, pgrp, session
-            found.append(int(name))
-    return found
