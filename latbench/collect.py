@@ -130,7 +130,7 @@ class Collector:
         self.transport = open_transport(profile)
         self.runner = None
         self.sigterm_received = False  # set by the SIGTERM handler while open
-        self.ended_runs: list[str] = []
+        self._ended_runs: list[str] = []
 
     def __enter__(self) -> "Collector":
         from contextlib import ExitStack
@@ -140,8 +140,8 @@ class Collector:
         self._stack = ExitStack()
         try:
             self._stop_on_sigterm()
-            if self.lock:  # what it ended: runs a collection killed outright left timing
-                self.ended_runs = self._stack.enter_context(device_lock(self.profile, wait_s=self.lock_wait_s))
+            if self.lock:  # it ends the run a collection killed outright left timing here
+                self._ended_runs = self._stack.enter_context(device_lock(self.profile, wait_s=self.lock_wait_s))
             self.transport.connect()
             self._stack.callback(self.transport.close)
             self.runner = make_runner(self.transport, self.profile)
@@ -152,6 +152,15 @@ class Collector:
 
     def __exit__(self, *exc) -> None:
         self._stack.close()
+
+    def take_ended_runs(self) -> list[str]:
+        """The runs that collections killed outright had left timing on the device, which this
+        one ended (taking the lock here, before a command on a board) since the last call."""
+        ended, self._ended_runs = self._ended_runs, []
+        left = getattr(self.transport, "ended_runs", None)
+        if left:
+            ended, left[:] = ended + left, []
+        return ended
 
     def _stop_on_sigterm(self, over_ray: bool = False) -> None:
         """While open, SIGTERM (`kill PID`, a job scheduler, systemd) stops collection as Ctrl-C
@@ -274,6 +283,8 @@ class Collector:
                     self.store_output(plan, ids, exc.output, started, temp, report)
                 raise
             remaining = self.store_output(plan, ids, output, started, temp, report)
+            for run in self.take_ended_runs():
+                self.on_event("ended", 0, 0, {"run": run})
             if not remaining:
                 report.batches_ok += 1
                 return

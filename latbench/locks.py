@@ -124,6 +124,12 @@ def held_lock_fds(profile) -> tuple[int, ...]:
     return tuple(fd for path, fd in _held.items() if path.name == name)
 
 
+def held_lock_path(profile) -> Path | None:
+    """The lock file of `profile`'s hardware if this process holds it, else None."""
+    name = lock_path(profile, Path()).name
+    return next((path for path in _held if path.name == name), None)
+
+
 def describe_holder(text: str, path: Path) -> tuple[str, list[int]]:
     """Who holds the lock `path`, from what its holder wrote in it ("latbench pid N, device D"),
     and the pids of the runs that hold it since that holder ended (a gone pid; found by /proc)."""

@@ -78,6 +78,11 @@ def run(args) -> int:
                 + (" (theta frozen)" if record["theta_frozen"] else "")))
 
         def measure(stage_name: str, done: int, total: int, info: dict) -> None:
+            if stage_name == "ended":  # a run a killed collection left timing on the device
+                from latbench.cli.collect import ended_line
+
+                note(f"warning: {ended_line(info['run'])}")
+                return
             batch(stage_name, done, total)
 
         def note(line: str) -> None:

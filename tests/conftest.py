@@ -50,6 +50,46 @@ def running(pattern: str) -> list[str]:
     return found.stdout.split()
 
 
+def python_that_hangs_once(folder: Path, marker: str) -> tuple[Path, Path]:
+    """A `python` for a profile: the real one, except that the first batch run (`python
+    pyrunner.py run FILE`) touches `started` and hangs in `sleep MARKER` under `timeout`, as a
+    tool timing on (in a process group of its own, as batch scripts run tools). (path, started)."""
+    started, python = folder / "started", folder / "python-that-hangs-once"
+    python.write_text(f"""#!/bin/sh
+if [ "$2" = run ] && [ ! -e {started} ]; then touch {started}; exec timeout 120 sleep {marker}; fi
+exec {sys.executable} "$@"
+""")
+    python.chmod(0o755)
+    return python, started
+
+
+def collect_in_a_process(profile_path: Path, db: Path, cache_dir: Path, ops: slice) -> subprocess.Popen:
+    """A collection of fbnet-cifar's `ops` in a process of its own (one a test can kill outright)."""
+    script = f"""import sys
+sys.path[:0] = {sys.path!r}
+from pathlib import Path
+from latbench.collect import Collector
+from latbench.profiles import parse_profile
+from latbench.spaces.fbnet import FBNetSpace
+from latbench.store import Store
+with Store(Path({str(db)!r})) as store:
+    with Collector(parse_profile(Path({str(profile_path)!r})), store, cache_dir=Path({str(cache_dir)!r})) as col:
+        col.run(col.plan(FBNetSpace("cifar").ops()[{ops.start}:{ops.stop}]))
+"""
+    return subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_exists(path: Path, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Until `path` exists; fails the test when `proc` ends or `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the process ended before {path.name} was made: {proc.stderr and proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path.name} was not made within {timeout_s:g} s")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def signal_when(ready: Path | Callable[[], bool], sig: int = signal.SIGINT, *, settle_s: float = 0.0,
                 timeout_s: float = 60.0):

@@ -26,7 +26,7 @@ import yaml
 pytest.importorskip("adb_shell", reason="the adb transport needs adb-shell, a latbench dependency: pip install -e .")
 
 from adb_peer import AdbPeer, parse_android_pubkey, write_keypair  # noqa: E402
-from conftest import running, signal_when  # noqa: E402
+from conftest import collect_in_a_process, python_that_hangs_once, running, signal_when, wait_until_exists  # noqa: E402
 
 from latbench.errors import DeviceError, ProfileError  # noqa: E402
 from latbench.profiles import CONNECTION_FIELDS, parse_profile  # noqa: E402
@@ -62,13 +62,13 @@ def peer(tmp_path: Path, adb_key: Path):
 
 def make_profile(tmp: Path, address: str, key: Path, *, name: str = "adb-test",
                  workdir: Path | None = None, ops_per_batch: int = 2, retry: dict | None = None,
-                 **connection):
+                 python: str = sys.executable, **connection):
     """Write a profile file the way a user would and load it through validation."""
     conn = {"address": address, "adb_key": str(key), "connect_timeout_s": 5, "auth_timeout_s": 2,
             "workdir": str(workdir or tmp / ODD / "work")}
     conn.update(connection)
     data = {"name": name, "transport": "adb", "runner": "python", "runtime": "onnxruntime",
-            "format": "onnx", "threads": 1, "python": sys.executable, "connection": conn,
+            "format": "onnx", "threads": 1, "python": python, "connection": conn,
             "protocol": {"warmup_runs": 1, "warmup_s": 0.0, "runs": 3, "min_time_s": 0.0,
                          "max_runs": 3, "rounds": 1, "batch_size": ops_per_batch},
             "timeout_s": 120}
@@ -878,6 +878,38 @@ def test_collection_rides_out_a_dropped_connection_with_retries(tmp_path, peer, 
 
 
 # ---- bundled profiles ----------------------------------------------------------------------------
+
+def test_a_run_a_killed_collection_left_on_the_phone_is_ended_by_the_next(tmp_path, peer, adb_key, model_cache):
+    """adbd hangs up a command's shell when its client goes, but a tool under `timeout` has a
+    process group of its own and times on: the next collection of the phone ends it, and says so."""
+    pytest.importorskip("onnxruntime", reason="the python runner here needs onnxruntime")
+    from latbench.collect import Collector
+    from latbench.store import Store
+
+    marker = f"9{time.time() % 1000:.4f}"
+    python, started = python_that_hangs_once(tmp_path, marker)
+    profile = make_profile(tmp_path, peer.address, adb_key, python=str(python))
+    proc = collect_in_a_process(Path(profile.source), tmp_path / "latbench.db", model_cache, slice(4, 6))
+    try:
+        wait_until_exists(started, proc)
+        proc.kill()
+        proc.wait(timeout=30)
+        time.sleep(0.5)  # the peer has hung up the shell by now
+        assert running(f"sleep {marker}"), "nothing of the run timed on (this test needs it to)"
+        with Store(tmp_path / "latbench.db") as store:
+            with Collector(profile, store, cache_dir=model_cache) as col:
+                assert running(f"sleep {marker}") == []  # ended at connect, before any batch
+                ended = col.take_ended_runs()
+                report = col.run(col.plan(_ops(2)))
+        assert len(ended) == 1 and re.fullmatch(
+            rf"{re.escape(str(python))} \(pid \d+ on {re.escape(col.transport.where)}\), left running by "
+            rf"latbench pid {proc.pid}, device {re.escape(profile.name)}", ended[0]), ended
+        assert report.measured == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["pkill", "-f", f"sleep {marker}"])
+
 
 def test_pixel3_profile_loads_and_builds_its_runner():
     import device_profiles

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from conftest import running, signal_when  # noqa: E402
+from conftest import python_that_hangs_once, running, signal_when, wait_until_exists  # noqa: E402
 
 from latbench import home  # noqa: E402
 from latbench.collect import Collector, plan_batches, space_items  # noqa: E402
@@ -671,34 +671,28 @@ def test_a_run_left_timing_by_a_killed_collect_holds_the_lock_until_the_next_col
     from latbench.cli.main import main
     from latbench.locks import lock_holder
 
-    started, marker = tmp_path / "started", f"8{time.time() % 1000:.4f}"
-    python = tmp_path / "python-that-hangs-once"  # the first batch run hangs, as a tool timing on
-    python.write_text(f"""#!/bin/sh
-if [ "$1" != info ] && [ ! -e {started} ]; then touch {started}; exec sleep {marker}; fi
-exec {sys.executable} "$@"
-""")
-    python.chmod(0o755)
+    marker = f"8{time.time() % 1000:.4f}"
+    python, started = python_that_hangs_once(tmp_path, marker)
     name = make_profile("killed", python=str(python), protocol={"rounds": 1})
     argv = [sys.executable, "-m", "latbench", "collect", "--device", name, "--limit", "1"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
     try:
-        deadline = time.monotonic() + 120
-        while not started.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the run never started"
-            time.sleep(0.05)
+        wait_until_exists(started, proc)
         proc.kill()
         proc.wait(timeout=30)
-        left = running(f"sleep {marker}")
-        assert left, "the run did not time on (this test needs it to)"
+        left = running(f"sleep {marker}")  # `timeout` and its sleep
+        assert len(left) == 2, "the run did not time on (this test needs it to)"
+        named = ", ".join(f"pid {pid} ({cmd})" for pid, cmd in zip(left, [f"timeout 120 sleep {marker}",
+                                                                          f"sleep {marker}"]))
         holder = lock_holder(load_profile(name))  # what doctor's busy row says; it ends nothing
-        assert holder == (f"pid {left[0]} (sleep {marker}), left running when latbench pid {proc.pid}, "
-                          f"device {name} ended (the lock frees when that ends)")
+        assert holder == (f"{named}, left running when latbench pid {proc.pid}, device {name} ended "
+                          "(the lock frees when that ends)")
         assert running(f"sleep {marker}") == left
         monkeypatch.setattr(sys, "argv", ["latbench"])
         assert main(["collect", "--device", name, "--limit", "1"]) == 0
         err = " ".join(capsys.readouterr().err.split())
-        assert (f"ended pid {left[0]} (sleep {marker}), left running when latbench pid {proc.pid}, device "
-                f"{name} ended: its results had no reader") in err, err
+        assert (f"ended {named}, left running when latbench pid {proc.pid}, device {name} ended: its "
+                "results had no reader") in err, err
         assert not running(f"sleep {marker}")
     finally:
         if proc.poll() is None:

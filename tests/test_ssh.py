@@ -7,6 +7,7 @@ from __future__ import annotations
 import getpass
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import running, signal_when
+from conftest import collect_in_a_process, python_that_hangs_once, running, signal_when, wait_until_exists
 
 from latbench.errors import DeviceError
 from latbench.profiles import parse_profile
@@ -805,3 +806,40 @@ def test_ssh_template_is_a_valid_profile_that_documents_every_setting(tmp_path):
     from latbench.profiles import _RETRY_FIELDS
 
     assert set(yaml.safe_load(text)["retry"]) == set(_RETRY_FIELDS)  # every retry setting shown
+
+
+def test_a_run_a_killed_collection_left_on_the_board_is_ended_by_the_next(sshd, tmp_path, model_cache):
+    """sshd leaves a command running when its client goes, and a collection killed outright
+    (SIGKILL, the OOM killer) cannot end its run: the next collection of the board ends it before
+    its first command there, and says so."""
+    pytest.importorskip("onnxruntime", reason="the python runner here needs onnxruntime")
+    from latbench.collect import Collector
+    from latbench.store import Store
+
+    marker = f"9{time.time() % 1000:.4f}"
+    python, started = python_that_hangs_once(tmp_path, marker)
+    profile = make_profile(tmp_path, sshd, python=str(python))
+    proc = collect_in_a_process(Path(profile.source), tmp_path / "latbench.db", model_cache, slice(4, 6))
+    try:
+        wait_until_exists(started, proc)
+        left = running(f"sleep {marker}")
+        assert left
+        proc.kill()
+        proc.wait(timeout=30)
+        time.sleep(0.5)
+        assert running(f"sleep {marker}") == left, "sshd left the run going on the board"
+        events = []
+        with Store(tmp_path / "latbench.db") as store:
+            with Collector(profile, store, cache_dir=model_cache,
+                           on_event=lambda stage, *a: events.append((stage, a))) as col:
+                assert running(f"sleep {marker}") == []  # ended at connect, before any batch
+                ended = col.take_ended_runs()
+                report = col.run(col.plan(_ops(2)))
+        assert len(ended) == 1 and re.fullmatch(  # the pid of the run's login shell
+            rf"{re.escape(str(python))} \(pid \d+ on {re.escape(col.transport.where)}\), left running by "
+            rf"latbench pid {proc.pid}, device {re.escape(profile.name)}", ended[0]), ended
+        assert report.measured == 2 and not [e for e in events if e[0] == "ended"]  # said once
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["pkill", "-f", f"sleep {marker}"])

@@ -17,9 +17,9 @@ examples:
 
 Re-running measures only what is missing; Ctrl-C (or SIGTERM) keeps every finished batch and
 the finished models of the batch in flight (on a farm, of each unit's batch). One collection
-measures a device at a time: a second is refused. A run left timing on this host by a collection
-killed outright (kill -9, the OOM killer) keeps the device locked until the next collection
-ends it, saying so."""
+measures a device at a time: a second is refused. A run left timing by a collection killed
+outright (kill -9, the OOM killer) is ended by the next collection of that device, which says
+so; on this host it keeps the device locked until then."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -82,9 +82,9 @@ def run(args) -> int:
     # Ray's C++ core prints task retries on stdout: with --json, stdout is for the summary alone.
     quiet = output.stdout_to_stderr() if args.json and args.farm else nullcontext()
     with quiet, store, collector:  # a Collector holds the hardware's lock (latbench.locks) while open
-        for run in collector.ended_runs:
-            output.note(ended_line(run), style="yellow")
         plan = collector.plan(items)
+        for run in collector.take_ended_runs():
+            output.note(ended_line(run), style="yellow")
         options = describe_options(profile.timed_options)
         output.note(
             f"device {profile.name} ({profile.transport}, {profile.source})\n"
@@ -114,8 +114,9 @@ def run(args) -> int:
                         bar.console.print(f"device at {info['temperature_c']:.0f} C > "
                                           f"{info['limit_c']:.0f} C: waiting to cool", style="yellow")
                         return
-                    if stage == "ended":  # a farm unit's worker ended a run a killed worker left
-                        bar.console.print(f"{info['unit']}: {ended_line(info['run'])}", style="yellow")
+                    if stage == "ended":  # a run a killed collection (or farm worker) left timing
+                        unit = f"{info['unit']}: " if "unit" in info else ""
+                        bar.console.print(unit + ended_line(info["run"]), style="yellow")
                         return
                     if stage == "stopping":  # a farm head's Ctrl-C or SIGTERM
                         bar.console.print(f"{info['by']}: stopping the batches of {total} unit(s); up to "

@@ -131,6 +131,7 @@ class UnitWorker:
                 temp = collector.wait_until_cool(Report())
                 started = time.time()
                 output = collector.runner.run_batch([BatchItem(bid, paths[name]) for bid, name, _ in items])
+                ended += collector.take_ended_runs()  # on a board: ended before the first command
         except (LatbenchError, OSError) as exc:
             output = BatchOutput(start=None, error=str(exc))
         except KeyboardInterrupt as exc:  # stop_batch: the head was stopped; keep what finished

@@ -38,7 +38,8 @@ from typing import Callable, Sequence
 from latbench.errors import DeviceError, Interrupted, ProfileError
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, whole_lines
-from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark, shell_missed
+from latbench.transports.remote_runs import (KILL_SCRIPT, PID_PREFIX, RunJournal, command_stdout, run_mark,
+                                             shell_missed)
 
 log = logging.getLogger("latbench.adb")
 
@@ -219,6 +220,9 @@ class ADBTransport(Transport):
         self.uploads = 0
         self._device = None
         self._lost_runs: list[tuple[str, str, str]] = []  # run marks of dropped connections
+        self.journal = RunJournal(profile, self.where)  # for the next process, should this one be killed
+        #: runs other processes left on the phone, ended before a run of ours (for the user to see)
+        self.ended_runs: list[str] = []
         self._connected_once = False
         self._prompted = False
         self._tools: set[str] = set()
@@ -266,6 +270,7 @@ class ADBTransport(Transport):
         for mark in list(self._lost_runs):  # a run of a connection that dropped may still time
             self._kill(mark)
             self._lost_runs.remove(mark)
+            self.journal.remove(mark)
         res = self._exec(shlex.join(["sh", "-c", _SETUP_SCRIPT, "sh", self.workdir]),
                          self.connect_timeout_s + _GRACE_S, "creating the work directory",
                          split_stderr=False)
@@ -481,12 +486,18 @@ class ADBTransport(Transport):
             script = f"{{ {command}; }} 2>&1; rc=$?; echo; echo \"{mark}$rc\""
         script = PID_PREFIX + script  # so Ctrl-C can end what it started (`_kill`)
         chunks: list[bytes] = []  # bytes: a chunk may end inside a UTF-8 character
+        journaled: list[tuple[str, str, str]] = []
+        if self._device is not None:
+            self.ended_runs += self.journal.end_left(self._end)
 
         def stream(device) -> str:  # streamed, so a lost connection still leaves what was printed
             deadline = time.monotonic() + timeout_s
             for chunk in device.streaming_shell(script, transport_timeout_s=timeout_s,
                                                 read_timeout_s=timeout_s, decode=False):
                 chunks.append(chunk)
+                if not journaled and (run := run_mark(b"".join(chunks))) is not None:
+                    journaled.append(run)
+                    self.journal.add(run, action.removeprefix("running "))
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no end within {timeout_s:g} s")
             return command_stdout(bytearray(b"".join(chunks)))
@@ -503,6 +514,10 @@ class ADBTransport(Transport):
             self._kill(run_mark(b"".join(chunks)))
             raise Interrupted(whole_lines(command_stdout(bytearray(b"".join(chunks)))),
                               *exc.args[:1]) from None
+        finally:
+            for run in journaled:
+                if run not in self._lost_runs:
+                    self.journal.remove(run)  # ended, or killed: nothing left for the next process
         return split_output(out, mark, f"{action} on {self.where}")
 
     def _kill(self, mark: tuple[str, str, str] | None) -> None:
@@ -510,13 +525,20 @@ class ADBTransport(Transport):
         own) with a command on a new stream; failing that, drop the connection (adbd then hangs
         up the shell)."""
         if mark is not None and self._device is not None:
-            try:
-                self._device.shell(shlex.join(["sh", "-c", KILL_SCRIPT, "sh", *mark]),
-                                   transport_timeout_s=10, read_timeout_s=10, timeout_s=15)
+            if self._end(mark) is not None:
                 return
-            except Exception:  # noqa: BLE001 - the connection may be what broke
-                self._lost_runs.append(mark)  # the next connection ends it
+            self._lost_runs.append(mark)  # the next connection ends it
         self.close()
+
+    def _end(self, mark: tuple[str, str, str]) -> str | None:
+        """Run KILL_SCRIPT for `mark`; what it printed ("ended" when something was left to end),
+        None when it could not be sent."""
+        try:
+            printed = self._device.shell(shlex.join(["sh", "-c", KILL_SCRIPT, "sh", *mark]),
+                                         transport_timeout_s=10, read_timeout_s=10, timeout_s=15)
+        except Exception:  # noqa: BLE001 - the connection may be what broke
+            return None
+        return printed if isinstance(printed, str) else bytes(printed).decode("utf-8", "replace")
 
     # ---- files -----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ PID_PREFIX = (f"s=; b=; read -r s 2>/dev/null < /proc/$$/stat; "
 # End the process group a command's login shell leads; $1 = pid, $2 = its start time, $3 = boot
 # id ("-" = unknown). Nothing is killed on another boot or when the pid now names another
 # process; a gone leader with live group members is still ours (Linux keeps a pgid unused).
+# It prints "ended" when something of the run was left to end.
 KILL_SCRIPT = r"""
 pid=$1 start=$2 boot=$3 b= s=
 read -r b 2>/dev/null < /proc/sys/kernel/random/boot_id
@@ -40,6 +41,7 @@ signal() {
   for m in $(members); do kill -"$1" "$m" 2>/dev/null; done
 }
 alive || exit 0
+echo ended
 signal TERM
 i=0
 while alive && [ "$i" -lt 20 ]; do sleep 0.1 2>/dev/null || sleep 1; i=$((i + 1)); done
@@ -86,3 +88,82 @@ def shell_missed(program: str, stderr: str) -> bool:
     return re.search(rf"(?m)(?:^|: |: exec |['\u2018]){p}['\u2019]?: "
                      rf"(?:(?:command |inaccessible or )?not found|No such file or directory)$"
                      rf"|(?:command not found|no such file or directory): {p}$", stderr) is not None
+
+
+class RunJournal:
+    """The runs this process started on a device and has not seen end, in a file beside the
+    hardware's lock (`<hardware>.runs`), kept only while this process holds that lock. sshd and
+    adbd do not end a command whose client went, so a collection killed outright (SIGKILL, the
+    OOM killer) leaves its run timing on the board; the next holder of the lock ends it."""
+
+    def __init__(self, profile, where: str):
+        self.profile = profile
+        self.where = where
+
+    def _path(self):
+        from latbench.locks import held_lock_path
+
+        lock = held_lock_path(self.profile)
+        return lock.with_suffix(".runs") if lock is not None else None
+
+    @staticmethod
+    def _read(path) -> list[dict]:
+        import json
+
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):  # none yet, or cut by a crash mid-write (written whole)
+            return []
+        return [e for e in entries if isinstance(e, dict) and isinstance(e.get("mark"), list)] \
+            if isinstance(entries, list) else []
+
+    @staticmethod
+    def _write(path, entries: list[dict]) -> None:
+        import json
+        import os
+
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(entries))
+            os.replace(tmp, path)
+        except OSError:  # a full /tmp must not stop a measurement; the in-memory list still holds it
+            pass
+
+    def add(self, mark: tuple[str, str, str], command: str) -> None:
+        import os
+
+        path = self._path()
+        if path is None:
+            return
+        entries = self._read(path)
+        if all(tuple(e["mark"]) != tuple(mark) for e in entries):
+            self._write(path, entries + [{"mark": list(mark), "owner": os.getpid(),
+                                          "device": self.profile.name, "command": command}])
+
+    def remove(self, mark: tuple[str, str, str]) -> None:
+        path = self._path()
+        if path is not None:
+            entries = self._read(path)
+            kept = [e for e in entries if tuple(e["mark"]) != tuple(mark)]
+            if len(kept) != len(entries):
+                self._write(path, kept)
+
+    def end_left(self, end) -> list[str]:
+        """End the runs other processes left in the journal, with `end(mark)`: KILL_SCRIPT's
+        output, None when it could not be sent. Returns what was ended, said for the user."""
+        import os
+
+        path = self._path()
+        ended = []
+        for entry in self._read(path) if path is not None else []:
+            if entry.get("owner") == os.getpid():
+                continue  # ours: a run of a dropped connection, ended when this one reconnects
+            mark = tuple(str(m) for m in entry["mark"])
+            printed = end(mark)
+            if printed is None:
+                continue  # tried again before the next run
+            self.remove(mark)
+            if "ended" in printed:
+                ended.append(f"{entry.get('command', 'a run')} (pid {mark[0]} on {self.where}), left running "
+                             f"by latbench pid {entry.get('owner')}, device {entry.get('device')}")
+        return ended

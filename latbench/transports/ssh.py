@@ -24,7 +24,8 @@ from typing import Sequence
 from latbench.errors import DeviceError, Interrupted
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, sha256_file, whole_lines
-from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark, shell_missed
+from latbench.transports.remote_runs import (KILL_SCRIPT, PID_PREFIX, RunJournal, command_stdout, run_mark,
+                                             shell_missed)
 
 try:
     import paramiko
@@ -195,6 +196,9 @@ class SSHTransport(Transport):
         self.skipped_cert_authorities = 0
         #: (pid, start time, boot id) of runs whose end was not seen; killed on reconnect
         self._lost_runs: list[tuple[str, str, str]] = []
+        self.journal = RunJournal(profile, self.where)  # for the next process, should this one be killed
+        #: runs other processes left on the board, ended before a run of ours (for the user to see)
+        self.ended_runs: list[str] = []
 
     # ---- connection ------------------------------------------------------------------------
 
@@ -463,6 +467,7 @@ class SSHTransport(Transport):
     def run(self, argv: list[str], timeout_s: float) -> CommandResult:
         """Run `argv` (quoted word by word) in the login shell; kill it after `timeout_s`."""
         client = self._ensure()
+        self.ended_runs += self.journal.end_left(self._end)
         command = PID_PREFIX + shlex.join(argv)
         try:
             chan = client.get_transport().open_session(timeout=self.connect_timeout_s)
@@ -473,12 +478,15 @@ class SSHTransport(Transport):
             raise self._lost(argv, exc) from None
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout_s
+        journaled = None
         try:
             while True:
                 got = False
                 while chan.recv_ready():
                     out += chan.recv(65536)
                     got = True
+                if journaled is None and got and (journaled := run_mark(out)) is not None:
+                    self.journal.add(journaled, argv[0])
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                     got = True
@@ -491,7 +499,7 @@ class SSHTransport(Transport):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     if not self._kill(run_mark(out)):
-                        self._remember_lost(out)  # killed at the next connection instead
+                        self._remember_lost(out, argv[0])  # killed at the next connection instead
                     err = DeviceError(
                         f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}; killed",
                         "raise timeout_s in the profile or lower protocol.batch_size")
@@ -510,12 +518,15 @@ class SSHTransport(Transport):
                 out += chan.recv(65536)
             chan.close()
             if not self._kill(run_mark(out)):
-                self._remember_lost(out)
+                self._remember_lost(out, argv[0])
             raise Interrupted(whole_lines(command_stdout(out)), *exc.args[:1]) from None
         except Exception as exc:
-            self._remember_lost(out)
+            self._remember_lost(out, argv[0])
             self.close()
             raise self._lost(argv, exc, out) from None
+        finally:
+            if journaled is not None and journaled not in self._lost_runs:
+                self.journal.remove(journaled)  # ended, or killed: nothing left for the next process
         # paramiko leaves exit_status at -1 when the channel closed without one: a dropped
         # connection (its thread closes the channels a moment before it marks itself
         # inactive) or, on a live one, a login shell killed by a signal.
@@ -528,7 +539,7 @@ class SSHTransport(Transport):
                                   "(killed by a signal, e.g. the out-of-memory killer?)",
                                   "check `dmesg` on the board; re-run, collection resumes with "
                                   "what is missing")
-            self._remember_lost(out)
+            self._remember_lost(out, argv[0])
             self.close()
             raise self._lost(argv, None, out)
         chan.close()
@@ -560,26 +571,32 @@ class SSHTransport(Transport):
                 return False
             time.sleep(0.05)
 
-    def _remember_lost(self, out: bytearray) -> None:
-        """A run whose end we did not see may still run on the board: kill it on reconnect."""
+    def _remember_lost(self, out: bytearray, command: str) -> None:
+        """A run whose end we did not see may still run on the board: kill it on reconnect (or,
+        should this process be killed first, the next holder of the lock does)."""
         mark = run_mark(out)
         if mark is not None and mark not in self._lost_runs:
             self._lost_runs.append(mark)
+            self.journal.add(mark, command)
 
     def _kill(self, mark: tuple[str, str, str] | None) -> bool:
         """End the process group of a run (see `run_mark`) through a new channel; False when
         the kill could not be sent. Never kills a reused pid or anything after a reboot."""
-        if mark is None:
-            return True
+        return mark is None or self._end(mark) is not None
+
+    def _end(self, mark: tuple[str, str, str]) -> str | None:
+        """`_kill`, returning what KILL_SCRIPT printed ("ended" when something was left to end);
+        None when it could not be sent."""
         try:
             chan = self._client.get_transport().open_session(timeout=self.connect_timeout_s)
             chan.settimeout(10)
             chan.exec_command(shlex.join(["sh", "-c", KILL_SCRIPT, "sh", *mark]))
+            printed = chan.makefile("rb").read().decode("utf-8", "replace")
             chan.recv_exit_status()
             chan.close()
         except Exception:
-            return False
-        return True
+            return None
+        return printed
 
     def _kill_lost_runs(self) -> None:
         """Before any new command: end the runs of an earlier connection that dropped, so two
@@ -588,6 +605,7 @@ class SSHTransport(Transport):
             if not self._kill(mark):
                 return  # this connection failed too; the next one tries again
             self._lost_runs.remove(mark)
+            self.journal.remove(mark)
             logger.debug("ended the run of a lost connection on %s (pid %s)", self.where, mark[0])
 
     # ---- files -----------------------------------------------------------------------------
