@@ -405,6 +405,7 @@ def _measured_networks(path: Path, device: str, space, minimum: int):
 
 
 def _collect(path: Path, args, space) -> None:
+    from latbench.cli.collect import ended_line
     from latbench.collect import Collector, space_items
     from latbench.profiles import load_profile
     from latbench.store import Store
@@ -415,6 +416,9 @@ def _collect(path: Path, args, space) -> None:
         last = [0.0]
 
         def on_event(stage: str, done: int, total: int, info: dict) -> None:
+            if stage == "ended":  # a run a killed collection left behind
+                print(f"    {ended_line(info['run'])}", flush=True)
+                return
             now = time.perf_counter()
             if done == total or now - last[0] > 10:
                 last[0] = now

@@ -130,7 +130,6 @@ class Collector:
         self.transport = open_transport(profile)
         self.runner = None
         self.sigterm_received = False  # set by the SIGTERM handler while open
-        self._ended_runs: list[str] = []
 
     def __enter__(self) -> "Collector":
         from contextlib import ExitStack
@@ -140,8 +139,8 @@ class Collector:
         self._stack = ExitStack()
         try:
             self._stop_on_sigterm()
-            if self.lock:  # it ends the run a collection killed outright left timing here
-                self._ended_runs = self._stack.enter_context(device_lock(self.profile, wait_s=self.lock_wait_s))
+            if self.lock:
+                self._stack.enter_context(device_lock(self.profile, wait_s=self.lock_wait_s))
             self.transport.connect()
             self._stack.callback(self.transport.close)
             self.runner = make_runner(self.transport, self.profile)
@@ -155,12 +154,14 @@ class Collector:
 
     def take_ended_runs(self) -> list[str]:
         """The runs that collections killed outright had left timing on the device, which this
-        one ended (taking the lock here, before a command on a board) since the last call."""
-        ended, self._ended_runs = self._ended_runs, []
-        left = getattr(self.transport, "ended_runs", None)
-        if left:
-            ended, left[:] = ended + left, []
+        one ended before its first command there (`latbench.transports.run_journal`), since the
+        last call."""
+        ended, self.transport.ended_runs = self.transport.ended_runs, []
         return ended
+
+    def _say_ended_runs(self) -> None:
+        for run in self.take_ended_runs():
+            self.on_event("ended", 0, 0, {"run": run})
 
     def _stop_on_sigterm(self, over_ray: bool = False) -> None:
         """While open, SIGTERM (`kill PID`, a job scheduler, systemd) stops collection as Ctrl-C
@@ -221,6 +222,7 @@ class Collector:
     def run(self, plan: Plan) -> Report:
         start = time.perf_counter()
         report = Report(planned=len(plan.todo), already=plan.already)
+        self._say_ended_runs()  # stopped when it connected or planned
         paths = self.export_all(plan)
         for key, (stage, error) in self.store.failures(plan.context).items():
             if stage == "export" and key in plan.items and key not in paths:
@@ -283,8 +285,7 @@ class Collector:
                     self.store_output(plan, ids, exc.output, started, temp, report)
                 raise
             remaining = self.store_output(plan, ids, output, started, temp, report)
-            for run in self.take_ended_runs():
-                self.on_event("ended", 0, 0, {"run": run})
+            self._say_ended_runs()
             if not remaining:
                 report.batches_ok += 1
                 return

@@ -2,12 +2,7 @@
 load, and both would store what they measured (the store keeps the first row of a key and
 round). Profiles that reach the same hardware (`local` and `local-tflite`; two profiles of one
 board) share a lock, and so do runs with different LATBENCH_HOMEs (a benchmark's temporary
-home, a second store): the locks live in one folder per user of this host.
-
-A run started on this host while its lock is held inherits the lock's file (`held_lock_fds`), so
-the kernel frees the lock only once that run has ended too: a collection killed outright (OOM,
-SIGKILL) leaves its run timing until its next result finds no reader, and the next collection
-must not time beside it: it ends that run (`device_lock`) and says so."""
+home, a second store): the locks live in one folder per user of this host."""
 
 from __future__ import annotations
 
@@ -18,9 +13,8 @@ from pathlib import Path
 from typing import Iterator
 
 from latbench.errors import LatbenchError
-from latbench.processes import end_sessions, holding_flock, is_running
 
-_held: dict[Path, int] = {}  # lock file -> the descriptor this process holds it by
+_held: set[Path] = set()  # the lock files this process holds
 
 
 class HardwareBusy(LatbenchError):
@@ -65,14 +59,10 @@ def hardware_name(profile) -> str:
 
 
 @contextmanager
-def device_lock(profile, directory: Path | None = None, wait_s: float = 0.0) -> Iterator[list[str]]:
+def device_lock(profile, directory: Path | None = None, wait_s: float = 0.0) -> Iterator[None]:
     """Hold `<lock_dir>/<hardware>.lock` (an advisory flock, freed by the kernel when this
     process ends, however it ends), waiting up to `wait_s` for it, or raise a LatbenchError
-    naming the holder.
-
-    A lock held by a run whose collection was killed outright is taken from it: that run's
-    results have no reader, and it would time as load. The block gets what was ended, as
-    "pid N (command), left running when latbench pid M, device D ended", for the user to see."""
+    naming the holder."""
     import time
 
     directory = directory or lock_dir()
@@ -84,64 +74,32 @@ def device_lock(profile, directory: Path | None = None, wait_s: float = 0.0) -> 
     except OSError as exc:
         raise LatbenchError(f"cannot open the lock file {path}: {exc.strerror or exc}",
                             "set LATBENCH_LOCK_DIR to a folder of yours") from None
-    ended: list[str] = []
     try:
         deadline = time.monotonic() + wait_s
         while not _try_lock(handle):
-            handle.seek(0)
-            holder, left = describe_holder(handle.read(), path)
-            if left and not ended:
-                end_sessions(left)
-                ended.append(holder.removesuffix(LEFT_SUFFIX))
-                deadline = max(deadline, time.monotonic() + 5)  # let the kernel free it
-                continue
             if time.monotonic() >= deadline:
-                hint = (f"end it (kill {' '.join(map(str, left))}), or wait for it: a run timing beside "
-                        "this one would disturb both" if left else
-                        "wait for that collection to finish: two at once would time each other's load")
-                raise HardwareBusy(busy_message(profile, holder), hint, holder)
+                handle.seek(0)
+                holder = handle.read().strip() or "another latbench process"
+                raise HardwareBusy(busy_message(profile, holder),
+                                   "wait for that collection to finish: two at once would time each "
+                                   "other's load", holder)
             time.sleep(0.1)
         handle.seek(0)
         handle.truncate()
-        handle.write(f"{HOLDER_PREFIX}{os.getpid()}, device {profile.name}")
+        handle.write(f"latbench pid {os.getpid()}, device {profile.name}")
         handle.flush()
-        _held[path] = handle.fileno()
-        yield ended
+        _held.add(path)
+        yield
     finally:
-        _held.pop(path, None)
+        _held.discard(path)
         handle.close()
 
 
-HOLDER_PREFIX = "latbench pid "
-LEFT_SUFFIX = " (the lock frees when that ends)"
-
-
-def held_lock_fds(profile) -> tuple[int, ...]:
-    """The descriptors by which this process holds the lock of `profile`'s hardware, for a run on
-    that hardware to inherit (`subprocess.Popen(pass_fds=...)`): the lock then outlives this
-    process as long as the run does."""
-    name = lock_path(profile, Path()).name
-    return tuple(fd for path, fd in _held.items() if path.name == name)
-
-
 def held_lock_path(profile) -> Path | None:
-    """The lock file of `profile`'s hardware if this process holds it, else None."""
+    """The lock file of `profile`'s hardware if this process holds it, else None: only a holder
+    may end the runs other collections left (`latbench.transports.run_journal`)."""
     name = lock_path(profile, Path()).name
     return next((path for path in _held if path.name == name), None)
-
-
-def describe_holder(text: str, path: Path) -> tuple[str, list[int]]:
-    """Who holds the lock `path`, from what its holder wrote in it ("latbench pid N, device D"),
-    and the pids of the runs that hold it since that holder ended (a gone pid; found by /proc)."""
-    text = text.strip()
-    if not text:
-        return "another latbench process", []
-    pid = text[len(HOLDER_PREFIX):].split(",", 1)[0] if text.startswith(HOLDER_PREFIX) else ""
-    if not pid.isdigit() or is_running(int(pid)):
-        return text, []
-    runs = holding_flock(path)
-    named = ", ".join(f"pid {p} ({command})" for p, command in runs) or "a run"
-    return f"{named}, left running when {text} ended{LEFT_SUFFIX}", [p for p, _ in runs]
 
 
 def busy_message(profile, holder: str) -> str:
@@ -153,16 +111,15 @@ def lock_holder(profile, directory: Path | None = None) -> str | None:
     an instant, nothing written (a check that should not disturb, or warn about, a collection)."""
     import fcntl
 
-    path = lock_path(profile, directory)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(lock_path(profile, directory), os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None  # never locked (or no lock folder yet): nobody measures
     with os.fdopen(fd) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return describe_holder(handle.read(), path)[0]
+            return handle.read().strip() or "another latbench process"
         fcntl.flock(handle, fcntl.LOCK_UN)
         return None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -50,17 +51,30 @@ def running(pattern: str) -> list[str]:
     return found.stdout.split()
 
 
-def python_that_hangs_once(folder: Path, marker: str) -> tuple[Path, Path]:
+def wait_for(predicate, timeout_s: float = 30, what: str = "condition"):
+    """Poll `predicate` until it returns something true (returned), or fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def python_that_hangs_once(folder: Path, marker: str) -> Path:
     """A `python` for a profile: the real one, except that the first batch run (`python
-    pyrunner.py run FILE`) touches `started` and hangs in `sleep MARKER` under `timeout`, as a
-    tool timing on (in a process group of its own, as batch scripts run tools). (path, started)."""
+    pyrunner.py run FILE`) hangs in `sleep MARKER` under `timeout`, as a tool timing on (in a
+    process group of its own, as batch scripts run tools)."""
     started, python = folder / "started", folder / "python-that-hangs-once"
     python.write_text(f"""#!/bin/sh
-if [ "$2" = run ] && [ ! -e {started} ]; then touch {started}; exec timeout 120 sleep {marker}; fi
-exec {sys.executable} "$@"
+if [ "$2" = run ] && [ ! -e {shlex.quote(str(started))} ]; then
+  touch {shlex.quote(str(started))}; exec timeout 120 sleep {shlex.quote(marker)}
+fi
+exec {shlex.quote(sys.executable)} "$@"
 """)
     python.chmod(0o755)
-    return python, started
+    return python
 
 
 def collect_in_a_process(profile_path: Path, db: Path, cache_dir: Path, ops: slice) -> subprocess.Popen:
@@ -76,18 +90,27 @@ with Store(Path({str(db)!r})) as store:
     with Collector(parse_profile(Path({str(profile_path)!r})), store, cache_dir=Path({str(cache_dir)!r})) as col:
         col.run(col.plan(FBNetSpace("cifar").ops()[{ops.start}:{ops.stop}]))
 """
-    return subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def wait_until_exists(path: Path, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    """Until `path` exists; fails the test when `proc` ends or `timeout_s` passes first."""
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"the process ended before {path.name} was made: {proc.stderr and proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{path.name} was not made within {timeout_s:g} s")
-        time.sleep(0.05)
+def listed_runs(profile) -> list[dict]:
+    """The runs the journal beside `profile`'s hardware lock lists (latbench.transports.run_journal)."""
+    import json
+
+    from latbench.locks import lock_path
+
+    path = lock_path(profile).with_suffix(".runs")
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def hung_run_timing(marker: str, profile, proc: subprocess.Popen) -> list[str]:
+    """Wait until the hanging run of `python_that_hangs_once` times (`timeout` and its sleep) and
+    the journal lists it; the pids of the two. Fails when `proc`, the collection, ended first."""
+    def ready():
+        assert proc.poll() is None, "the collection ended before its run hung"
+        pids = running(f"sleep {marker}")
+        return pids if len(pids) == 2 and listed_runs(profile) else None
+    return wait_for(ready, 120, "the collection's run to hang")
 
 
 @contextlib.contextmanager

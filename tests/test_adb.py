@@ -26,7 +26,7 @@ import yaml
 pytest.importorskip("adb_shell", reason="the adb transport needs adb-shell, a latbench dependency: pip install -e .")
 
 from adb_peer import AdbPeer, parse_android_pubkey, write_keypair  # noqa: E402
-from conftest import collect_in_a_process, python_that_hangs_once, running, signal_when, wait_until_exists  # noqa: E402
+from conftest import collect_in_a_process, hung_run_timing, python_that_hangs_once, running, signal_when  # noqa: E402
 
 from latbench.errors import DeviceError, ProfileError  # noqa: E402
 from latbench.profiles import CONNECTION_FIELDS, parse_profile  # noqa: E402
@@ -887,11 +887,11 @@ def test_a_run_a_killed_collection_left_on_the_phone_is_ended_by_the_next(tmp_pa
     from latbench.store import Store
 
     marker = f"9{time.time() % 1000:.4f}"
-    python, started = python_that_hangs_once(tmp_path, marker)
+    python = python_that_hangs_once(tmp_path, marker)
     profile = make_profile(tmp_path, peer.address, adb_key, python=str(python))
     proc = collect_in_a_process(Path(profile.source), tmp_path / "latbench.db", model_cache, slice(4, 6))
     try:
-        wait_until_exists(started, proc)
+        hung_run_timing(marker, profile, proc)
         proc.kill()
         proc.wait(timeout=30)
         time.sleep(0.5)  # the peer has hung up the shell by now
@@ -902,8 +902,8 @@ def test_a_run_a_killed_collection_left_on_the_phone_is_ended_by_the_next(tmp_pa
                 ended = col.take_ended_runs()
                 report = col.run(col.plan(_ops(2)))
         assert len(ended) == 1 and re.fullmatch(
-            rf"{re.escape(str(python))} \(pid \d+ on {re.escape(col.transport.where)}\), left running by "
-            rf"latbench pid {proc.pid}, device {re.escape(profile.name)}", ended[0]), ended
+            rf"pid \d+ on {re.escape(col.transport.where)} \(python-that-hangs-once pyrunner.py\), left "
+            rf"behind by latbench pid {proc.pid} \(device {re.escape(profile.name)}\)", ended[0]), ended
         assert report.measured == 2
     finally:
         if proc.poll() is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from conftest import python_that_hangs_once, running, signal_when, wait_until_exists  # noqa: E402
+from conftest import hung_run_timing, listed_runs, python_that_hangs_once, running, signal_when  # noqa: E402
 
 from latbench import home  # noqa: E402
 from latbench.collect import Collector, plan_batches, space_items  # noqa: E402
@@ -572,16 +573,36 @@ def test_the_hardware_lock_waits_when_asked_and_refuses_otherwise():
     assert 0.2 < waited < 5
 
 
-def test_a_run_inherits_the_lock_of_its_own_hardware_only(make_profile):
-    from latbench.locks import device_lock, held_lock_fds, lock_path
+def test_the_journal_lists_a_holders_runs_until_they_end_and_spares_its_own(make_profile):
+    from latbench.locks import device_lock, lock_path
+    from latbench.transports.run_journal import RunJournal, run_label
 
-    here = load_profile("local")
-    board = load_profile(make_profile("board", transport="ssh", connection={"host": "10.0.0.7"}))
-    with device_lock(here), device_lock(board):
-        fds = held_lock_fds(here)
-        assert [os.readlink(f"/proc/self/fd/{fd}") for fd in fds] == [str(lock_path(here).resolve())]
-        assert len(held_lock_fds(board)) == 1 and held_lock_fds(board) != fds
-    assert held_lock_fds(here) == () == held_lock_fds(board)
+    profile = load_profile(make_profile("journaled"))
+    journal, listed = RunJournal(profile), lambda: [e["mark"] for e in listed_runs(profile)]
+    mark, lost, unknown = ("41", "900", "boot-a"), ("42", "901", "boot-a"), ("43", "-", "boot-a")
+    journal.add(mark, "python3 pyrunner.py")
+    assert listed() == []  # not the lock's holder: it lists nothing
+    with device_lock(profile):
+        journal.add(mark, "python3 pyrunner.py")
+        journal.add(lost, "sh batch.sh")
+        journal.add(unknown, "sh batch.sh")  # no start time: a later process could have its pid
+        assert listed() == [list(mark), list(lost)]
+        journal.remove(mark)
+        assert listed() == [list(lost)]
+        asked = []
+        assert journal.end_left(lambda m: asked.append(m) or "ended\n", "a board", ours=[lost]) == []
+        assert asked == [] and listed() == [list(lost)]  # this transport's lost run: its reconnect ends it
+        assert journal.end_left(lambda m: None, "a board", ours=[]) == [] and listed() == [list(lost)]  # unsent
+        assert journal.end_left(lambda m: "ended\n", "a board", ours=[]) == [
+            f"pid 42 on a board (sh batch.sh), left behind by latbench pid {os.getpid()} (device journaled)"]
+        assert listed() == []
+        journal.add(mark, "x")
+        assert journal.end_left(lambda m: "", "a board", ours=[]) == [] and listed() == []  # nothing was left
+    lock_path(profile).with_suffix(".runs").write_text("{not json")
+    with device_lock(profile):
+        assert journal.end_left(lambda m: "ended\n", "a board", ours=[]) == []  # unreadable: nothing listed
+    assert run_label(["/opt/venv/bin/python3", "/home/me/.latbench/work/pyrunner.py", "run", "b.json"]) == \
+        "python3 pyrunner.py"
 
 
 def test_the_lock_file_is_never_opened_through_a_link(tmp_path):
@@ -663,37 +684,31 @@ def test_sigterm_stops_the_runner_too_and_says_cancelled(warm_home, make_profile
     assert "latbench: cancelled" in log.read_text()
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/fdinfo"), reason="needs Linux /proc")
-def test_a_run_left_timing_by_a_killed_collect_holds_the_lock_until_the_next_collect_ends_it(
-        warm_home, make_profile, tmp_path, capsys, monkeypatch):
-    """SIGKILL (or the OOM killer) gives a collect no chance to stop its run. The run inherits the
-    hardware lock, so nothing else times beside it; the next collection ends it and says so."""
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
+def test_a_run_a_killed_collect_left_behind_is_stopped_by_the_next_collect(warm_home, make_profile, tmp_path,
+                                                                           capsys, monkeypatch):
+    """SIGKILL (or the OOM killer) gives a collect no chance to stop its run, which has a session
+    of its own: the next collection stops it before it measures, and says so."""
     from latbench.cli.main import main
-    from latbench.locks import lock_holder
 
     marker = f"8{time.time() % 1000:.4f}"
-    python, started = python_that_hangs_once(tmp_path, marker)
+    python = python_that_hangs_once(tmp_path, marker)
     name = make_profile("killed", python=str(python), protocol={"rounds": 1})
     argv = [sys.executable, "-m", "latbench", "collect", "--device", name, "--limit", "1"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     try:
-        wait_until_exists(started, proc)
+        left = hung_run_timing(marker, load_profile(name), proc)
         proc.kill()
         proc.wait(timeout=30)
-        left = running(f"sleep {marker}")  # `timeout` and its sleep
-        assert len(left) == 2, "the run did not time on (this test needs it to)"
-        named = ", ".join(f"pid {pid} ({cmd})" for pid, cmd in zip(left, [f"timeout 120 sleep {marker}",
-                                                                          f"sleep {marker}"]))
-        holder = lock_holder(load_profile(name))  # what doctor's busy row says; it ends nothing
-        assert holder == (f"{named}, left running when latbench pid {proc.pid}, device {name} ended "
-                          "(the lock frees when that ends)")
-        assert running(f"sleep {marker}") == left
+        time.sleep(0.3)
+        assert running(f"sleep {marker}") == left  # it times on
         monkeypatch.setattr(sys, "argv", ["latbench"])
         assert main(["collect", "--device", name, "--limit", "1"]) == 0
         err = " ".join(capsys.readouterr().err.split())
-        assert (f"ended {named}, left running when latbench pid {proc.pid}, device {name} ended: its "
-                "results had no reader") in err, err
-        assert not running(f"sleep {marker}")
+        assert re.search(rf"stopped pid \d+ on this host \(python-that-hangs-once pyrunner.py\), left behind by "
+                         rf"latbench pid {proc.pid} \(device {name}\): nobody would read its results", err), err
+        assert running(f"sleep {marker}") == []
+        assert listed_runs(load_profile(name)) == []  # its own run, ended, is not listed either
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -26,7 +26,7 @@ ray = pytest.importorskip("ray", reason="the device farm needs Ray: pip install 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from conftest import FAST_PROFILE_NAME as DEVICE, running, signal_when, write_profile  # noqa: E402
+from conftest import FAST_PROFILE_NAME as DEVICE, running, signal_when, wait_for, write_profile  # noqa: E402
 
 from latbench import home  # noqa: E402
 from latbench.errors import LatbenchError, UsageError  # noqa: E402
@@ -109,16 +109,6 @@ def start_agent_node(farm: Farm, unit: Unit, agent_home: Path, profile: Path) ->
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: unit.name in unit_states(), 60, f"{unit} to rejoin")
     return process
-
-
-def wait_for(predicate, timeout_s: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def unit_states() -> dict[str, str]:

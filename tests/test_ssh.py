@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import collect_in_a_process, python_that_hangs_once, running, signal_when, wait_until_exists
+from conftest import collect_in_a_process, hung_run_timing, python_that_hangs_once, running, signal_when
 
 from latbench.errors import DeviceError
 from latbench.profiles import parse_profile
@@ -817,13 +817,11 @@ def test_a_run_a_killed_collection_left_on_the_board_is_ended_by_the_next(sshd, 
     from latbench.store import Store
 
     marker = f"9{time.time() % 1000:.4f}"
-    python, started = python_that_hangs_once(tmp_path, marker)
+    python = python_that_hangs_once(tmp_path, marker)
     profile = make_profile(tmp_path, sshd, python=str(python))
     proc = collect_in_a_process(Path(profile.source), tmp_path / "latbench.db", model_cache, slice(4, 6))
     try:
-        wait_until_exists(started, proc)
-        left = running(f"sleep {marker}")
-        assert left
+        left = hung_run_timing(marker, profile, proc)
         proc.kill()
         proc.wait(timeout=30)
         time.sleep(0.5)
@@ -836,8 +834,8 @@ def test_a_run_a_killed_collection_left_on_the_board_is_ended_by_the_next(sshd, 
                 ended = col.take_ended_runs()
                 report = col.run(col.plan(_ops(2)))
         assert len(ended) == 1 and re.fullmatch(  # the pid of the run's login shell
-            rf"{re.escape(str(python))} \(pid \d+ on {re.escape(col.transport.where)}\), left running by "
-            rf"latbench pid {proc.pid}, device {re.escape(profile.name)}", ended[0]), ended
+            rf"pid \d+ on {re.escape(col.transport.where)} \(python-that-hangs-once pyrunner.py\), left "
+            rf"behind by latbench pid {proc.pid} \(device {re.escape(profile.name)}\)", ended[0]), ended
         assert report.measured == 2 and not [e for e in events if e[0] == "ended"]  # said once
     finally:
         if proc.poll() is None:

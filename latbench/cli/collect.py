@@ -17,9 +17,9 @@ examples:
 
 Re-running measures only what is missing; Ctrl-C (or SIGTERM) keeps every finished batch and
 the finished models of the batch in flight (on a farm, of each unit's batch). One collection
-measures a device at a time: a second is refused. A run left timing by a collection killed
-outright (kill -9, the OOM killer) is ended by the next collection of that device, which says
-so; on this host it keeps the device locked until then."""
+measures a device at a time: a second is refused. A run left behind by a collection killed
+outright (kill -9, the OOM killer) is stopped by the next collection of that device, before it
+measures, and it says so."""
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -114,7 +114,7 @@ def run(args) -> int:
                         bar.console.print(f"device at {info['temperature_c']:.0f} C > "
                                           f"{info['limit_c']:.0f} C: waiting to cool", style="yellow")
                         return
-                    if stage == "ended":  # a run a killed collection (or farm worker) left timing
+                    if stage == "ended":  # a run a killed collection (or farm worker) left behind
                         unit = f"{info['unit']}: " if "unit" in info else ""
                         bar.console.print(unit + ended_line(info["run"]), style="yellow")
                         return
@@ -200,7 +200,8 @@ def retry_line(attempt: int, attempts: int, info: dict) -> str:
 
 
 def ended_line(run: str) -> str:
-    return f"ended {run}: its results had no reader, and it would have timed as load"
+    """What a collection says of a run it stopped (`latbench.transports.run_journal`)."""
+    return f"stopped {run}: nobody would read its results, and it would have disturbed these timings"
 
 
 def unit_lines(report) -> list[str]:

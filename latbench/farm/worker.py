@@ -120,18 +120,17 @@ class UnitWorker:
         from latbench.runners.base import BatchItem, BatchOutput
 
         started = time.time()
-        temp, ended = None, []
+        temp, collector, ended = None, None, []
         try:
             self._measuring = True  # inside the try: a stop from here on is caught below
             collector = self._open()
             paths = {name: self._model(name, sha, models) for _, name, sha in items}
             # Units of one piece of hardware (local and local-tflite on one host) take turns: the
             # same lock, held for one batch, its cooling wait and temperature probe included.
-            with device_lock(self.profile, wait_s=self.profile.timeout_s) as ended:  # a killed worker's run
+            with device_lock(self.profile, wait_s=self.profile.timeout_s):
                 temp = collector.wait_until_cool(Report())
                 started = time.time()
                 output = collector.runner.run_batch([BatchItem(bid, paths[name]) for bid, name, _ in items])
-                ended += collector.take_ended_runs()  # on a board: ended before the first command
         except (LatbenchError, OSError) as exc:
             output = BatchOutput(start=None, error=str(exc))
         except KeyboardInterrupt as exc:  # stop_batch: the head was stopped; keep what finished
@@ -139,6 +138,8 @@ class UnitWorker:
             output.error = f"stopped by {self._stopped_by or 'Ctrl-C'}"  # the handler's reason
         finally:
             self._measuring, self._stopped_by = False, ""
+            if collector is not None:  # runs a worker killed outright (and Ray restarted) left timing
+                ended = collector.take_ended_runs()
         if output.error is not None:
             self.reconnect = True  # as the single-device loop does before its next attempt
         return {"unit": self.unit, "pid": os.getpid(), "started": started, "temperature_c": temp,

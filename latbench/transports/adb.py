@@ -38,8 +38,8 @@ from typing import Callable, Sequence
 from latbench.errors import DeviceError, Interrupted, ProfileError
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, whole_lines
-from latbench.transports.remote_runs import (KILL_SCRIPT, PID_PREFIX, RunJournal, command_stdout, run_mark,
-                                             shell_missed)
+from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark, shell_missed
+from latbench.transports.run_journal import run_label
 
 log = logging.getLogger("latbench.adb")
 
@@ -220,9 +220,6 @@ class ADBTransport(Transport):
         self.uploads = 0
         self._device = None
         self._lost_runs: list[tuple[str, str, str]] = []  # run marks of dropped connections
-        self.journal = RunJournal(profile, self.where)  # for the next process, should this one be killed
-        #: runs other processes left on the phone, ended before a run of ours (for the user to see)
-        self.ended_runs: list[str] = []
         self._connected_once = False
         self._prompted = False
         self._tools: set[str] = set()
@@ -268,9 +265,9 @@ class ADBTransport(Transport):
         self._device = device
         self._connected_once = True
         for mark in list(self._lost_runs):  # a run of a connection that dropped may still time
-            self._kill(mark)
             self._lost_runs.remove(mark)
-            self.journal.remove(mark)
+            if self._kill(mark):  # else it is listed again, and this connection closed
+                self.journal.remove(mark)
         res = self._exec(shlex.join(["sh", "-c", _SETUP_SCRIPT, "sh", self.workdir]),
                          self.connect_timeout_s + _GRACE_S, "creating the work directory",
                          split_stderr=False)
@@ -459,7 +456,8 @@ class ADBTransport(Transport):
         if "timeout" in self._tools:
             words = ["timeout", "-k", str(_KILL_AFTER_S), str(limit_s), *words]
         started = time.monotonic()
-        res = self._exec(shlex.join(words), limit_s + _KILL_AFTER_S + _GRACE_S, f"running {argv[0]}")
+        res = self._exec(shlex.join(words), limit_s + _KILL_AFTER_S + _GRACE_S, f"running {argv[0]}",
+                         label=run_label(argv))
         if res.exit_code in (124, 137) and "timeout" in self._tools and \
                 time.monotonic() - started >= limit_s * 0.99:
             err = DeviceError(f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}; killed",
@@ -473,9 +471,10 @@ class ADBTransport(Transport):
         return res
 
     def _exec(self, command: str, timeout_s: float, action: str, *,
-              split_stderr: bool = True) -> CommandResult:
+              split_stderr: bool = True, label: str | None = None) -> CommandResult:
         """Run one quoted command line through adb shell v1 and recover its exit status (and,
-        with `split_stderr`, its stderr, kept apart in a file of the work directory)."""
+        with `split_stderr`, its stderr, kept apart in a file of the work directory); `label`
+        names it in the journal (default: `action`)."""
         nonce = secrets.token_hex(6)
         mark = f"@@latbench-rc-{nonce}="
         if split_stderr:
@@ -488,7 +487,7 @@ class ADBTransport(Transport):
         chunks: list[bytes] = []  # bytes: a chunk may end inside a UTF-8 character
         journaled: list[tuple[str, str, str]] = []
         if self._device is not None:
-            self.ended_runs += self.journal.end_left(self._end)
+            self.end_left_runs(self._lost_runs)
 
         def stream(device) -> str:  # streamed, so a lost connection still leaves what was printed
             deadline = time.monotonic() + timeout_s
@@ -497,7 +496,7 @@ class ADBTransport(Transport):
                 chunks.append(chunk)
                 if not journaled and (run := run_mark(b"".join(chunks))) is not None:
                     journaled.append(run)
-                    self.journal.add(run, action.removeprefix("running "))
+                    self.journal.add(run, label or action)
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no end within {timeout_s:g} s")
             return command_stdout(bytearray(b"".join(chunks)))
@@ -520,19 +519,18 @@ class ADBTransport(Transport):
                     self.journal.remove(run)  # ended, or killed: nothing left for the next process
         return split_output(out, mark, f"{action} on {self.where}")
 
-    def _kill(self, mark: tuple[str, str, str] | None) -> None:
+    def _kill(self, mark: tuple[str, str, str] | None) -> bool:
         """End what a run's shell started (its session: a tool under `timeout` has a group of its
         own) with a command on a new stream; failing that, drop the connection (adbd then hangs
-        up the shell)."""
+        up the shell), and False."""
         if mark is not None and self._device is not None:
             if self._end(mark) is not None:
-                return
+                return True
             self._lost_runs.append(mark)  # the next connection ends it
         self.close()
+        return mark is None
 
     def _end(self, mark: tuple[str, str, str]) -> str | None:
-        """Run KILL_SCRIPT for `mark`; what it printed ("ended" when something was left to end),
-        None when it could not be sent."""
         try:
             printed = self._device.shell(shlex.join(["sh", "-c", KILL_SCRIPT, "sh", *mark]),
                                          transport_timeout_s=10, read_timeout_s=10, timeout_s=15)

@@ -34,7 +34,25 @@ class CommandResult:
 
 class Transport(abc.ABC):
     def __init__(self, profile: DeviceProfile):
+        from latbench.transports.run_journal import RunJournal
+
         self.profile = profile
+        self.journal = RunJournal(profile)  # this process's runs, for the next, should it be killed
+        #: runs that other collections left timing, ended before a run of ours (for the user)
+        self.ended_runs: list[str] = []
+
+    @property
+    def where(self) -> str:
+        return "this host"
+
+    def _end(self, mark: tuple[str, str, str]) -> str | None:
+        """End what the run `mark` names started (KILL_SCRIPT); what that printed ("ended" when
+        something was left), None when it could not be sent."""
+        return None
+
+    def end_left_runs(self, ours: list[tuple[str, str, str]]) -> None:
+        """Before a run: end the runs that collections killed outright left in the journal."""
+        self.ended_runs += self.journal.end_left(self._end, self.where, ours)
 
     @abc.abstractmethod
     def connect(self) -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from latbench import home
 from latbench.errors import DeviceError, Interrupted
-from latbench.processes import session_members
 from latbench.transports.base import CommandResult, Transport, whole_lines
+from latbench.transports.remote_runs import KILL_SCRIPT
+from latbench.transports.run_journal import run_label
 
 
 class LocalTransport(Transport):
@@ -53,6 +54,13 @@ class LocalTransport(Transport):
     def python(self) -> str:
         return self.profile.python or sys.executable
 
+    def _end(self, mark: tuple[str, str, str]) -> str | None:
+        try:
+            return subprocess.run(["sh", "-c", KILL_SCRIPT, "sh", *mark], capture_output=True, text=True,
+                                  timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
     def stage(self, local: Path, subdir: str = "models") -> str:
         return str(local)  # same filesystem: use files in place
 
@@ -74,17 +82,19 @@ class LocalTransport(Transport):
     def run(self, argv: list[str], timeout_s: float) -> CommandResult:
         """Run `argv` in a session of its own; on a timeout, Ctrl-C or SIGTERM the whole session
         is killed (a batch script's `timeout` puts the tool in a process group of its own). The run
-        inherits this host's hardware lock, if held: should this process die outright, the lock
-        stays held until the run has ended too (`latbench.locks`)."""
-        from latbench.locks import held_lock_fds
-
+        is listed in the journal meanwhile: should this process be killed outright, the next
+        collection ends it."""
+        self.end_left_runs([])
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True, pass_fds=held_lock_fds(self.profile))
+                                    start_new_session=True)
         except FileNotFoundError:
             raise DeviceError(f"{argv[0]} not found on this host",
                               f"set `python:` in {self.profile.source}") from None
+        mark = None
         try:
+            if (mark := _mark(proc.pid)) is not None:
+                self.journal.add(mark, run_label(argv))
             stdout, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
             # what it printed up to the kill (communicate keeps what it read before the timeout)
@@ -100,7 +110,21 @@ class LocalTransport(Transport):
         except BaseException:
             _kill_session(proc)
             raise
+        finally:
+            if mark is not None:
+                self.journal.remove(mark)  # it ended, or `_kill_session` ended it
         return CommandResult(proc.returncode, stdout, stderr)
+
+
+def _mark(pid: int) -> tuple[str, str, str] | None:
+    """(pid, start time, boot id) of a process, as remote_runs.run_mark reads a board's; None
+    without Linux /proc (the run is then not listed)."""
+    try:
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except (OSError, IndexError):
+        return None
+    return str(pid), start, boot
 
 
 def _kill_session(proc: subprocess.Popen) -> str:
@@ -109,7 +133,7 @@ def _kill_session(proc: subprocess.Popen) -> str:
     import signal
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        members = session_members(proc.pid)
+        members = _session_members(proc.pid)
         for pid in members:
             try:
                 os.kill(pid, sig)
@@ -120,7 +144,7 @@ def _kill_session(proc: subprocess.Popen) -> str:
                 proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 pass
-            if not session_members(proc.pid):
+            if not _session_members(proc.pid):
                 break
     try:
         stdout, _ = proc.communicate(timeout=5)
@@ -136,3 +160,23 @@ def _text(printed: str | bytes | None) -> str:
     if isinstance(printed, bytes):
         return printed.decode("utf-8", "replace")
     return printed or ""
+
+
+def _session_members(sid: int) -> list[int]:
+    """Pids whose session is `sid` (Linux /proc; elsewhere only the leader)."""
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return [sid]
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # state, ppid, pgrp, session
+            found.append(int(name))
+    return found

@@ -24,8 +24,8 @@ from typing import Sequence
 from latbench.errors import DeviceError, Interrupted
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, sha256_file, whole_lines
-from latbench.transports.remote_runs import (KILL_SCRIPT, PID_PREFIX, RunJournal, command_stdout, run_mark,
-                                             shell_missed)
+from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark, shell_missed
+from latbench.transports.run_journal import run_label
 
 try:
     import paramiko
@@ -196,9 +196,6 @@ class SSHTransport(Transport):
         self.skipped_cert_authorities = 0
         #: (pid, start time, boot id) of runs whose end was not seen; killed on reconnect
         self._lost_runs: list[tuple[str, str, str]] = []
-        self.journal = RunJournal(profile, self.where)  # for the next process, should this one be killed
-        #: runs other processes left on the board, ended before a run of ours (for the user to see)
-        self.ended_runs: list[str] = []
 
     # ---- connection ------------------------------------------------------------------------
 
@@ -467,7 +464,7 @@ class SSHTransport(Transport):
     def run(self, argv: list[str], timeout_s: float) -> CommandResult:
         """Run `argv` (quoted word by word) in the login shell; kill it after `timeout_s`."""
         client = self._ensure()
-        self.ended_runs += self.journal.end_left(self._end)
+        self.end_left_runs(self._lost_runs)
         command = PID_PREFIX + shlex.join(argv)
         try:
             chan = client.get_transport().open_session(timeout=self.connect_timeout_s)
@@ -486,7 +483,7 @@ class SSHTransport(Transport):
                     out += chan.recv(65536)
                     got = True
                 if journaled is None and got and (journaled := run_mark(out)) is not None:
-                    self.journal.add(journaled, argv[0])
+                    self.journal.add(journaled, run_label(argv))
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                     got = True
@@ -499,7 +496,7 @@ class SSHTransport(Transport):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     if not self._kill(run_mark(out)):
-                        self._remember_lost(out, argv[0])  # killed at the next connection instead
+                        self._remember_lost(out, run_label(argv))  # killed at the next connection instead
                     err = DeviceError(
                         f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}; killed",
                         "raise timeout_s in the profile or lower protocol.batch_size")
@@ -518,10 +515,10 @@ class SSHTransport(Transport):
                 out += chan.recv(65536)
             chan.close()
             if not self._kill(run_mark(out)):
-                self._remember_lost(out, argv[0])
+                self._remember_lost(out, run_label(argv))
             raise Interrupted(whole_lines(command_stdout(out)), *exc.args[:1]) from None
         except Exception as exc:
-            self._remember_lost(out, argv[0])
+            self._remember_lost(out, run_label(argv))
             self.close()
             raise self._lost(argv, exc, out) from None
         finally:
@@ -539,7 +536,7 @@ class SSHTransport(Transport):
                                   "(killed by a signal, e.g. the out-of-memory killer?)",
                                   "check `dmesg` on the board; re-run, collection resumes with "
                                   "what is missing")
-            self._remember_lost(out, argv[0])
+            self._remember_lost(out, run_label(argv))
             self.close()
             raise self._lost(argv, None, out)
         chan.close()
@@ -585,11 +582,9 @@ class SSHTransport(Transport):
         return mark is None or self._end(mark) is not None
 
     def _end(self, mark: tuple[str, str, str]) -> str | None:
-        """`_kill`, returning what KILL_SCRIPT printed ("ended" when something was left to end);
-        None when it could not be sent."""
         try:
             chan = self._client.get_transport().open_session(timeout=self.connect_timeout_s)
-            chan.settimeout(10)
+            chan.settimeout(30)  # KILL_SCRIPT waits up to 2 s (20 s with a board's whole-second sleep)
             chan.exec_command(shlex.join(["sh", "-c", KILL_SCRIPT, "sh", *mark]))
             printed = chan.makefile("rb").read().decode("utf-8", "replace")
             chan.recv_exit_status()
