@@ -24,7 +24,8 @@ from latbench.runners.base import BatchItem, BatchOutput, make_runner, runner_ap
 from latbench.transports import open_transport
 
 Item = Union[OpSpec, Network]
-#: on_event(stage, done, total, info): stage is "export" or "measure".
+#: on_event(stage, done, total, info): stage is "export" or "measure" (progress), or "retry",
+#: "cooling", "stopping" or "ended" (a run a killed collection left behind, in info["run"]).
 EventCallback = Callable[[str, int, int, dict], None]
 
 
@@ -154,8 +155,8 @@ class Collector:
 
     def take_ended_runs(self) -> list[str]:
         """The runs that collections killed outright had left timing on the device, which this
-        one ended before its first command there (`latbench.transports.run_journal`), since the
-        last call."""
+        one stopped before a command there (`latbench.transports.run_journal`), since the last
+        call."""
         ended, self.transport.ended_runs = self.transport.ended_runs, []
         return ended
 

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from latbench.errors import LatbenchError
 
-_held: set[Path] = set()  # the lock files this process holds
+_held: dict[Path, int] = {}  # the lock files this process holds -> the descriptor it holds each by
 
 
 class HardwareBusy(LatbenchError):
@@ -88,18 +88,27 @@ def device_lock(profile, directory: Path | None = None, wait_s: float = 0.0) -> 
         handle.truncate()
         handle.write(f"latbench pid {os.getpid()}, device {profile.name}")
         handle.flush()
-        _held.add(path)
+        _held[path] = handle.fileno()
         yield
     finally:
-        _held.discard(path)
+        if _held.get(path) == handle.fileno():  # not a refused second try of this process
+            del _held[path]
         handle.close()
 
 
 def held_lock_path(profile) -> Path | None:
-    """The lock file of `profile`'s hardware if this process holds it, else None: only a holder
-    may end the runs other collections left (`latbench.transports.run_journal`)."""
+    """The lock file of `profile`'s hardware if this process holds it (and it is still the file
+    at that path: one removed meanwhile, a /tmp cleaner say, would let another process take a
+    new one), else None. Only a holder may end the runs others left (`transports.run_journal`)."""
     name = lock_path(profile, Path()).name
-    return next((path for path in _held if path.name == name), None)
+    for path, fd in _held.items():
+        if path.name == name:
+            try:
+                held, there = os.fstat(fd), os.stat(path)
+            except OSError:
+                return None
+            return path if (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino) else None
+    return None
 
 
 def busy_message(profile, holder: str) -> str:

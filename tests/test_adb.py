@@ -26,7 +26,7 @@ import yaml
 pytest.importorskip("adb_shell", reason="the adb transport needs adb-shell, a latbench dependency: pip install -e .")
 
 from adb_peer import AdbPeer, parse_android_pubkey, write_keypair  # noqa: E402
-from conftest import collect_in_a_process, hung_run_timing, python_that_hangs_once, running, signal_when  # noqa: E402
+from conftest import collect_in_a_process, hung_run_timing, listed_runs, python_that_hangs_once, running, signal_when  # noqa: E402
 
 from latbench.errors import DeviceError, ProfileError  # noqa: E402
 from latbench.profiles import CONNECTION_FIELDS, parse_profile  # noqa: E402
@@ -901,6 +901,7 @@ def test_a_run_a_killed_collection_left_on_the_phone_is_ended_by_the_next(tmp_pa
                 assert running(f"sleep {marker}") == []  # ended at connect, before any batch
                 ended = col.take_ended_runs()
                 report = col.run(col.plan(_ops(2)))
+                assert listed_runs(profile) == []  # the old run stopped, and each of this one's ended
         assert len(ended) == 1 and re.fullmatch(
             rf"pid \d+ on {re.escape(col.transport.where)} \(python-that-hangs-once pyrunner.py\), left "
             rf"behind by latbench pid {proc.pid} \(device {re.escape(profile.name)}\)", ended[0]), ended

@@ -6,21 +6,24 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from conftest import hung_run_timing, listed_runs, python_that_hangs_once, running, signal_when  # noqa: E402
+from conftest import hung_run_timing, listed_runs, python_that_hangs_once, running, signal_when, wait_for  # noqa: E402
 
 from latbench import home  # noqa: E402
+from latbench.errors import LatbenchError  # noqa: E402
 from latbench.collect import Collector, plan_batches, space_items  # noqa: E402
 from latbench.ops import Network, OpSpec  # noqa: E402
 from latbench.profiles import load_profile  # noqa: E402
@@ -573,36 +576,91 @@ def test_the_hardware_lock_waits_when_asked_and_refuses_otherwise():
     assert 0.2 < waited < 5
 
 
-def test_the_journal_lists_a_holders_runs_until_they_end_and_spares_its_own(make_profile):
+def test_the_journal_lists_a_holders_runs_and_stops_only_those_of_gone_collections(make_profile, tmp_path,
+                                                                                  monkeypatch):
     from latbench.locks import device_lock, lock_path
     from latbench.transports.run_journal import RunJournal, run_label
 
-    profile = load_profile(make_profile("journaled"))
+    monkeypatch.setenv("LATBENCH_LOCK_DIR", str(tmp_path / "locks"))  # a journal of its own
+    profile = load_profile(make_profile("journaled", timeout_s=600))
     journal, listed = RunJournal(profile), lambda: [e["mark"] for e in listed_runs(profile)]
-    mark, lost, unknown = ("41", "900", "boot-a"), ("42", "901", "boot-a"), ("43", "-", "boot-a")
+    runs_file = lock_path(profile).with_suffix(".runs")
+    mark, other, unknown = ("41", "900", "boot-a"), ("42", "901", "boot-a"), ("43", "-", "boot-a")
     journal.add(mark, "python3 pyrunner.py")
     assert listed() == []  # not the lock's holder: it lists nothing
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a collection that ended (killed) without seeing its run end
+    asked = []
+
+    def end(m, strict):
+        asked.append((m, strict))
+        return "ended\n"
     with device_lock(profile):
         journal.add(mark, "python3 pyrunner.py")
-        journal.add(lost, "sh batch.sh")
         journal.add(unknown, "sh batch.sh")  # no start time: a later process could have its pid
-        assert listed() == [list(mark), list(lost)]
+        assert listed() == [list(mark)]
+        assert journal.end_left(end, "a board") == [] and asked == []  # its owner, this process, runs
         journal.remove(mark)
-        assert listed() == [list(lost)]
-        asked = []
-        assert journal.end_left(lambda m: asked.append(m) or "ended\n", "a board", ours=[lost]) == []
-        assert asked == [] and listed() == [list(lost)]  # this transport's lost run: its reconnect ends it
-        assert journal.end_left(lambda m: None, "a board", ours=[]) == [] and listed() == [list(lost)]  # unsent
-        assert journal.end_left(lambda m: "ended\n", "a board", ours=[]) == [
-            f"pid 42 on a board (sh batch.sh), left behind by latbench pid {os.getpid()} (device journaled)"]
         assert listed() == []
-        journal.add(mark, "x")
-        assert journal.end_left(lambda m: "", "a board", ours=[]) == [] and listed() == []  # nothing was left
-    lock_path(profile).with_suffix(".runs").write_text("{not json")
+        now = time.time()
+        runs_file.write_text(json.dumps([
+            {"mark": list(other), "owner": gone.pid, "device": "journaled", "command": "sh batch.sh", "started": now},
+            {"mark": list(mark), "owner": gone.pid, "device": "journaled", "command": "x", "started": now - 3600}]))
+        assert journal.end_left(lambda m, strict: None, "a board") == [] and len(listed()) == 2  # unsent: kept
+        assert journal.end_left(end, "a board") == [
+            f"pid 42 on a board (sh batch.sh), left behind by latbench pid {gone.pid} (device journaled)",
+            f"pid 41 on a board (x), left behind by latbench pid {gone.pid} (device journaled)"]
+        assert asked == [(other, False), (mark, True)]  # listed an hour ago: only its leader, if there
+        assert listed() == []
+        runs_file.write_text(json.dumps([{"mark": list(mark), "owner": gone.pid, "started": now}]))
+        assert journal.end_left(lambda m, strict: "", "a board") == [] and listed() == []  # nothing was left
+    runs_file.write_text("{not json")
     with device_lock(profile):
-        assert journal.end_left(lambda m: "ended\n", "a board", ours=[]) == []  # unreadable: nothing listed
+        assert journal.end_left(end, "a board") == []  # unreadable: nothing listed
+        with pytest.raises(LatbenchError, match="being measured already"):
+            with device_lock(profile):  # a refused second try leaves the holder holding
+                pass
+        journal.add(mark, "y")
+        assert listed() == [list(mark)]
     assert run_label(["/opt/venv/bin/python3", "/home/me/.latbench/work/pyrunner.py", "run", "b.json"]) == \
         "python3 pyrunner.py"
+
+
+@pytest.mark.skipif(not shutil.which("setsid") or not os.path.exists("/proc/self/stat"),
+                    reason="needs setsid and Linux /proc")
+def test_a_strict_kill_spares_a_session_whose_leader_is_gone():
+    """A run listed long ago is ended only if its leader is there with its start time: by then a
+    session with the same number, leader gone, may be anything."""
+    from latbench.transports.local import LocalTransport
+
+    marker = f"5{time.time() % 1000:.4f}"
+    leader = subprocess.run(["setsid", "sh", "-c", f"sleep {marker} >/dev/null 2>&1 & echo $$"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        assert running(f"sleep {marker}")  # a session whose leader has exited
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        transport = LocalTransport(load_profile("local"))
+        assert transport._end((leader, "1", boot), strict=True) == "" and running(f"sleep {marker}")
+        assert transport._end((leader, "1", boot)) == "ended\n"  # a fresh listing: the session is the run's
+        assert wait_for(lambda: not running(f"sleep {marker}"), 10, "the session's end")
+    finally:
+        subprocess.run(["pkill", "-f", f"sleep {marker}"])
+
+
+def test_a_lock_file_removed_meanwhile_makes_its_holder_no_holder(make_profile, tmp_path, monkeypatch):
+    """A /tmp cleaner removing the lock lets another process take a new one: then neither may
+    stop runs, since the other's could be live."""
+    from latbench.locks import device_lock, held_lock_path, lock_path
+
+    monkeypatch.setenv("LATBENCH_LOCK_DIR", str(tmp_path / "locks"))
+    profile = load_profile(make_profile("cleaned"))
+    with device_lock(profile):
+        assert held_lock_path(profile) == lock_path(profile)
+        lock_path(profile).unlink()
+        assert held_lock_path(profile) is None
+        lock_path(profile).touch()  # another process's new lock
+        assert held_lock_path(profile) is None
+    assert held_lock_path(profile) is None
 
 
 def test_the_lock_file_is_never_opened_through_a_link(tmp_path):

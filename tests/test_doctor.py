@@ -325,7 +325,10 @@ class _Runner:
     results are `result` (a dict), or whose runs raise `result` (an exception)."""
 
     def __init__(self, medians_ms=(), result=None):
+        from types import SimpleNamespace
+
         self.medians_ms, self.result, self.runs = list(medians_ms), result, []
+        self.transport = SimpleNamespace(ended_runs=[])  # what its transport stopped first
 
     def run_batch(self, items):
         from latbench.runners.base import BatchOutput
@@ -379,6 +382,18 @@ def test_the_steadiness_probe_warns_when_separate_runs_disagree(probe_export, ma
             f"{spread}") in detail, detail
     assert "within a run IQR/median 0.5%" in detail  # each run alone looked clean
     assert ("cpu_mask" in fix and "protocol.rounds" in fix) if status == "warn" else fix == ""
+
+
+def test_the_steadiness_row_names_a_left_behind_run_it_stopped_first(probe_export, make_profile):
+    from latbench.cli.doctor import steadiness_row
+    from latbench.profiles import load_profile
+
+    runner = _Runner((1.0,) * 5)
+    runner.transport.ended_runs = ["pid 9 on this host (sh batch.sh), left behind by latbench pid 8 (device d)"]
+    _, status, detail, _ = steadiness_row(runner, load_profile(make_profile("probed")))
+    assert status == "ok" and detail.endswith(
+        "; first stopped pid 9 on this host (sh batch.sh), left behind by latbench pid 8 (device d)")
+    assert runner.transport.ended_runs == []  # said once
 
 
 @pytest.mark.parametrize("result, status, detail", [

@@ -640,7 +640,7 @@ def test_ctrl_c_reaches_a_unit_worker_ray_restarted_since_the_head_heard_from_it
             assert conn.execute("SELECT status, items, error FROM batches ORDER BY id").fetchall() == [
                 ("ok", 4, None), ("partial", 4, "stopped by Ctrl-C on the head")]
         assert not running(f"sleep {marker}")
-        if how == "worker crash":  # run 2, left timing by the crash, held the lock till the new worker ended it
+        if how == "worker crash":  # run 2, left timing by the crash: the new worker stopped it first
             assert not running(f"sleep 1{marker}")
     finally:
         subprocess.run(["pkill", "-f", f"sleep 1?{marker}"])  # run 2's, orphaned by the crash

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import collect_in_a_process, hung_run_timing, python_that_hangs_once, running, signal_when
+from conftest import collect_in_a_process, hung_run_timing, listed_runs, python_that_hangs_once, running, signal_when
 
 from latbench.errors import DeviceError
 from latbench.profiles import parse_profile
@@ -833,6 +833,7 @@ def test_a_run_a_killed_collection_left_on_the_board_is_ended_by_the_next(sshd, 
                 assert running(f"sleep {marker}") == []  # ended at connect, before any batch
                 ended = col.take_ended_runs()
                 report = col.run(col.plan(_ops(2)))
+                assert listed_runs(profile) == []  # the old run stopped, and each of this one's ended
         assert len(ended) == 1 and re.fullmatch(  # the pid of the run's login shell
             rf"pid \d+ on {re.escape(col.transport.where)} \(python-that-hangs-once pyrunner.py\), left "
             rf"behind by latbench pid {proc.pid} \(device {re.escape(profile.name)}\)", ended[0]), ended

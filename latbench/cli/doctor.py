@@ -218,6 +218,9 @@ def steadiness_row(runner, profile) -> tuple[str, str, str, str]:
     if result.estimated:
         detail += (f" ({profile.runner} printed no samples: {', '.join(result.estimated)} estimated from "
                    "what it printed)")
+    stopped, runner.transport.ended_runs = runner.transport.ended_runs, []
+    if stopped:  # it would have timed beside the probe
+        detail += "; first " + "; ".join(f"stopped {run}" for run in stopped)
     if result.steady:
         return ("steadiness", "ok", detail, "")
     return ("steadiness", "warn", detail + f": over {UNSTABLE_ROUND_SPREAD:.0%}, the device changes speed "

@@ -39,7 +39,7 @@ from latbench.errors import DeviceError, Interrupted, ProfileError
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, whole_lines
 from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark, shell_missed
-from latbench.transports.run_journal import run_label
+from latbench.transports.run_journal import Mark, run_label
 
 log = logging.getLogger("latbench.adb")
 
@@ -485,18 +485,21 @@ class ADBTransport(Transport):
             script = f"{{ {command}; }} 2>&1; rc=$?; echo; echo \"{mark}$rc\""
         script = PID_PREFIX + script  # so Ctrl-C can end what it started (`_kill`)
         chunks: list[bytes] = []  # bytes: a chunk may end inside a UTF-8 character
-        journaled: list[tuple[str, str, str]] = []
+        journaled: list[Mark] = []  # the run's mark, once its pid line came
+        first_line = [False]
         if self._device is not None:
-            self.end_left_runs(self._lost_runs)
+            self.end_left_runs()
 
         def stream(device) -> str:  # streamed, so a lost connection still leaves what was printed
             deadline = time.monotonic() + timeout_s
             for chunk in device.streaming_shell(script, transport_timeout_s=timeout_s,
                                                 read_timeout_s=timeout_s, decode=False):
                 chunks.append(chunk)
-                if not journaled and (run := run_mark(b"".join(chunks))) is not None:
-                    journaled.append(run)
-                    self.journal.add(run, label or action)
+                if not first_line[0] and b"\n" in chunk:  # the pid line, once
+                    first_line[0] = True
+                    if (run := run_mark(b"".join(chunks))) is not None:
+                        journaled.append(run)
+                        self.journal.add(run, label or action)
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no end within {timeout_s:g} s")
             return command_stdout(bytearray(b"".join(chunks)))
@@ -519,10 +522,10 @@ class ADBTransport(Transport):
                     self.journal.remove(run)  # ended, or killed: nothing left for the next process
         return split_output(out, mark, f"{action} on {self.where}")
 
-    def _kill(self, mark: tuple[str, str, str] | None) -> bool:
+    def _kill(self, mark: Mark | None) -> bool:
         """End what a run's shell started (its session: a tool under `timeout` has a group of its
         own) with a command on a new stream; failing that, drop the connection (adbd then hangs
-        up the shell), and False."""
+        up the shell). False when there was a run and the kill could not be sent."""
         if mark is not None and self._device is not None:
             if self._end(mark) is not None:
                 return True
@@ -530,10 +533,11 @@ class ADBTransport(Transport):
         self.close()
         return mark is None
 
-    def _end(self, mark: tuple[str, str, str]) -> str | None:
+    def _end(self, mark: Mark, strict: bool = False) -> str | None:
         try:
-            printed = self._device.shell(shlex.join(["sh", "-c", KILL_SCRIPT, "sh", *mark]),
-                                         transport_timeout_s=10, read_timeout_s=10, timeout_s=15)
+            printed = self._device.shell(
+                shlex.join(["sh", "-c", KILL_SCRIPT, "sh", *mark, *(["strict"] if strict else [])]),
+                transport_timeout_s=30, read_timeout_s=30, timeout_s=30)  # as over SSH
         except Exception:  # noqa: BLE001 - the connection may be what broke
             return None
         return printed if isinstance(printed, str) else bytes(printed).decode("utf-8", "replace")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latbench.profiles import DeviceProfile
+from latbench.transports.run_journal import Mark, RunJournal
 
 
 def whole_lines(text: str) -> str:
@@ -34,8 +35,6 @@ class CommandResult:
 
 class Transport(abc.ABC):
     def __init__(self, profile: DeviceProfile):
-        from latbench.transports.run_journal import RunJournal
-
         self.profile = profile
         self.journal = RunJournal(profile)  # this process's runs, for the next, should it be killed
         #: runs that other collections left timing, ended before a run of ours (for the user)
@@ -45,14 +44,15 @@ class Transport(abc.ABC):
     def where(self) -> str:
         return "this host"
 
-    def _end(self, mark: tuple[str, str, str]) -> str | None:
-        """End what the run `mark` names started (KILL_SCRIPT); what that printed ("ended" when
-        something was left), None when it could not be sent."""
+    def _end(self, mark: Mark, strict: bool = False) -> str | None:
+        """End what the run `mark` names started (KILL_SCRIPT; `strict`: only if its leader is
+        still there); what that printed ("ended" when something was left), None when it could
+        not be sent."""
         return None
 
-    def end_left_runs(self, ours: list[tuple[str, str, str]]) -> None:
-        """Before a run: end the runs that collections killed outright left in the journal."""
-        self.ended_runs += self.journal.end_left(self._end, self.where, ours)
+    def end_left_runs(self) -> None:
+        """Before a command: stop the runs that collections killed outright left in the journal."""
+        self.ended_runs += self.journal.end_left(self._end, self.where)
 
     @abc.abstractmethod
     def connect(self) -> None:

@@ -13,7 +13,7 @@ from latbench import home
 from latbench.errors import DeviceError, Interrupted
 from latbench.transports.base import CommandResult, Transport, whole_lines
 from latbench.transports.remote_runs import KILL_SCRIPT
-from latbench.transports.run_journal import run_label
+from latbench.transports.run_journal import Mark, process_mark, run_label
 
 
 class LocalTransport(Transport):
@@ -54,10 +54,10 @@ class LocalTransport(Transport):
     def python(self) -> str:
         return self.profile.python or sys.executable
 
-    def _end(self, mark: tuple[str, str, str]) -> str | None:
+    def _end(self, mark: Mark, strict: bool = False) -> str | None:
         try:
-            return subprocess.run(["sh", "-c", KILL_SCRIPT, "sh", *mark], capture_output=True, text=True,
-                                  timeout=30).stdout
+            return subprocess.run(["sh", "-c", KILL_SCRIPT, "sh", *mark, *(["strict"] if strict else [])],
+                                  capture_output=True, text=True, timeout=30).stdout
         except (OSError, subprocess.TimeoutExpired):
             return None
 
@@ -84,7 +84,7 @@ class LocalTransport(Transport):
         is killed (a batch script's `timeout` puts the tool in a process group of its own). The run
         is listed in the journal meanwhile: should this process be killed outright, the next
         collection ends it."""
-        self.end_left_runs([])
+        self.end_left_runs()
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     start_new_session=True)
@@ -93,7 +93,7 @@ class LocalTransport(Transport):
                               f"set `python:` in {self.profile.source}") from None
         mark = None
         try:
-            if (mark := _mark(proc.pid)) is not None:
+            if (mark := process_mark(proc.pid)) is not None:
                 self.journal.add(mark, run_label(argv))
             stdout, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
@@ -114,17 +114,6 @@ class LocalTransport(Transport):
             if mark is not None:
                 self.journal.remove(mark)  # it ended, or `_kill_session` ended it
         return CommandResult(proc.returncode, stdout, stderr)
-
-
-def _mark(pid: int) -> tuple[str, str, str] | None:
-    """(pid, start time, boot id) of a process, as remote_runs.run_mark reads a board's; None
-    without Linux /proc (the run is then not listed)."""
-    try:
-        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except (OSError, IndexError):
-        return None
-    return str(pid), start, boot
 
 
 def _kill_session(proc: subprocess.Popen) -> str:

@@ -16,15 +16,18 @@ PID_PREFIX = (f"s=; b=; read -r s 2>/dev/null < /proc/$$/stat; "
                f"printf '%s\\n' \"{PID_MARK}$$ ${{b:--}} $s\"; ")
 # End the process group a command's login shell leads; $1 = pid, $2 = its start time, $3 = boot
 # id ("-" = unknown). Nothing is killed on another boot or when the pid now names another
-# process; a gone leader with live group members is still ours (Linux keeps a pgid unused).
+# process; a gone leader with live group members is still ours (Linux keeps a pgid unused),
+# unless $4 is "strict" (a run listed long ago: by now the numbers may have come round again).
 # It prints "ended" when something of the run was left to end.
 KILL_SCRIPT = r"""
-pid=$1 start=$2 boot=$3 b= s=
+pid=$1 start=$2 boot=$3 strict=${4:-} b= s=
 read -r b 2>/dev/null < /proc/sys/kernel/random/boot_id
 [ "$boot" = - ] || [ -z "$b" ] || [ "$b" = "$boot" ] || exit 0
 if read -r s 2>/dev/null < "/proc/$pid/stat"; then
   set -- ${s##*) }
   [ "$start" = - ] || [ "${20}" = "$start" ] || exit 0
+elif [ "$strict" = strict ]; then
+  exit 0
 fi
 # The shell leads its session; `timeout` (in every batch script) moves a tool
 # into a process group of its own but not out of the session, so the session is what is killed.

@@ -25,7 +25,7 @@ from latbench.errors import DeviceError, Interrupted
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, sha256_file, whole_lines
 from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark, shell_missed
-from latbench.transports.run_journal import run_label
+from latbench.transports.run_journal import Mark, run_label
 
 try:
     import paramiko
@@ -464,7 +464,7 @@ class SSHTransport(Transport):
     def run(self, argv: list[str], timeout_s: float) -> CommandResult:
         """Run `argv` (quoted word by word) in the login shell; kill it after `timeout_s`."""
         client = self._ensure()
-        self.end_left_runs(self._lost_runs)
+        self.end_left_runs()
         command = PID_PREFIX + shlex.join(argv)
         try:
             chan = client.get_transport().open_session(timeout=self.connect_timeout_s)
@@ -475,15 +475,17 @@ class SSHTransport(Transport):
             raise self._lost(argv, exc) from None
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout_s
-        journaled = None
+        journaled, first_line = None, False
         try:
             while True:
                 got = False
                 while chan.recv_ready():
                     out += chan.recv(65536)
                     got = True
-                if journaled is None and got and (journaled := run_mark(out)) is not None:
-                    self.journal.add(journaled, run_label(argv))
+                if not first_line and b"\n" in out:  # the pid line, once
+                    first_line = True
+                    if (journaled := run_mark(out)) is not None:
+                        self.journal.add(journaled, run_label(argv))
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                     got = True
@@ -531,7 +533,8 @@ class SSHTransport(Transport):
         if code == -1:
             chan.close()
             if not self._wait_inactive(client, 1.0):
-                self._kill(run_mark(out))
+                if not self._kill(run_mark(out)):
+                    self._remember_lost(out, run_label(argv))
                 raise DeviceError(f"{argv[0]} ended without an exit status on {self.where} "
                                   "(killed by a signal, e.g. the out-of-memory killer?)",
                                   "check `dmesg` on the board; re-run, collection resumes with "
@@ -581,11 +584,11 @@ class SSHTransport(Transport):
         the kill could not be sent. Never kills a reused pid or anything after a reboot."""
         return mark is None or self._end(mark) is not None
 
-    def _end(self, mark: tuple[str, str, str]) -> str | None:
+    def _end(self, mark: Mark, strict: bool = False) -> str | None:
         try:
             chan = self._client.get_transport().open_session(timeout=self.connect_timeout_s)
             chan.settimeout(30)  # KILL_SCRIPT waits up to 2 s (20 s with a board's whole-second sleep)
-            chan.exec_command(shlex.join(["sh", "-c", KILL_SCRIPT, "sh", *mark]))
+            chan.exec_command(shlex.join(["sh", "-c", KILL_SCRIPT, "sh", *mark, *(["strict"] if strict else [])]))
             printed = chan.makefile("rb").read().decode("utf-8", "replace")
             chan.recv_exit_status()
             chan.close()
