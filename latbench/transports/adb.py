@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 from latbench.errors import DeviceError, Interrupted, ProfileError
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, whole_lines
-from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark, shell_missed
+from latbench.transports.remote_runs import PID_PREFIX, command_stdout, kill_argv, run_mark, shell_missed
 from latbench.transports.run_journal import Mark, run_label
 
 log = logging.getLogger("latbench.adb")
@@ -536,7 +536,7 @@ class ADBTransport(Transport):
     def _end(self, mark: Mark, strict: bool = False) -> str | None:
         try:
             printed = self._device.shell(
-                shlex.join(["sh", "-c", KILL_SCRIPT, "sh", *mark, *(["strict"] if strict else [])]),
+                shlex.join(kill_argv(mark, strict)),
                 transport_timeout_s=30, read_timeout_s=30, timeout_s=30)  # as over SSH
         except Exception:  # noqa: BLE001 - the connection may be what broke
             return None

@@ -12,7 +12,7 @@ from pathlib import Path
 from latbench import home
 from latbench.errors import DeviceError, Interrupted
 from latbench.transports.base import CommandResult, Transport, whole_lines
-from latbench.transports.remote_runs import KILL_SCRIPT
+from latbench.transports.remote_runs import kill_argv
 from latbench.transports.run_journal import Mark, process_mark, run_label
 
 
@@ -56,8 +56,7 @@ class LocalTransport(Transport):
 
     def _end(self, mark: Mark, strict: bool = False) -> str | None:
         try:
-            return subprocess.run(["sh", "-c", KILL_SCRIPT, "sh", *mark, *(["strict"] if strict else [])],
-                                  capture_output=True, text=True, timeout=30).stdout
+            return subprocess.run(kill_argv(mark, strict), capture_output=True, text=True, timeout=30).stdout
         except (OSError, subprocess.TimeoutExpired):
             return None
 

@@ -53,6 +53,11 @@ true
 """
 
 
+def kill_argv(mark: tuple[str, str, str], strict: bool = False) -> list[str]:
+    """The command that runs KILL_SCRIPT for the run `mark` names, on the device (or here)."""
+    return ["sh", "-c", KILL_SCRIPT, "sh", *mark, *(["strict"] if strict else [])]
+
+
 def command_stdout(out: bytearray) -> str:
     """A run's stdout without the pid line `PID_PREFIX` printed first."""
     stdout = out.decode("utf-8", "replace")

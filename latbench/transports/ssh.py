@@ -24,7 +24,7 @@ from typing import Sequence
 from latbench.errors import DeviceError, Interrupted
 from latbench.profiles import DeviceProfile
 from latbench.transports.base import CommandResult, Transport, sha256_file, whole_lines
-from latbench.transports.remote_runs import KILL_SCRIPT, PID_PREFIX, command_stdout, run_mark, shell_missed
+from latbench.transports.remote_runs import PID_PREFIX, command_stdout, kill_argv, run_mark, shell_missed
 from latbench.transports.run_journal import Mark, run_label
 
 try:
@@ -588,7 +588,7 @@ class SSHTransport(Transport):
         try:
             chan = self._client.get_transport().open_session(timeout=self.connect_timeout_s)
             chan.settimeout(30)  # KILL_SCRIPT waits up to 2 s (20 s with a board's whole-second sleep)
-            chan.exec_command(shlex.join(["sh", "-c", KILL_SCRIPT, "sh", *mark, *(["strict"] if strict else [])]))
+            chan.exec_command(shlex.join(kill_argv(mark, strict)))
             printed = chan.makefile("rb").read().decode("utf-8", "replace")
             chan.recv_exit_status()
             chan.close()
