@@ -299,7 +299,7 @@ class Collector:
                 # Items run in order: the first one left is the one the time ran out in. Set it
                 # aside, so it does not cost every retry its whole timeout and the items behind
                 # it are measured.
-                (key, rnd), remaining = remaining[0], remaining[1:]
+                (key, _), remaining = remaining[0], remaining[1:]
                 why = (f"did not finish within the batch's timeout_s ({self.profile.timeout_s:g} s): "
                        f"hung, or slower than the profile allows ({output.error})")
                 self.store.record_failure(plan.context, key, "run", why)
