@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lambda", dest="lam", type=_nonneg_float, default=None,
                    help="linear/hinge forms: weight of the cost term (default 1.0)")
     c.add_argument("--target-ms", type=_amount, action="append", default=[], metavar="MS",
-                   help="latency target of latbench:DEVICE costs: linear/hinge train toward it; "
+                   help="latency target of latbench:DEVICE costs: hinge trains toward it (no push once "
+                        "under it), linear divides the cost by it (the same push on either side); "
                         "with fbnet it only picks the final arch")
     c.add_argument("--target-flops", type=_amount, action="append", default=[], metavar="N",
                    help="FLOPs target of the flops cost, e.g. 150M")
@@ -147,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int_at_least(1), default=10, help="search epochs (default 10)")
     t.add_argument("--warmup-epochs", type=int_at_least(0), default=2,
                    help="epochs with theta frozen, weights only (default 2; --epochs must be more)")
-    t.add_argument("--batch-size", type=int_at_least(1), default=64, help="default 64")
+    t.add_argument("--batch-size", type=int_at_least(2), default=64,
+                   help="images per step, split between torchrun's processes: at least 2 each, "
+                        "for BatchNorm (default 64)")
     t.add_argument("--lr", type=_nonneg_float, default=0.1,
                    help="SGD learning rate of the weights (default 0.1, cosine)")
     t.add_argument("--momentum", type=_nonneg_float, default=0.9, help="SGD momentum (default 0.9)")

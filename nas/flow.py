@@ -185,7 +185,7 @@ def advice(job: SearchJob, costs: list[LoadedCost], pick: str) -> list[str]:
     if job.form == "fbnet" and targeted:
         options = ", ".join(dict.fromkeys(TARGET_OPTIONS.get(c.unit, "--target") for c in targeted))
         lines.append(f"note: {options} does not enter the fbnet loss, it only picks the final arch "
-                     f"(--pick {pick}); use --form hinge or linear to train toward it")
+                     f"(--pick {pick}); use --form hinge to train toward it")
     for name, option in (("alpha", "--alpha"), ("beta", "--beta")):
         if getattr(job, name) is not None and job.form != "fbnet":
             lines.append(f"note: {option} has no effect with --form {job.form} (it is a constant of the "

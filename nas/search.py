@@ -48,7 +48,7 @@ class SearchConfig:
     torch_device: str = "cpu"
 
     _constraints = {
-        "epochs": Interval(int, 1), "warmup_epochs": Interval(int, 0), "batch_size": Interval(int, 1),
+        "epochs": Interval(int, 1), "warmup_epochs": Interval(int, 0), "batch_size": Interval(int, 2),
         "lr": Interval(float, 0), "momentum": Interval(float, 0, 1), "weight_decay": Interval(float, 0),
         "theta_lr": Interval(float, 0), "theta_weight_decay": Interval(float, 0),
         "initial_temperature": Interval(float, 1e-6), "temperature_decay": Interval(float, 1e-6, 1),
@@ -88,6 +88,7 @@ def run_search(space, data: SearchData, costs: Sequence, form: CostForm, config:
     on_batch = on_batch or (lambda *a: None)
     on_epoch = on_epoch or (lambda r: None)
     world = world or World()
+    _check_batch_size(config.batch_size, world.world_size)
     for split in ("weights", "theta"):
         if len(getattr(data, split)) < 2 * world.world_size:
             raise UsageError(f"the {split} split has {len(getattr(data, split))} image(s); training needs at "
@@ -243,6 +244,14 @@ def supernet_accuracy(outcome: SearchOutcome, arch: Sequence[int], data: SearchD
             m.momentum = momentum
 
 
+def _check_batch_size(batch_size: int, processes: int) -> None:
+    """Each process's share of a batch must hold 2 images (BatchNorm cannot normalise one), or
+    every batch is dropped and nothing trains."""
+    if batch_size < 2 * processes:
+        raise UsageError(f"--batch-size {batch_size} leaves each of the {processes} process(es) fewer than "
+                         "2 images a step, and BatchNorm needs 2", f"use --batch-size {2 * processes} or more")
+
+
 def retrain(space, arch: Sequence[int], data: SearchData, config: SearchConfig, epochs: int, *,
             validation: bool = False, on_batch: BatchCallback | None = None) -> dict:
     """Train `arch` alone from scratch on both training splits; its accuracy on the test split.
@@ -252,6 +261,7 @@ def retrain(space, arch: Sequence[int], data: SearchData, config: SearchConfig, 
     test split unseen (for choosing among archs, as a random search does).
     """
     on_batch = on_batch or (lambda *a: None)
+    _check_batch_size(config.batch_size, 1)
     device = torch.device(config.torch_device)
     torch.manual_seed(config.seed)
     model = ArchNet(space, arch, data.num_classes, width_mult=config.width_mult, seed=config.seed).to(device)

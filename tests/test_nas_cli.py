@@ -58,6 +58,7 @@ def test_help_has_examples(latbench_home):
     (["--cost", "flops", "--width-mult", "9"], 2, "width_mult"),
     (["--cost", "flops", "--target-flops", "80M", "--pick", "argmax"], 2, "not used by the fbnet form"),
     (["--cost", "flops", "--pick", "target"], 2, "--pick target needs a target"),
+    (["--cost", "flops", "--batch-size", "1"], 2, "--batch-size: must be >= 2"),
 ])
 def test_user_errors_are_one_line(latbench_home, args, code, words):
     done = nas("search", *args, home=latbench_home)

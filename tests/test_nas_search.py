@@ -73,6 +73,18 @@ def test_searched_archs_score_and_retrain(space, digits, flops):
     assert result["epochs"] == 2 and 0.0 <= result["accuracy"] <= 1.0
 
 
+def test_a_batch_that_leaves_a_process_one_image_is_refused_before_training(space, digits, flops):
+    # BatchNorm needs 2 images per process: such a batch is dropped, so nothing would train
+    with pytest.raises(ValueError, match="'batch_size' parameter of SearchConfig must be an int >= 2"):
+        SearchConfig(batch_size=1)
+    from nas.distributed import World
+
+    with pytest.raises(UsageError, match="--batch-size 3 leaves each of the 2 process"):
+        run_search(space, digits, [flops.term], CostForm("fbnet"),
+                   SearchConfig(epochs=1, warmup_epochs=0, width_mult=0.125, batch_size=3),
+                   world=World(rank=0, world_size=2))
+
+
 def _scored(predicted_and_log_prob: list[tuple[float, float]]) -> list[dict]:
     """Scored archs as `score_candidates` gives them: (predicted flops, log P(arch)) each."""
     return [{"arch": [i], "predicted": {"flops": p}, "log_prob": lp}
