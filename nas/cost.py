@@ -112,9 +112,9 @@ class LoadedCost:
 
     def to_dict(self) -> dict:
         low, high = self.term.bounds()
+        correction = {"scale": self.term.scale, "offset": self.term.offset, "low_ms": self.term.low_ms}
         return {"spec": self.spec, "unit": self.unit, "target": self.target, "min": low, "max": high,
-                "fixed": self.term.fixed, "correction": {"scale": self.term.scale, "offset": self.term.offset},
-                "predictor": self.provenance()}
+                "fixed": self.term.fixed, "correction": correction, "predictor": self.provenance()}
 
 
 def load_costs(specs: list[str], space, loader=None) -> list[LoadedCost]:

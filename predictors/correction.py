@@ -4,10 +4,15 @@ Run alone, every op pays a call's overhead and starts with cold caches; inside a
 the runtime fuses, reuses buffers and pays the overhead once. The correction maps the
 summed op latency S of a network to its measured latency:
 
-    network_ms = scale * S + offset_ms
+    network_ms = scale * S + offset_ms                  (S >= low_ms)
+    network_ms = S * (scale + offset_ms / low_ms)       (S <  low_ms)
 
 An affine map keeps the DNAS cost linear in the per-layer costs: the expected corrected
 cost is ``scale * (sum_l sum_c p_lc * cost_table[l, c] + fixed_cost) + offset_ms``.
+A negative offset says nothing below the networks it was fitted on, and would take a space's
+smallest networks under 0 ms (on this host, an all-skip network measured at 0.12 ms was
+predicted at -0.005 ms): below the smallest fitted sum (`low_ms`, set only when the offset
+is negative) the correction keeps the ratio it has there, so it stays positive and continuous.
 ``form="auto"`` picks ``none``, ``scale`` or ``affine`` by leave-one-out error on the
 measured networks (10-fold above 30 networks); the simpler form unless another is more
 than 2% (relative) better. With fewer than MIN_AUTO_NETWORKS it picks ``none``: one or two
@@ -52,6 +57,7 @@ class NetworkCorrection(Estimator):
             form = _choose(self.cv_mape_)
         self.form_ = form
         self.scale_, self.offset_ms_ = _solve(form, x, y)
+        self.low_ms_ = float(x.min()) if self.offset_ms_ < 0 else 0.0
         self.n_networks_ = int(len(x))
         return self
 
@@ -60,20 +66,53 @@ class NetworkCorrection(Estimator):
         self._check_fitted("scale_")
         if isinstance(summed_ms, (list, tuple)):  # a list * float is a TypeError
             summed_ms = np.asarray(summed_ms, dtype=np.float64)
-        return self.scale_ * summed_ms + self.offset_ms_
+        return piecewise(summed_ms, self.scale_, self.offset_ms_, self.low_ms_)
+
+    @property
+    def parts(self) -> tuple[float, float, float]:
+        """(scale, offset_ms, low_ms): what `predictors.cost_term` needs to apply it in torch."""
+        self._check_fitted("scale_")
+        return self.scale_, self.offset_ms_, self.low_ms_
 
     def to_dict(self) -> dict:
         self._check_fitted("scale_")
         return {"form": self.form, "form_": self.form_, "scale": self.scale_,
-                "offset_ms": self.offset_ms_, "n_networks": self.n_networks_,
+                "offset_ms": self.offset_ms_, "low_ms": self.low_ms_, "n_networks": self.n_networks_,
                 "cv_mape": self.cv_mape_}
 
     @classmethod
     def from_dict(cls, data: dict) -> "NetworkCorrection":
         est = cls(form=data["form"])
         est.form_, est.scale_, est.offset_ms_ = data["form_"], float(data["scale"]), float(data["offset_ms"])
+        if "low_ms" in data:
+            est.low_ms_ = float(data["low_ms"])
+        else:  # saved before low_ms: its smallest network is not known, so hold the ratio from
+            # where the affine map is half its offset above 0
+            est.low_ms_ = -2.0 * est.offset_ms_ / est.scale_ if est.offset_ms_ < 0 < est.scale_ else 0.0
+        if not (np.isfinite(est.scale_) and est.scale_ > 0 and np.isfinite(est.offset_ms_)
+                and np.isfinite(est.low_ms_) and est.low_ms_ >= 0
+                and (est.offset_ms_ >= 0 or est.scale_ * est.low_ms_ + est.offset_ms_ > 0)):
+            raise ValueError(f"its correction (scale {est.scale_}, offset {est.offset_ms_} ms, low "
+                             f"{est.low_ms_} ms) could predict a latency <= 0")
         est.n_networks_, est.cv_mape_ = int(data["n_networks"]), dict(data.get("cv_mape", {}))
         return est
+
+
+def piecewise(summed_ms, scale: float, offset_ms: float, low_ms: float):
+    """scale * S + offset_ms, and S times its ratio at `low_ms` below it (0: affine everywhere).
+    For floats, numpy arrays and torch tensors alike, so the DNAS cost term applies exactly
+    what `predict_network` does."""
+    affine = scale * summed_ms + offset_ms
+    if low_ms <= 0:
+        return affine
+    low_scale = scale + offset_ms / low_ms
+    if isinstance(summed_ms, (int, float, np.floating, np.integer)):
+        return summed_ms * low_scale if summed_ms < low_ms else affine
+    if isinstance(summed_ms, np.ndarray):
+        return np.where(summed_ms < low_ms, summed_ms * low_scale, affine)
+    import torch  # only reached with a tensor: predictors runs without torch
+
+    return torch.where(summed_ms < low_ms, summed_ms * low_scale, affine)
 
 
 def _solve(form: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -84,7 +123,7 @@ def _solve(form: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     if form == "affine":
         a = np.c_[x * w, w]
         (scale, offset), *_ = np.linalg.lstsq(a, np.ones(len(y)), rcond=None)
-        if scale > 0:
+        if scale > 0 and scale * x.min() + offset > 0:  # else a network it was fitted on is <= 0 ms
             return float(scale), float(offset)
     scale = float(np.sum(x * w) / np.sum((x * w) ** 2))
     return scale, 0.0
@@ -100,7 +139,8 @@ def _loo_mape(form: str, x: np.ndarray, y: np.ndarray) -> float:
         keep = ~test
         fit_form = form if form != "affine" or keep.sum() >= MIN_AFFINE_NETWORKS - 1 else "scale"
         scale, offset = _solve(fit_form, x[keep], y[keep])
-        errors[test] = np.abs(scale * x[test] + offset - y[test]) / y[test]
+        low = float(x[keep].min()) if offset < 0 else 0.0
+        errors[test] = np.abs(piecewise(x[test], scale, offset, low) - y[test]) / y[test]
     return float(np.mean(errors))
 
 

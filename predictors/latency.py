@@ -141,6 +141,13 @@ class LatencyPredictor(CostModel, Estimator):
         self._check_fitted("gbdt_")
         return total if self.correction_ is None else self.correction_.predict(total)
 
+    @property
+    def correction_parts(self) -> tuple[float, float, float]:
+        """(scale, offset_ms, low_ms) of `correct` (see `predictors.correction`); (1, 0, 0) without
+        measured networks. The DNAS cost term applies the same map in torch."""
+        self._check_fitted("gbdt_")
+        return (1.0, 0.0, 0.0) if self.correction_ is None else self.correction_.parts
+
     def describe(self) -> str:
         self._check_fitted("gbdt_")
         g = self.gbdt_
@@ -150,8 +157,9 @@ class LatencyPredictor(CostModel, Estimator):
         if self.correction_ is None:
             return text + "; no measured networks: a network is the plain sum of its ops"
         c = self.correction_
+        below = f"; its ratio held below {c.low_ms_:.4f} ms" if c.low_ms_ > 0 else ""
         return (text + f"; network correction {c.form_} (scale {c.scale_:.4f}, offset "
-                       f"{c.offset_ms_:+.4f} ms, from {c.n_networks_} networks)")
+                       f"{c.offset_ms_:+.4f} ms{below}, from {c.n_networks_} networks)")
 
 
 def _as_specs(X) -> list[OpSpec]:

@@ -71,6 +71,44 @@ def test_gradient_reaches_theta_and_a_descent_step_lowers_the_cost(space, flops_
     assert float(flops_term(torch.softmax(stepped, -1))) < float(cost.detach())
 
 
+def test_a_correction_fitted_on_large_networks_keeps_the_smallest_above_zero(space):
+    """Networks measured at 1.3 x their op sum minus an offset that, applied affinely, would take
+    the all-skip network under 0 ms: the term, predict_network and the bounds agree, and stay > 0."""
+    pytest.importorskip("lightgbm", reason="predictors need LightGBM: pip install -e . (a latbench dependency)")
+    from conftest import SHARED_DATA
+    from latbench.importers import read_hwnasbench
+    from latbench.ops import OpSpec
+    from predictors.latency import LatencyPredictor
+
+    blocks = SHARED_DATA / "fbnet-hwnasbench" / "blocks.csv"
+    if not blocks.exists():
+        pytest.skip(f"shared data missing: {blocks}")
+    rows = read_hwnasbench(blocks, "raspi4").rows
+    specs, y = [OpSpec.from_key(r["key"]) for r in rows], np.array([r["median_ms"] for r in rows])
+    plain = LatencyPredictor().fit(specs, y)
+    rng = np.random.default_rng(0)
+    archs = [tuple(int(c) for c in a) for a in rng.integers(0, 8, size=(12, space.num_layers))]  # no skips
+    sums = np.array([plain.predict_network(space, a) for a in archs])
+    skips = (8,) * space.num_layers
+    offset = 1.3 * 0.5 * (plain.predict_network(space, skips) + sums.min())
+    model = LatencyPredictor(correction="affine").fit(specs, y, networks=[space.network(a) for a in archs],
+                                                      network_ms=1.3 * sums - offset)
+    scale, got_offset, low_ms = model.correction_parts
+    assert got_offset < 0 and low_ms == pytest.approx(sums.min())
+    assert scale * plain.predict_network(space, skips) + got_offset < 0  # what affine would say
+    term = CostTerm.from_predictor(model, space, "raspi4")
+    for arch in [skips, archs[0], tuple(int(c) for c in rng.integers(0, 9, size=space.num_layers))]:
+        want = model.predict_network(space, arch)
+        assert want > 0
+        probs = torch.nn.functional.one_hot(torch.tensor(arch), space.num_candidates).double()
+        assert term.of_arch(arch) == pytest.approx(want, rel=1e-9)
+        assert float(term(probs)) == pytest.approx(want, rel=1e-5)
+    assert term.bounds()[0] == pytest.approx(model.predict_network(space, skips), rel=1e-9) and term.bounds()[0] > 0
+    theta = torch.zeros(space.num_layers, space.num_candidates, requires_grad=True)
+    term(torch.softmax(theta, dim=-1)).backward()
+    assert torch.all(torch.isfinite(theta.grad)) and theta.grad.abs().sum() > 0
+
+
 def test_cost_term_rejects_a_table_of_the_wrong_shape(space):
     class Wrong:
         unit = "ms"

@@ -366,6 +366,26 @@ def test_network_correction_forms():
         NetworkCorrection(form="quadratic").fit(x, x)
 
 
+def test_a_negative_offset_holds_its_ratio_below_the_networks_it_was_fitted_on():
+    # fitted on 5..50 ms networks; affine, a 1 ms network would be 0.9 - 3 = -2.1 ms
+    x = np.linspace(5, 50, 12)
+    corr = NetworkCorrection().fit(x, 0.9 * x - 3.0)
+    assert corr.form_ == "affine" and corr.low_ms_ == pytest.approx(5.0)
+    np.testing.assert_allclose(corr.predict(np.array([1.0, 5.0, 10.0])), [0.3, 1.5, 6.0])
+    assert corr.predict(1.0) == pytest.approx(0.3) and corr.predict([2.5])[0] == pytest.approx(0.75)
+    again = NetworkCorrection.from_dict(corr.to_dict())
+    assert again.parts == corr.parts
+    # an artifact saved before low_ms: held from where the map is half its offset above 0
+    old = {k: v for k, v in corr.to_dict().items() if k != "low_ms"}
+    assert NetworkCorrection.from_dict(old).low_ms_ == pytest.approx(2 * 3.0 / 0.9)
+    assert NetworkCorrection.from_dict(old).predict(0.1) > 0
+    with pytest.raises(ValueError, match="could predict a latency <= 0"):
+        NetworkCorrection.from_dict({**corr.to_dict(), "low_ms": 1.0})
+    # a positive offset is an overhead every network pays: affine all the way down
+    up = NetworkCorrection().fit(x, 0.9 * x + 3.0)
+    assert up.low_ms_ == 0.0 and up.predict(0.0) == pytest.approx(3.0)
+
+
 def test_latency_predictor_composes_lut_gbdt_and_correction():
     specs, y = device_table("raspi4")
     space = get_space("fbnet-cifar")
