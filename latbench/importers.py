@@ -313,7 +313,8 @@ def read_hwnasbench(path: Path, source_device: str | None) -> Imported:
     if source_device is None:
         if len(devices) != 1:
             raise UsageError(f"{path} holds {len(devices)} devices: {', '.join(devices)}",
-                             "pick one with --source-device (stored under --device)")
+                             f"pick one with --source-device NAME (such as --source-device {devices[0]}); "
+                             "it is stored under --device")
         source_device = devices[0]
     if source_device not in devices:
         raise UsageError(f"no rows of device {source_device!r} in {path}",
@@ -364,6 +365,11 @@ def hwnasbench_spec(row: dict) -> OpSpec:
 
 # ---- HELP networks.csv ----------------------------------------------------------------------
 
+#: HELP columns that are not measured networks but sums of HW-NAS-Bench's block table (HELP's
+#: README; ../shared/data/README.md): a network correction fitted on them learns nothing.
+HELP_SUMMED_COLUMNS = frozenset({"raspi4", "eyeriss", "fpga"})
+
+
 def read_help(path: Path, column: str | None, space_name: str = "fbnet-cifar") -> Imported:
     from latbench.spaces import get_space
 
@@ -391,8 +397,10 @@ def read_help(path: Path, column: str | None, space_name: str = "fbnet-cifar") -
         except ValueError as exc:
             raise ImportFormatError(f"{path} line {line}: {exc}",
                                     f"check that the file holds archs of {space.name}") from None
-    return Imported(out, "help", f"help-{_label(column)}",
-                    {"file": path.name, "column": column, "space": space.name, "empty": empty})
+    details = {"file": path.name, "column": column, "space": space.name, "empty": empty}
+    if column in HELP_SUMMED_COLUMNS:
+        details["summed"] = True
+    return Imported(out, "help", f"help-{_label(column)}", details)
 
 
 # ---- helpers --------------------------------------------------------------------------------

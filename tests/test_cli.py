@@ -98,9 +98,14 @@ def test_devices_json_lists_profiles_with_their_files_and_errors(cli, fast_profi
     assert "did you mean 'threads'" in rows["broken"]["error"]
 
 
-def test_devices_show_prints_the_profile_file(cli):
-    code, out, _ = cli("devices", "--show", "local")
-    assert code == 0 and "transport: local" in out
+def test_devices_show_prints_the_profile_file(cli, latbench_home):
+    code, out, err = cli("devices", "--show", "local")
+    assert code == 0 and "transport: local" in out and "invalid" not in err
+    (latbench_home / "devices").mkdir()
+    (latbench_home / "devices" / "broken.yaml").write_text("transport: local\nthread: 2\n")
+    code, out, err = cli("devices", "--show", "broken")
+    assert code == 0 and "thread: 2" in out  # shown, to be fixed
+    assert "invalid" in err and "did you mean 'threads'" in err
 
 
 # ---- lut --------------------------------------------------------------------------------
@@ -319,3 +324,22 @@ def test_stdout_to_stderr_moves_even_what_c_code_writes(capfd):
     os.write(1, b"after\n")
     out, err = capfd.readouterr()
     assert out == "after\n" and "c-level text" in err
+
+
+# ---- errors ------------------------------------------------------------------------------
+
+def test_a_missing_dependency_is_named_with_its_fix_and_a_bug_is_still_a_bug(capsys):
+    from latbench.cli import exit_codes
+    from latbench.cli.main import guarded
+
+    def needs(module: str):
+        def call():
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+        return call
+
+    assert guarded("latbench", needs("yaml"), debug=False, cancelled="") == exit_codes.ERROR
+    line = one_line(capsys.readouterr().err)
+    assert "latbench needs PyYAML" in line and "no module 'yaml'" in line and "pip install -e ." in line
+    # a module of latbench itself is missing: that is a bug, and said as one
+    assert guarded("latbench", needs("latbench.nope"), debug=False, cancelled="") == exit_codes.ERROR
+    assert "internal error: ModuleNotFoundError" in capsys.readouterr().err

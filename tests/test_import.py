@@ -54,7 +54,7 @@ def test_hwnasbench_rows_map_onto_the_fbnet_spaces():
 def test_hwnasbench_needs_a_source_device_when_the_file_has_several():
     with pytest.raises(UsageError, match="holds 4 devices: edgegpu, eyeriss, fpga, raspi4") as info:
         importers.read(BLOCKS)
-    assert "--source-device" in str(info.value)
+    assert "--source-device NAME (such as --source-device edgegpu)" in str(info.value)
     with pytest.raises(UsageError, match="no rows of device 'pixel9'"):
         importers.read(BLOCKS, source_device="pixel9")
     with pytest.raises(UsageError, match="did you mean 'raspi4'"):
@@ -63,6 +63,8 @@ def test_hwnasbench_needs_a_source_device_when_the_file_has_several():
 
 def test_help_column_becomes_whole_networks_of_fbnet_cifar():
     result = importers.read(NETWORKS, column="pixel2")
+    assert "summed" not in result.details  # a phone's measured networks, unlike HELP's raspi4 column
+    assert importers.read(NETWORKS, column="fpga").details["summed"]
     assert result.format == "help" and len(result.rows) == 5000 and result.networks == 5000
     with NETWORKS.open() as f:
         first = next(csv.DictReader(f))
@@ -226,6 +228,7 @@ def test_import_command_stores_rows_once(latbench_home, latbench_cli):
                         "--source", "hwnasbench-raspi4")
     assert nets.returncode == 0, nets.stderr
     assert "fit-predictor --device pi" in nets.stderr
+    assert "raspi4 column is the sum of HW-NAS-Bench's block table" in nets.stderr  # not measured
     with Store(latbench_home / "latbench.db") as store:
         [info] = store.contexts("pi")  # the same --source label: one context for ops and networks
         assert info.context.runtime == "imported"

@@ -31,7 +31,12 @@ def run(args) -> int:
     from latbench.profiles import find_profile, list_profiles, parse_profile
 
     if args.show:
-        print(find_profile(args.show).read_text(), end="")
+        path = find_profile(args.show)
+        print(path.read_text(), end="")
+        try:  # shown either way (to be fixed or copied), but not silently when it would not load
+            parse_profile(path)
+        except ProfileError as exc:
+            output.note(f"invalid {exc}", style="red")
         return 0
     rows = []
     for name, path in sorted(list_profiles().items()):

@@ -155,7 +155,7 @@ def run(args) -> int:
         predictor = LatencyPredictor(GBDTPredictor(**params), correction=args.correction).fit(
             data.specs, data.latency_ms, networks=data.networks, network_ms=data.network_ms,
             lut=data.lut)
-        progress("done", 1, 1)
+        progress(f"predictor of {args.device} fitted", 1, 1)
     net_eval = None
     summed = _network_sums(predictor, data)  # each measured network's op sum, used twice below
     if len(data.networks) >= 2:

@@ -113,6 +113,10 @@ def run(args) -> int:
         output.note(f"note: every median_ms is below {TINY_MS:g} ms (the largest is {largest_ms:.3g}): if the "
                     "file holds seconds or another unit, convert it to milliseconds and import it again "
                     "under another --device")
+    if result.details.get("summed"):
+        output.note(f"note: HELP's {result.details['column']} column is the sum of HW-NAS-Bench's block "
+                    "table, not a measurement of whole networks: a network correction fitted on it only "
+                    "learns that sum (import HW-NAS-Bench's blocks.csv for the ops)")
     if result.details.get("ignored_columns"):
         output.note(f"ignored columns (not in the schema): {', '.join(result.details['ignored_columns'])}")
     if not args.dry_run and summary["already_stored_differing"]:

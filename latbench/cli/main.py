@@ -56,9 +56,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return exit_codes.USAGE
-    module = importlib.import_module(COMMANDS[args.command][0])
-    return guarded("latbench", lambda: module.run(args), debug=args.debug,
-                   cancelled="everything finished before Ctrl-C is kept")
+    return guarded("latbench", lambda: importlib.import_module(COMMANDS[args.command][0]).run(args),
+                   debug=args.debug, cancelled="everything finished before Ctrl-C is kept")
+
+
+#: Modules of latbench's dependencies (pyproject.toml) -> the package that installs each.
+DEPENDENCY_PACKAGES = {
+    "torch": "torch", "onnx": "onnx", "onnxruntime": "onnxruntime", "numpy": "numpy", "yaml": "PyYAML",
+    "rich": "rich", "lightgbm": "lightgbm", "scipy": "scipy", "matplotlib": "matplotlib",
+    "paramiko": "paramiko", "adb_shell": "adb-shell", "sklearn": "scikit-learn", "PIL": "Pillow",
+}
+
+
+def missing_dependency(exc: ModuleNotFoundError) -> str | None:
+    """The line for a dependency that is not installed in this Python; None for other modules."""
+    package = DEPENDENCY_PACKAGES.get((exc.name or "").split(".")[0])
+    if package is None:
+        return None
+    return (f"latbench needs {package}, which this Python ({sys.executable}) does not have "
+            f"(no module {exc.name!r}): install latbench's dependencies with scripts/setup.sh, or "
+            f"pip install -e . in this environment")
 
 
 def guarded(prog: str, call, *, debug: bool, cancelled: str) -> int:
@@ -80,6 +97,9 @@ def guarded(prog: str, call, *, debug: bool, cancelled: str) -> int:
     except Exception as exc:  # a bug: one line unless --debug
         if debug:
             raise
+        if isinstance(exc, ModuleNotFoundError) and (line := missing_dependency(exc)):
+            sys.stderr.write(f"{prog}: error: {line}\n")  # not a bug: an environment without it
+            return exit_codes.ERROR
         sys.stderr.write(f"{prog}: internal error: {type(exc).__name__}: {exc} "
                          f"(re-run with LATBENCH_DEBUG=1 for the traceback, and please report it)\n")
         return exit_codes.ERROR
