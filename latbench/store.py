@@ -154,6 +154,10 @@ class Store:
         if "not a database" in text or "malformed" in text or "corrupt" in text:
             return StoreError(f"the database {self.path} is corrupt ({text})",
                               "move it aside and re-run; `latbench collect` measures again what is missing")
+        if "full" in text:  # "database or disk is full"
+            return StoreError(f"the disk that holds {self.path} is full ({text})",
+                              "free space there and re-run: what was stored before is kept, and "
+                              "`latbench collect` measures only what is missing")
         if "readonly" in text or "unable to open" in text or "disk I/O" in text:
             return StoreError(f"cannot write the database {self.path} ({text})",
                               "check its permissions or set LATBENCH_HOME to a writable directory")
@@ -176,13 +180,23 @@ class Store:
                 try:
                     conn.execute("COMMIT")
                 except sqlite3.Error as err:
-                    conn.execute("ROLLBACK")
+                    self._rollback(conn)
                     raise self.store._error(err) from None
             else:
-                conn.execute("ROLLBACK")
+                self._rollback(conn)
                 if isinstance(exc, sqlite3.Error):
                     raise self.store._error(exc) from None
             return False
+
+        @staticmethod
+        def _rollback(conn: sqlite3.Connection) -> None:
+            # SQLite may have rolled back already (a full disk, an I/O error): a second ROLLBACK
+            # would raise "no transaction is active" and hide the error that says why
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the error being raised says more than this one
 
     def _write(self) -> "Store._Tx":
         return Store._Tx(self)

@@ -163,6 +163,21 @@ def test_a_locked_database_is_a_store_error_that_says_locked(db):
         assert store.measured(ctx) == {("a", 0)}
 
 
+def test_a_full_disk_is_a_store_error_that_says_so_and_keeps_what_was_stored(store, db):
+    ctx = ctx_of(store)
+    save(store, ctx, results(["kept"], 0))
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # as a disk with 2 pages left
+    with pytest.raises(StoreError) as info:
+        for rnd in range(1, 200):  # raw samples fill the pages in a few batches
+            save(store, ctx, [(f"k{rnd}-{i}", rnd, "op", Measurement(f"k{rnd}-{i}", np.arange(1.0, 400.0)), {})
+                              for i in range(20)])
+    assert "is full" in info.value.message and str(db) in info.value.message  # not "no transaction"
+    assert "free space" in info.value.hint
+    assert ("kept", 0) in store.measured(ctx)
+    assert not store.conn.in_transaction  # the store stays usable once there is room
+
+
 def test_a_database_under_a_regular_file_is_a_store_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
