@@ -38,6 +38,7 @@ raspi4, ...); each row becomes the network ``net:<space>:<arch>`` of ``--space``
 from __future__ import annotations
 
 import csv
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,8 @@ HWNASBENCH_COLUMNS = ("device", "op", "h", "w", "cin", "cout", "expansion", "ker
                       "groups", "latency_ms")
 OPTIONAL_STATS = ("p10_ms", "p90_ms", "mean_ms", "std_ms")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: Largest whole number a cell may hold: floats are exact to 2**53, and SQLite stores 64 bits.
+MAX_WHOLE = 2 ** 53
 
 
 class ImportFormatError(LatbenchError):
@@ -105,7 +108,8 @@ def _read(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]:
     reader.fieldnames = header
 
     def rows():
-        for i, row in enumerate(reader, start=2):
+        for row in reader:
+            i = reader.line_num  # the file's line (the last of a row whose quoted cell spans lines)
             extra = row.get(None)
             if extra and any(str(v).strip() for v in extra):
                 raise ImportFormatError(
@@ -273,8 +277,7 @@ def _generic_key(row: dict, spaces: dict) -> str:
             return _network_key(space_name, arch, spaces)
         return OpSpec.from_key(key).key
     if row.get("space") or row.get("arch"):
-        arch = [int(a) for a in re.split(r"[\s,\-]+", row.get("arch", "").strip()) if a]
-        return _network_key(row.get("space", ""), arch, spaces)
+        return _network_key(row.get("space", ""), row.get("arch") or "", spaces)
     kind = row.get("kind", "")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
@@ -297,7 +300,8 @@ def _network_key(space_name: str, arch, spaces: dict) -> str:
             spaces[space_name] = get_space(space_name)
     except UsageError as exc:
         raise ValueError(str(exc)) from None
-    return spaces[space_name].network(arch).key
+    space = spaces[space_name]
+    return space.network(space.check_arch(arch)).key  # a string as well: "0,-1" is not "0,1"
 
 
 # ---- HW-NAS-Bench blocks.csv ----------------------------------------------------------------
@@ -320,12 +324,13 @@ def read_hwnasbench(path: Path, source_device: str | None) -> Imported:
         raise UsageError(f"no rows of device {source_device!r} in {path}",
                          " ".join(filter(None, (did_you_mean(source_device, devices),
                                                 f"devices in the file: {', '.join(devices)}"))))
-    out = []
+    out, seen = [], {}
     for line, row in rows:
         if row["device"] != source_device:
             continue
         try:
             spec = hwnasbench_spec(row)
+            _once(seen, spec.key, line)
             out.append({"key": spec.key, "kind": "op", "median_ms": _ms(row["latency_ms"], "latency_ms")})
         except ValueError as exc:
             raise ImportFormatError(f"{path} line {line}: {exc}", "fix that row") from None
@@ -385,15 +390,15 @@ def read_help(path: Path, column: str | None, space_name: str = "fbnet-cifar") -
         raise UsageError(f"no column {column!r} in {path}",
                          " ".join(filter(None, (did_you_mean(column, columns), f"columns: {', '.join(columns)}"))))
     space = get_space(space_name)
-    out, empty = [], 0
+    out, empty, seen = [], 0, {}
     for line, row in rows:
         if not row.get(column):
             empty += 1
             continue
         try:
-            arch = [int(a) for a in row["arch"].split()]
-            out.append({"key": space.network(arch).key, "kind": "network",
-                        "median_ms": _ms(row[column], column)})
+            key = space.network(space.check_arch(row["arch"])).key
+            _once(seen, key, line)
+            out.append({"key": key, "kind": "network", "median_ms": _ms(row[column], column)})
         except ValueError as exc:
             raise ImportFormatError(f"{path} line {line}: {exc}",
                                     f"check that the file holds archs of {space.name}") from None
@@ -404,6 +409,14 @@ def read_help(path: Path, column: str | None, space_name: str = "fbnet-cifar") -
 
 
 # ---- helpers --------------------------------------------------------------------------------
+
+def _once(seen: dict[str, int], key: str, line: int) -> None:
+    """A format without rounds lists each op or network once: a repeat would be dropped unseen."""
+    first = seen.setdefault(key, line)
+    if first != line:
+        raise ValueError(f"{key} is already on line {first} (this format has one row per op or "
+                         "network; keep one of them)")
+
 
 def _ms(value, name: str) -> float:
     if value is None:  # csv.DictReader: the row has fewer cells than the header
@@ -424,6 +437,8 @@ def _int(value, name: str, low: int) -> int:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a whole number; got {value!r}") from None
+    if not math.isfinite(number) or abs(number) > MAX_WHOLE:  # int(inf) raises; SQLite holds 64 bits
+        raise ValueError(f"{name} must be a whole number of at most {MAX_WHOLE:.0e}; got {value!r}")
     if number != int(number) or number < low:
         raise ValueError(f"{name} must be a whole number >= {low}; got {value!r}")
     return int(number)

@@ -144,6 +144,46 @@ def test_a_bad_byte_is_named_by_its_line_after_a_byte_order_mark(tmp_path):
         importers.read(path)
 
 
+def test_a_bad_row_is_named_by_its_line_in_the_file_past_blank_lines(tmp_path):
+    path = _write(tmp_path / "gaps.csv", "kind,cin,h,w,cout,median_ms\n\n\nfbnet_block,16,32,32,24,1\n"
+                                         "fbnet_block,16,0,32,24,1\n")
+    with pytest.raises(importers.ImportFormatError, match="line 5: h must be a whole number"):
+        importers.read(path)
+
+
+@pytest.mark.parametrize("cells, match", [
+    ("fbnet_block,inf,32,32,24,1,", "line 2: cin must be a whole number of at most"),
+    ("fbnet_block,1e400,32,32,24,1,", "line 2: cin must be a whole number of at most"),
+    ("fbnet_block,16,32,32,24,1,1e30", "line 2: round must be a whole number of at most"),
+])
+def test_a_number_too_large_for_a_whole_number_is_a_bad_row(tmp_path, cells, match):
+    path = _write(tmp_path / "big.csv", f"kind,cin,h,w,cout,median_ms,round\n{cells}\n")
+    with pytest.raises(importers.ImportFormatError, match=match):  # was OverflowError, or SQLite's
+        importers.read(path)
+
+
+def test_a_negative_candidate_index_is_a_bad_row_not_another_network(tmp_path):
+    arch = ",".join(["0", "-1"] + ["0"] * 20)
+    path = _write(tmp_path / "nets.csv", f'space,arch,median_ms\nfbnet-cifar,"{arch}",1.0\n')
+    with pytest.raises(importers.ImportFormatError, match="line 2: .*position 1 \\(from 0\\) is '-1'"):
+        importers.read(path)  # the '-' was read as a separator: stored as 0-1-0-...
+
+
+def test_a_repeated_row_of_the_shared_formats_stops_the_import(tmp_path):
+    with BLOCKS.open() as f:
+        lines = f.read().splitlines()
+    first = next(line for line in lines if line.startswith("raspi4,fbnet_block"))
+    again = first.rsplit(",", 1)[0] + ",777"
+    blocks = _write(tmp_path / "blocks.csv", "\n".join([lines[0], first, again]) + "\n")
+    with pytest.raises(importers.ImportFormatError, match="line 3: .* is already on line 2"):
+        importers.read(blocks, source_device="raspi4")
+    with NETWORKS.open() as f:
+        head, row = f.readline().strip(), f.readline().strip()
+    nets = _write(tmp_path / "networks.csv", "\n".join([head, row, row]) + "\n")
+    with pytest.raises(importers.ImportFormatError, match="line 3: net:fbnet-cifar:.* is already on line 2"):
+        importers.read(nets, column="pixel2")
+
+
 def test_a_wrong_format_says_which_the_header_reads_as():
     with pytest.raises(importers.ImportFormatError, match="not a HELP network table") as err:
         importers.read(BLOCKS, "help")
@@ -282,7 +322,13 @@ def test_an_import_does_not_hide_the_devices_other_table(latbench_home, latbench
     again = latbench_cli("import", str(one), "--device", "pi")  # into the newest table: allowed
     assert again.returncode == 0, again.stderr
     older = latbench_cli("import", str(BLOCKS), "--device", "pi", "--source-device", "raspi4")
-    assert older.returncode == 2 and "already has 1 key measured with imported (csv-one)" in older.stderr
+    assert older.returncode == 2 and older.stderr.count("\n") == 1, older.stderr
+    # the table it adds to is there already, not a second one: it would become the newest
+    assert "has 2 tables, and this import adds to table" in older.stderr
+    assert "(imported (hwnasbench-raspi4)), older than table" in older.stderr
+    assert "would become the newest" in older.stderr and "--alongside" in older.stderr
+    older = latbench_cli("import", str(BLOCKS), "--device", "pi", "--source-device", "raspi4", "--alongside")
+    assert older.returncode == 0 and "already stored, with the same values: 225 rows" in older.stderr
 
 
 def test_messages_print_brackets_as_they_are_on_one_line(latbench_cli, tmp_path):

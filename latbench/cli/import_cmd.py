@@ -141,9 +141,19 @@ def _check_no_other_table(store, ctx) -> None:
     of a device (for one without a profile, the newest: a small CSV would hide the rest)."""
     from latbench.errors import UsageError
 
-    newest = store.latest_context(ctx.device)
+    tables = store.contexts(ctx.device)
+    newest = tables[0] if tables else None
     if newest is None or newest.context == ctx:  # nothing there yet, or adding to the newest table
         return
+    if any(t.context == ctx for t in tables):  # an older table of the device (made with --alongside)
+        older = next(t for t in tables if t.context == ctx)
+        raise UsageError(
+            f"device {ctx.device!r} has {len(tables)} tables, and this import adds to table "
+            f"{older.context.table_id} ({older.context.runtime_label}), older than table "
+            f"{newest.context.table_id} ({newest.context.runtime_label}): it would become the newest, "
+            "and fit-predictor and lut would read it instead",
+            f"pass --alongside to add to it anyway (then read table {newest.context.table_id} "
+            "with --table)")
     same_tool = newest.context.runtime == "imported"
     raise UsageError(
         f"device {ctx.device!r} already has {output.plural(newest.keys, 'key')} measured with "
