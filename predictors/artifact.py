@@ -3,7 +3,8 @@
 ``$LATBENCH_HOME/predictors/<device>/``:
 
 - ``manifest.json``: format and version, device, runtime and version, measurement settings
-  (the protocol), space, feature list, library versions, sha256 of every file;
+  (the protocol), space, feature list, library versions, sha256 of every file, and an id of the
+  save that wrote it (no two saves write the same manifest);
 - ``lut.json``: op key -> measured median, p10, p90, round spread, count;
 - ``gbdt.json`` + ``gbdt_<model>_<i>.txt``: GBDT settings, base-model parameters and
   LightGBM text models (``Booster.model_to_string``);
@@ -92,10 +93,14 @@ def save(predictor: LatencyPredictor, directory: Path, *, info: dict,
     }
     files.update({name: text.encode() for name, text in models.items()})
     reports = dict(reports or {})
+    save_id = uuid.uuid4().hex
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         **info,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # a load that finds the manifest's bytes unchanged knows no save replaced the folder
+        # meanwhile, even two saves of the same predictor within created_at's second
+        "save_id": save_id,
         "predictor": {"correction": predictor.correction, "use_lut": predictor.use_lut},
         "feature_set": predictor.gbdt_.features,
         "feature_names": list(predictor.gbdt_.feature_names_in_),
@@ -108,7 +113,7 @@ def save(predictor: LatencyPredictor, directory: Path, *, info: dict,
     directory.parent.mkdir(parents=True, exist_ok=True)
     # not mkdtemp, which makes it 700 (others sharing the home could not load it): mkdir lets the
     # umask decide, as for any folder the user makes
-    tmp = directory.parent / f".{directory.name}-{uuid.uuid4().hex[:12]}"
+    tmp = directory.parent / f".{directory.name}-{save_id[:12]}"
     try:
         tmp.mkdir(0o777)
         for name, data in {**files, **reports, MANIFEST: _json_bytes(manifest)}.items():
@@ -133,56 +138,111 @@ def fit_command(name: str) -> str:
     return f"latbench fit-predictor --device {device}" + (f" --unit {name}" if sep else "")
 
 
+#: A load that overlaps a save of the same folder may read the manifest of one and files of the
+#: other, or find no folder between save's two renames: it tries again this often, waiting this
+#: long more each time (half a second in all).
+_TORN_RETRIES = 10
+_TORN_WAIT_S = 0.01
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _Torn(Exception):
+    """A load failed in a way a save swapping the folder meanwhile explains: `error` is what to
+    report unless the manifest (`seen`: its bytes, None if there was none) changed."""
+
+    def __init__(self, error: ArtifactError, seen: bytes | None):
+        super().__init__(error)
+        self.error, self.seen = error, seen
+
+
 def load(directory: Path, device: str | None = None) -> LatencyPredictor:
-    """The predictor saved in `directory`, after checking its manifest, checksums and versions."""
+    """The predictor saved in `directory`, after checking its manifest, checksums and versions.
+
+    A load that overlaps a save of the same folder gets the old or the new predictor: a missing
+    file, a checksum that differs or a missing folder is reported only once the manifest is the
+    one read (and no save of the folder is half done), else it loads again."""
     directory = Path(directory)
+    for attempt in range(_TORN_RETRIES + 1):
+        try:
+            return _load(directory, device)
+        except _Torn as torn:
+            error, seen = torn.error, torn.seen
+        if attempt == _TORN_RETRIES or not _swapped(directory, seen):
+            break
+        time.sleep(_TORN_WAIT_S * (attempt + 1))
+    raise error
+
+
+def _swapped(directory: Path, seen: bytes | None) -> bool:
+    """Whether a save replaced `directory` since its manifest was read as `seen` (each save
+    writes another manifest: its save_id), or is replacing it now (the old folder renamed away,
+    the new one not yet in)."""
+    try:
+        now = (directory / MANIFEST).read_bytes()
+    except OSError:
+        now = None
+    if now != seen:
+        return True
+    if now is not None:
+        return False
+    prefix = f".{directory.name}-"  # save's temporary and old folders
+    try:
+        return any(p.name.startswith(prefix) for p in directory.parent.iterdir())
+    except OSError:
+        return False
+
+
+def _load(directory: Path, device: str | None) -> LatencyPredictor:
     manifest_path = directory / MANIFEST
     if device is None:  # loaded by its path: the folder's name need not be a device
         refit = _path_refit_hint(directory)
         if not manifest_path.exists():
-            raise NoPredictorError(f"no latbench predictor in {directory} ({manifest_path} does not exist)",
-                                "give the folder `latbench fit-predictor --device DEVICE` saved (or a "
-                                "copy of it), or latbench:DEVICE")
+            raise _Torn(NoPredictorError(
+                f"no latbench predictor in {directory} ({manifest_path} does not exist)",
+                "give the folder `latbench fit-predictor --device DEVICE` saved (or a copy of it), "
+                "or latbench:DEVICE"), None)
     else:
         fit = fit_command(device)
         refit = f"re-run `{fit}`"
         if not manifest_path.exists():
-            fitted = sorted(m.parent.name for m in directory.parent.glob(f"*/{MANIFEST}"))
+            fitted = sorted(m.parent.name for m in directory.parent.glob(f"*/{MANIFEST}")
+                            if not m.parent.name.startswith("."))  # not a save's temporary folder
             hint = did_you_mean(directory.name, fitted)
-            raise NoPredictorError(f"no fitted predictor for device {device!r} ({manifest_path} does not exist)",
-                                (hint + " " if hint else "")
-                                + (f"fitted: {', '.join(fitted)}; or " if fitted else "") + f"run `{fit}`")
-    manifest, manifest_bytes = _read_json(manifest_path, refit)
+            raise _Torn(NoPredictorError(
+                f"no fitted predictor for device {device!r} ({manifest_path} does not exist)",
+                (hint + " " if hint else "")
+                + (f"fitted: {', '.join(fitted)}; or " if fitted else "") + f"run `{fit}`"), None)
+    try:
+        manifest_bytes = manifest_path.read_bytes()
+    except OSError as exc:  # the folder renamed away since: a save
+        raise _Torn(ArtifactError(f"predictor file {manifest_path} is corrupt ({type(exc).__name__})",
+                                  refit), None) from None
+    try:
+        manifest = json.loads(manifest_bytes)
+    except ValueError as exc:
+        raise ArtifactError(f"predictor file {manifest_path} is corrupt ({type(exc).__name__})",
+                            refit) from None
     if device is None and isinstance(manifest, dict):
         refit = _refit_hint(directory, manifest) or refit
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{manifest_path} is not a latbench predictor manifest", refit)
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or isinstance(version, bool):
         raise ArtifactError(f"{manifest_path} has format version {version}; this latbench reads "
                             f"version {FORMAT_VERSION}", refit + " with this latbench")
     _check_versions(manifest, manifest_path, refit)
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise ArtifactError(f"{manifest_path} lists no files", refit)
+    _check_manifest(manifest, manifest_path, refit)
     data: dict[str, bytes] = {}
-    for name, digest in files.items():
+    for name, digest in manifest["files"].items():
         path = directory / name
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise ArtifactError(f"{manifest_path} names a file outside its folder: {name!r}", refit)
         try:
             blob = path.read_bytes()
         except OSError:
-            raise ArtifactError(f"predictor file {path} is missing", refit) from None
+            raise _Torn(ArtifactError(f"predictor file {path} is missing", refit), manifest_bytes) from None
         if _sha256(blob) != digest:
-            raise ArtifactError(f"predictor file {path} is corrupt (its sha256 differs from the manifest)",
-                                refit)
+            raise _Torn(ArtifactError(f"predictor file {path} is corrupt (its sha256 differs from the "
+                                      f"manifest)", refit), manifest_bytes) from None
         data[name] = blob
-    feature_set = manifest.get("feature_set")
-    if feature_set not in FEATURE_SETS or list(manifest.get("feature_names", [])) != list(
-            FEATURE_SETS[feature_set]):
-        raise ArtifactError(f"{manifest_path}: its feature list differs from this latbench's "
-                            f"{feature_set!r} features", refit + " with this latbench")
     current = "lut.json"
     try:
         lut = LUT.from_dict(json.loads(data["lut.json"]))
@@ -246,7 +306,10 @@ def _model_files(meta: dict) -> list[str]:
 
 
 def _check_versions(manifest: dict, path: Path, refit: str) -> None:
-    written = manifest.get("versions", {}).get("lightgbm", "unknown")
+    versions = manifest.get("versions", {})
+    if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
+        raise ArtifactError(f"{path}: its 'versions' is not a table of library versions", refit)
+    written = versions.get("lightgbm", "unknown")
     installed = library_versions()["lightgbm"]
     try:
         if int(written.split(".")[0]) > int(installed.split(".")[0]):
@@ -256,13 +319,34 @@ def _check_versions(manifest: dict, path: Path, refit: str) -> None:
         pass  # an unknown version string: the model text itself is checked when read
 
 
-def _read_json(path: Path, refit: str) -> tuple[object, bytes]:
-    """The parsed document and the bytes it was parsed from (to hash exactly what was read)."""
-    try:
-        data = path.read_bytes()
-        return json.loads(data), data
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"predictor file {path} is corrupt ({type(exc).__name__})", refit) from None
+def _check_manifest(manifest: dict, path: Path, refit: str) -> None:
+    """The manifest's files, features and predictor settings are what save() writes."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{path} lists no files", refit)
+    for name, digest in files.items():
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ArtifactError(f"{path} names a file outside its folder: {name!r}", refit)
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise ArtifactError(f"{path}: its 'files' entry for {name} is not a sha256 ({digest!r})",
+                                refit)
+    for name in ("lut.json", "gbdt.json", "correction.json"):
+        if name not in files:
+            raise ArtifactError(f"{path}: its 'files' does not list {name}", refit)
+    feature_set, names = manifest.get("feature_set"), manifest.get("feature_names")
+    if not isinstance(feature_set, str):
+        raise ArtifactError(f"{path}: its 'feature_set' is not the name of a feature set", refit)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ArtifactError(f"{path}: its 'feature_names' is not a list of feature names", refit)
+    if feature_set not in FEATURE_SETS or names != list(FEATURE_SETS[feature_set]):
+        raise ArtifactError(f"{path}: its feature list differs from this latbench's "
+                            f"{feature_set!r} features", refit + " with this latbench")
+    settings = manifest.get("predictor")
+    if (not isinstance(settings, dict)
+            or settings.get("correction") not in LatencyPredictor._constraints["correction"]
+            or not isinstance(settings.get("use_lut"), bool)):
+        raise ArtifactError(f"{path}: its 'predictor' is not a table of predictor settings "
+                            f"(correction, use_lut)", refit)
 
 
 def _json_bytes(obj) -> bytes:

@@ -188,7 +188,10 @@ def test_the_folder_is_readable_by_others_as_the_umask_allows(fitted, tmp_path):
 
 def test_saving_again_replaces_the_artifact_whole(fitted, saved):
     (saved / "stray.txt").write_text("left over")
+    before = (saved / "manifest.json").read_bytes()
     artifact.save(fitted, saved, info=INFO)
+    # even within created_at's second: a load tells the two apart by the manifest's bytes
+    assert (saved / "manifest.json").read_bytes() != before
     assert not (saved / "stray.txt").exists()
     assert not [p for p in saved.parent.iterdir() if p.name.startswith(".")]
     artifact.load(saved)
@@ -332,3 +335,102 @@ def test_an_arch_without_its_space_or_a_non_space_is_a_clear_type_error(fitted):
         fitted.predict_network([0] * 22)
     with pytest.raises(TypeError, match="expected a search space or its name.*got int"):
         fitted.cost_table(3)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("versions", None, "its 'versions' is not a table of library versions"),
+    ("versions", [], "its 'versions' is not a table of library versions"),
+    ("versions", {"lightgbm": 5}, "its 'versions' is not a table of library versions"),
+    ("feature_set", ["derived"], "its 'feature_set' is not the name of a feature set"),
+    ("feature_set", None, "its 'feature_set' is not the name of a feature set"),
+    ("feature_names", None, "its 'feature_names' is not a list of feature names"),
+    ("feature_names", "cin", "its 'feature_names' is not a list of feature names"),
+    ("feature_names", [1, 2], "its 'feature_names' is not a list of feature names"),
+    ("files", None, "lists no files"),
+    ("files", ["lut.json"], "lists no files"),
+    ("files", {"lut.json": 5}, "its 'files' entry for lut.json is not a sha256"),
+    ("files", {"lut.json": None}, "its 'files' entry for lut.json is not a sha256"),
+    ("files", {"lut.json": "abc"}, "its 'files' entry for lut.json is not a sha256"),
+    ("files", {"": "0" * 64}, "names a file outside its folder: ''"),
+    ("files", {"report.json": "0" * 64}, "its 'files' does not list lut.json"),
+    ("predictor", None, "its 'predictor' is not a table of predictor settings"),
+    ("predictor", {"correction": ["affine"], "use_lut": True}, "its 'predictor' is not a table"),
+    ("predictor", {"correction": "affine", "use_lut": "yes"}, "its 'predictor' is not a table"),
+    ("format_version", True, "format version True"),
+])
+def test_a_malformed_manifest_field_is_one_clear_error(saved, field, value, match):
+    path = saved / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if field == "files" and isinstance(value, dict) and "lut.json" in value:
+        value = {**manifest["files"], **value}  # only that entry is wrong
+    manifest[field] = value
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=match) as info:
+        artifact.load(saved, "raspi4")
+    message = str(info.value)
+    assert str(path) in message and "re-run `latbench fit-predictor --device raspi4`" in message
+    assert "\n" not in message
+
+
+def test_a_load_overlapping_saves_gets_the_old_or_the_new_predictor(fitted, saved):
+    """A fit-predictor saving the folder while a load reads it: no half-and-half, no 'missing'."""
+    import copy
+    import threading
+    import time
+
+    plain = copy.copy(fitted)  # other files (correction.json) and another manifest
+    plain.correction, plain.correction_ = "none", None
+    space = get_space("fbnet-imagenet")
+    arch = space.sample_arch(random.Random(2))
+    expected = {"with": fitted.predict_network(space, arch), "without": plain.predict_network(space, arch)}
+    assert expected["with"] != pytest.approx(expected["without"], rel=1e-9)
+    artifact.save(fitted, saved, info={**INFO, "runtime_version": "with"})
+    stop, saves = threading.Event(), [0]
+    switch = sys.getswitchinterval()
+
+    def saver():
+        while not stop.is_set():
+            for tag, predictor in (("with", fitted), ("without", plain)):
+                artifact.save(predictor, saved, info={**INFO, "runtime_version": tag})
+                saves[0] += 1
+    thread = threading.Thread(target=saver, daemon=True)
+    failures, loads, deadline = [], 0, time.monotonic() + 5
+    sys.setswitchinterval(1e-5)  # the threads take turns often: many loads overlap a save
+    try:
+        thread.start()
+        while loads < 150 and time.monotonic() < deadline:
+            try:
+                loaded = artifact.load(saved, "raspi4")
+            except ArtifactError as exc:
+                failures.append(str(exc))
+            else:
+                tag = loaded.info_["runtime_version"]
+                assert loaded.has_network_correction == (tag == "with")
+                assert loaded.predict_network(space, arch) == pytest.approx(expected[tag], rel=1e-12)
+            loads += 1
+    finally:
+        stop.set()
+        thread.join(30)
+        sys.setswitchinterval(switch)
+    assert loads >= 50 and saves[0] >= 20, (loads, saves[0])
+    assert not failures, f"{len(failures)} of {loads} loads failed: {failures[:3]}"
+
+
+def test_a_load_between_the_two_renames_of_a_save_waits_for_the_new_folder(saved):
+    """save() renames the old folder away, then the new one in: no 'no fitted predictor' between."""
+    import threading
+
+    away = saved.with_name(f".{saved.name}-old-1")
+    saved.rename(away)
+    timer = threading.Timer(0.05, away.rename, [saved])
+    timer.start()
+    try:
+        assert artifact.load(saved, "raspi4").info_["device"] == "raspi4"
+    finally:
+        timer.join()
+    # a folder left by a save that died, and none running: still not fitted (after a few tries)
+    stale = saved.with_name(f".{saved.name}-0123456789ab")
+    stale.mkdir()
+    saved.rename(saved.with_name("elsewhere"))
+    with pytest.raises(ArtifactError, match="no fitted predictor for device 'raspi4'"):
+        artifact.load(saved, "raspi4")
