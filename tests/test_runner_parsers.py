@@ -440,6 +440,22 @@ def test_split_output_reads_states_and_a_batch_cut_short():
     assert frames.items["1"].text.endswith("other-nonce end 1 rc=0") and not frames.done
 
 
+@pytest.mark.parametrize("shell", _shells(), ids=lambda s: Path(s[0]).name)
+def test_a_tool_whose_output_ends_without_a_newline_keeps_its_end_and_the_models_after_it(shell, tmp_path):
+    # onnxruntime_perf_test prints "failed to open result file" with no newline; `timeout` can cut
+    # a line: the end marker follows on the same line
+    nonce = new_nonce()
+    items = [ScriptItem("a", ["printf 'failed to open result file'; rc=3"]),
+             ScriptItem("b", ["echo fine; rc=0"])]
+    script = tmp_path / "batch.sh"
+    script.write_text(batch_script(items, nonce=nonce))
+    res = subprocess.run([*shell, str(script)], capture_output=True, text=True, timeout=60)
+    frames = split_output(res.stdout, nonce)
+    assert frames.done and frames.order == ["a", "b"]
+    assert (frames.items["a"].rc, frames.items["a"].text) == (3, "failed to open result file")
+    assert (frames.items["b"].rc, frames.items["b"].text) == (0, "fine")
+
+
 def test_bad_item_id_is_refused():
     with pytest.raises(ValueError, match="must match"):
         batch_script([ScriptItem("0; reboot", ["true"])], nonce="n")
@@ -510,6 +526,41 @@ def test_benchmark_model_runner_batch_end_to_end(bm_setup, tmp_path):
     assert out.start["runner"] == "benchmark_model" and out.start["state"] is not None
     assert out.end["state"] is not None
     assert not canary.exists() and _no_pwned_files(tmp_path, Path(transport.workdir))
+
+
+def test_a_delegate_that_ran_none_of_the_model_fails_it_instead_of_storing_cpu_times(latbench_home, tmp_path):
+    # benchmark_model skips a delegate it cannot create (WARN) and times on the CPU, exit code 0
+    ok = FIXTURES / "bm_2024_info_prefix.txt"
+    fake = tmp_path / "benchmark_model"
+    fake.write_text(f"""#!/bin/sh
+case "$*" in
+  *cpu.tflite*) echo "WARN: GPU acceleration is unsupported on this platform." ;;
+  *none.tflite*) echo "INFO: Though GPU delegate is explicitly applied, the model graph will not be executed by the delegate." ;;
+  *part.tflite*) echo "INFO: Explicitly applied GPU delegate, and the model graph will be partially executed by the delegate w/ 5 delegate kernels." ;;
+  *) echo "INFO: Explicitly applied GPU delegate, and the model graph will be completely executed by the delegate." ;;
+esac
+cat {shlex.quote(str(ok))}
+""")
+    fake.chmod(0o755)
+    models = []
+    for name in ("cpu", "none", "part", "full"):
+        models.append(tmp_path / f"{name}.tflite")
+        models[-1].write_bytes(b"TFL3 fake model")
+    gpu = _profile("phone", "benchmark_model", "litert", "tflite", tmp_path,
+                   runtime_options={"binary": str(fake), "gpu": True})
+    _, runner = _open(gpu)
+    out = runner.run_batch([BatchItem(m.stem, m) for m in models])
+    assert out.error is None
+    for name, said in (("cpu", "WARN: GPU acceleration is unsupported"), ("none", "will not be executed")):
+        assert out.results[name]["ok"] is False
+        assert "the GPU delegate was asked for (runtime_options gpu: true)" in out.results[name]["error"]
+        assert said in out.results[name]["error"] and "gpu: false" in out.results[name]["error"]
+    assert out.results["part"]["extra"]["gpu_delegated"] == "partial (5 kernels)"
+    assert out.results["full"]["extra"]["gpu_delegated"] == "full"
+    # without the option the same CPU run is what was asked for
+    _, cpu_runner = _open(_profile("cpu", "benchmark_model", "litert", "tflite", tmp_path,
+                                   runtime_options={"binary": str(fake)}))
+    assert cpu_runner.run_batch([BatchItem("cpu", models[0])]).results["cpu"]["ok"] is True
 
 
 def test_benchmark_model_runner_pins_cores_with_taskset(bm_setup, tmp_path):

@@ -229,6 +229,34 @@ def parse_result(text: str) -> dict:
     return parsed.record()
 
 
+#: runtime_options that ask benchmark_model for a delegate -> the name its log lines give it
+DELEGATE_OPTIONS = {"gpu": "GPU", "nnapi": "NNAPI"}
+_APPLIED = re.compile(r"Explicitly applied (\S+) delegate, and the model graph will be "
+                      r"(completely|partially) executed by the delegate(?: w/ (\d+) delegate kernels)?")
+
+
+def delegation(text: str, name: str) -> str | None:
+    """How much of the model the `name` delegate runs, from benchmark_model's log: ``full``,
+    ``partial (N kernels)``, or None when it runs none of it. A delegate it cannot create (no GPU
+    driver, an old NNAPI) is skipped with a WARN line, and the model is timed on the CPU with
+    exit code 0: only the 'Explicitly applied' line says the delegate ran."""
+    for line in text.splitlines():
+        found = _APPLIED.search(line)
+        if found and found.group(1) == name:
+            return "full" if found.group(2) == "completely" else f"partial ({found.group(3) or '?'} kernels)"
+    return None
+
+
+def _delegate_failure(text: str, option: str, name: str) -> str:
+    """Why the model ran on the CPU although `option` asked for the `name` delegate."""
+    said = next((ln.strip() for ln in text.splitlines()
+                 if name in ln and ("WARN" in ln or "ERROR" in ln or "will not be executed" in ln)), "")
+    return (f"the {name} delegate was asked for (runtime_options {option}: true) but ran none of the "
+            f"model, so benchmark_model timed it on the CPU"
+            + (f" ({said[:200]})" if said else " (no 'Explicitly applied' line)")
+            + f"; check that the device supports it, or set {option}: false to measure the CPU")
+
+
 class BenchmarkModelRunner(ToolRunner):
     """Times .tflite models with benchmark_model: on phones over adb, on boards over SSH."""
 
@@ -280,4 +308,11 @@ class BenchmarkModelRunner(ToolRunner):
         return ScriptItem(item.id, [run_line(self.command(model_path), limit_s, self.cpu_prefix())])
 
     def parse_item(self, output: ItemOutput) -> dict:
-        return parse_result(output.text)
+        record = parse_result(output.text)
+        for option, name in DELEGATE_OPTIONS.items():
+            if self.profile.runtime_options.get(option):
+                applied = delegation(output.text, name)
+                if applied is None:  # a CPU time stored as the delegate's would mislead every fit
+                    return {"ok": False, "error": _delegate_failure(output.text, option, name)}
+                record["extra"][f"{option}_delegated"] = applied
+        return record

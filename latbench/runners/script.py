@@ -23,6 +23,7 @@ import re
 import secrets
 import shlex
 from dataclasses import dataclass, field
+from typing import Iterator
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
@@ -245,6 +246,18 @@ def finished_items(stdout: str, nonce: str) -> str:
     return stdout if last < 0 else stdout[:last]
 
 
+def _marked_lines(text: str, mark: str) -> Iterator[str]:
+    """The lines of `text`, with a marker that follows output on its line (a tool whose last line
+    has no newline, or one cut off by `timeout`) split onto a line of its own."""
+    for line in text.splitlines():
+        at = line.find(mark, 1)
+        while at > 0:
+            yield line[:at]
+            line = line[at:]
+            at = line.find(mark, 1)
+        yield line
+
+
 def split_output(stdout: str, nonce: str) -> ScriptOutput:
     """Cut a batch script's output into device states and each model's framed output."""
     mark = _marker(nonce) + " "
@@ -265,7 +278,7 @@ def split_output(stdout: str, nonce: str) -> ScriptOutput:
                 out.before = built
             state = None
 
-    for line in stdout.replace("\r\n", "\n").splitlines():  # a pty on old phones sends \r\n
+    for line in _marked_lines(stdout.replace("\r\n", "\n"), mark):  # a pty on old phones sends \r\n
         if not line.startswith(mark):
             if item is not None:
                 buf.append(line)
