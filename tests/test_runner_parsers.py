@@ -729,17 +729,24 @@ def test_trtexec_runner_builds_once_then_loads(latbench_home, tmp_path):
         assert rec["ok"] and len(rec["samples_ms"]) == 8 and rec["summary"]["count"] == 8
 
 
-def test_trtexec_engine_cache_key_follows_model_and_build_flags(latbench_home, tmp_path):
+def test_trtexec_engine_cache_key_follows_model_build_flags_and_tensorrt(latbench_home, tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"one")
+    fake = _fake_trtexec(tmp_path / "trtexec", tmp_path / "argv.log")
 
-    def name(**options) -> str:
-        profile = _profile("keys", "trtexec", "tensorrt", "onnx", tmp_path, runtime_options=options)
+    def name(binary: Path = fake, **options) -> str:
+        profile = _profile("keys", "trtexec", "tensorrt", "onnx", tmp_path,
+                           runtime_options={"binary": str(binary), **options})
         return _open(profile)[1].engine_name(BatchItem("0", model))
 
     plain = name()
     assert name(fp16=True) != plain and name(extra_args=["--fp16"]) != plain
     assert name(spin_wait=False) == plain  # a timing flag does not change the engine
+    # an engine only loads in the TensorRT that built it: a new JetPack builds new ones
+    upgraded = tmp_path / "trtexec-10"
+    upgraded.write_text(fake.read_text().replace("TensorRT v8601", "TensorRT v100300"))
+    upgraded.chmod(0o755)
+    assert name(upgraded) != plain
     model.write_bytes(b"two")  # re-exported model: new engine
     assert name() != plain
 

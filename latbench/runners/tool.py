@@ -52,6 +52,7 @@ class ToolRunner(Runner):
         self._check_profile()
         self._binary: str | None = None
         self._device: dict | None = None  # the device description info() read
+        self._identity = ""  # the tool's version and binary hash, as info() read them
 
     # ---- profile ---------------------------------------------------------------------------
 
@@ -140,6 +141,7 @@ class ToolRunner(Runner):
             version = (self.opt("version") or self.version_from_probe(probe)
                        or (f"sha256:{kv['sha256'][:12]}" if kv.get("sha256") else "unversioned"))
             info["runtimes"][self.runtime] = {"package": self.tool, "version": version}
+            self._identity = f"{version} sha256:{kv.get('sha256') or '?'}"
         return info
 
     def state(self) -> dict:

@@ -262,10 +262,14 @@ class TrtexecRunner(ToolRunner):
         return args + list(self.opt("extra_args", []))
 
     def engine_name(self, item: BatchItem) -> str:
-        """Engines are cached by the model's content and the flags (extra_args may hold build
-        flags such as --fp16, so they count too)."""
+        """Engines are cached by the model's content, the flags (extra_args may hold build flags
+        such as --fp16, so they count too) and the trtexec binary: an engine is bound to the
+        TensorRT that built it, and after an upgrade (a new JetPack) --loadEngine would fail on
+        every cached one."""
         digest = hashlib.sha256(item.path.read_bytes())
         digest.update("\0".join(self.build_args() + list(self.opt("extra_args", []))).encode())
+        self.binary()  # reads the version and the binary's hash (info) if nothing has yet
+        digest.update(f"\0{self._identity}".encode())
         return f"{PurePosixPath(item.path.name).stem}-{digest.hexdigest()[:16]}.engine"
 
     def prelude(self) -> list[str]:
