@@ -20,6 +20,11 @@ class ChannelShuffle(nn.Module):
         return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
+def activation(spec: OpSpec) -> nn.Module:
+    """The spec's activation (a module without weights, so the seeded weights stay the same)."""
+    return nn.ReLU(inplace=True) if spec.activation == "relu" else nn.Identity()
+
+
 class FBNetBlock(nn.Module):
     """1x1 group conv -> shuffle -> kxk depthwise -> 1x1 group conv, residual when shapes match."""
 
@@ -27,13 +32,13 @@ class FBNetBlock(nn.Module):
         super().__init__()
         mid, g, k = spec.mid_channels, spec.groups, spec.kernel
         layers: list[nn.Module] = [
-            nn.Conv2d(spec.cin, mid, 1, groups=g, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(spec.cin, mid, 1, groups=g, bias=False), nn.BatchNorm2d(mid), activation(spec),
         ]
         if g > 1:
             layers.append(ChannelShuffle(g))
         layers += [
             nn.Conv2d(mid, mid, k, stride=spec.stride, padding=k // 2, groups=mid, bias=False),
-            nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(mid), activation(spec),
             nn.Conv2d(mid, spec.cout, 1, groups=g, bias=False), nn.BatchNorm2d(spec.cout),
         ]
         self.body = nn.Sequential(*layers)
@@ -65,10 +70,10 @@ def _build_module(spec: OpSpec) -> nn.Module:
         mod: nn.Module = nn.Sequential(
             nn.Conv2d(spec.cin, spec.cout, k, stride=spec.stride, padding=k // 2,
                       groups=spec.groups, bias=False),
-            nn.BatchNorm2d(spec.cout), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(spec.cout), activation(spec),
         )
     elif spec.kind == "fbnet_block":
-        mod = FBNetBlock(spec)
+        return FBNetBlock(spec).eval()  # its activation is inside, between the convolutions
     elif spec.kind == "skip":
         mod = nn.Identity() if spec.is_identity else nn.Sequential(
             nn.Conv2d(spec.cin, spec.cout, 1, stride=spec.stride, bias=False), nn.BatchNorm2d(spec.cout))
@@ -78,6 +83,8 @@ def _build_module(spec: OpSpec) -> nn.Module:
         mod = nn.Linear(spec.cin, spec.cout)
     else:  # pragma: no cover - OpSpec validates kinds
         raise ValueError(spec.kind)
+    if spec.kind != "conv_bn_relu" and spec.activation == "relu":  # the key says so: so must the model
+        mod = nn.Sequential(mod, nn.ReLU())
     return mod.eval()
 
 

@@ -188,3 +188,21 @@ def test_macs_equal_the_multiplies_torch_performs_for_every_fbnet_cifar_op(cifar
 
     for op, module in cifar_modules.items():
         assert op.macs == count(module, example_input(op.input_shape)), op.key
+
+
+@pytest.mark.parametrize("spec", [
+    OpSpec("conv_bn_relu", 8, 6, 6, 8, kernel=3), OpSpec("conv_bn_relu", 8, 6, 6, 8, kernel=3, activation="none"),
+    OpSpec("fbnet_block", 8, 6, 6, 8, expansion=3), OpSpec("fbnet_block", 8, 6, 6, 8, expansion=3, activation="none"),
+    OpSpec("fc", 8, 1, 1, 4, activation="none"), OpSpec("fc", 8, 1, 1, 4, activation="relu"),
+    OpSpec("skip", 8, 6, 6, 16, stride=2, activation="relu"),
+])
+def test_the_module_has_the_activation_its_key_names(spec):
+    torch = pytest.importorskip("torch")
+    from latbench.modules import build_module, example_input
+
+    module = build_module(spec)
+    has_relu = any(isinstance(m, torch.nn.ReLU) for m in module.modules())
+    assert has_relu == (spec.activation == "relu")
+    out = module(example_input(spec.input_shape))
+    if spec.kind != "fbnet_block":  # a block's ReLUs are inside it, before its last convolution
+        assert (bool((out < 0).any()) is False) == (spec.activation == "relu")
