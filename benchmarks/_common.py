@@ -10,8 +10,8 @@ from pathlib import Path
 
 
 @contextmanager
-def temp_home(keep_models_from: Path | None = None):
-    """A throw-away LATBENCH_HOME; `keep_models_from` shares an export cache between runs."""
+def temp_home():
+    """A throw-away LATBENCH_HOME, set for the duration of the block (and the old one restored)."""
     old = os.environ.get("LATBENCH_HOME")
     with tempfile.TemporaryDirectory(prefix="latbench-bench-") as tmp:
         os.environ["LATBENCH_HOME"] = tmp

@@ -4,10 +4,14 @@
                                   [--onnx-device local] [--tflite-device local-tflite]
 
 Exports every op to .onnx and .tflite (timing each conversion, the check against torch
-included), collects both with the devices' protocols into throw-away stores, and prints
-per op: median latency under each runtime, the ratio LiteRT / ONNX Runtime, and the
-conversion times; then the median ratio (overall and per op kind) and conversion totals.
-Needs the tflite extra (pip install -e .[tflite]).
+included), then collects both into throw-away stores, each with its own device profile's
+protocol, interleaved: round by round (`--rounds`, default each profile's), alternating which
+runtime goes first, so that drift of the machine falls on both sides alike. Prints both
+protocols and says where they differ (the bundled local and local-tflite profiles do:
+warmup_s and min_time_s), then per op: median latency under each runtime, the ratio LiteRT /
+ONNX Runtime, and the conversion times; then the median ratio (overall and per op kind) and
+conversion totals. Needs the tflite extra (pip install -e .[tflite]); without the converter
+it says so and exits 0 having measured nothing.
 """
 
 from __future__ import annotations
@@ -51,36 +55,65 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--space", default="fbnet-cifar", help="search space whose ops are timed (default fbnet-cifar)")
     ap.add_argument("--limit", type=int, default=None, help="only the first K ops of the space")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds per op (default: the profiles')")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per op, for both runtimes (default: each profile's)")
     ap.add_argument("--onnx-device", default="local", help="profile timing the .onnx files (default local)")
     ap.add_argument("--tflite-device", default="local-tflite",
                     help="profile timing the .tflite files (default local-tflite)")
     args = ap.parse_args()
 
+    from latbench.errors import ExportError
+    from latbench.profiles import load_profile
+    from latbench.protocol import describe_timing
     from latbench.spaces import get_space
     from latbench.tflite import _converter, converter_version
 
     items = get_space(args.space).ops()[: args.limit]
+    sides = (("onnx", args.onnx_device), ("tflite", args.tflite_device))
+    profiles = {fmt: load_profile(device) for fmt, device in sides}
+    rounds = {fmt: args.rounds or profiles[fmt].protocol.rounds for fmt, _ in sides}
+    for fmt, device in sides:
+        print(f"{device} protocol: {describe_timing(profiles[fmt].protocol.timing(), profiles[fmt].runner)}; "
+              f"{rounds[fmt]} round(s)")
+    a, b = (profiles[fmt].protocol.timing() for fmt, _ in sides)
+    differ = [f"{k} {a[k]:g} vs {b[k]:g}" for k in a if a[k] != b[k]]
+    if differ:
+        print(f"note: the two protocols differ ({', '.join(differ)}): the ratios compare the runtimes "
+              f"under different timing rules")
     with temp_home() as home:
         cache = home / "models"
-        with Timer() as t_import:
-            _converter()  # paid once per process by any command that converts
-        print(f"{len(items)} ops of {args.space}; converter {converter_version()}, "
+        try:
+            with Timer() as t_import:
+                _converter()  # paid once per process by any command that converts
+            version = converter_version()
+        except ExportError as exc:
+            print(f"skipped: {exc}")
+            return 0
+        print(f"{len(items)} ops of {args.space}; converter {version}, "
               f"import {t_import.s:.1f} s (not in the per-op times)")
         onnx_s, onnx_failed = export_timed(items, "onnx", cache)
         tflite_s, tflite_failed = export_timed(items, "tflite", cache)
-        results, threads_of = {}, {}
-        for fmt, device in (("onnx", args.onnx_device), ("tflite", args.tflite_device)):
-            with Timer() as t:
-                table, report, plan = collect_into(home / f"{fmt}.db", device, items, rounds=args.rounds,
-                                                   cache_dir=cache)
-            results[fmt] = table
-            from latbench.profiles import load_profile
-
-            threads = load_profile(device).threads
-            print(f"{device}: {report.measured} measurements in {t.s:.1f} s ({plan.runtime_label}, "
-                  f"{threads} thread(s), median IQR/median {report.to_dict()['median_relative_iqr'] or 0:.1%})")
-            threads_of[fmt] = threads
+        # Round by round, alternating which runtime goes first: each call measures the one round
+        # still missing in its store (a collection resumes what is stored).
+        print(f"collecting {max(rounds.values())} round(s), interleaved: one round of each runtime in turn, "
+              f"alternating which goes first")
+        results, seconds, measured, iqrs, labels = {}, dict.fromkeys(rounds, 0.0), dict.fromkeys(rounds, 0), \
+            {fmt: [] for fmt in rounds}, {}
+        for rnd in range(max(rounds.values())):
+            for fmt, device in (sides if rnd % 2 == 0 else sides[::-1]):
+                if rnd >= rounds[fmt]:
+                    continue
+                with Timer() as t:
+                    table, report, plan = collect_into(home / f"{fmt}.db", device, items, rounds=rnd + 1,
+                                                       cache_dir=cache)
+                results[fmt], labels[fmt] = table, plan.runtime_label
+                seconds[fmt] += t.s
+                measured[fmt] += report.measured
+                iqrs[fmt] += report.relative_iqrs
+        threads_of = {fmt: profiles[fmt].threads for fmt in rounds}
+        for fmt, device in sides:
+            iqr = float(np.median(iqrs[fmt])) if iqrs[fmt] else 0.0
+            print(f"{device}: {measured[fmt]} measurements in {seconds[fmt]:.1f} s ({labels[fmt]}, "
+                  f"{threads_of[fmt]} thread(s), median IQR/median {iqr:.1%})")
 
     onnx, lite = results["onnx"], results["tflite"]
     if threads_of["onnx"] != threads_of["tflite"]:
