@@ -7,6 +7,7 @@ import ast
 import json
 import os
 import sys
+import math
 import time
 
 import numpy as np
@@ -371,3 +372,11 @@ def test_a_stopped_local_run_keeps_its_output_when_a_process_that_left_the_sessi
     finally:
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_the_ci_stop_waits_for_enough_samples_to_have_an_interval():
+    # 2-5 samples span the median only 50-94% of the time: no "+-1%" from two equal runs
+    assert pyrunner.median_rel_ci([5.0]) == math.inf and pyrunner.median_rel_ci([5.0] * 5) == math.inf
+    assert pyrunner.median_rel_ci([5.0] * pyrunner.MIN_CI_SAMPLES) == 0.0
+    samples, _ = pyrunner.measure(BusyModel(0.002), protocol(runs=2, rel_ci=0.05, max_time_s=1))
+    assert len(samples) >= pyrunner.MIN_CI_SAMPLES
