@@ -44,6 +44,10 @@ class Plan:
     runner_info: dict
 
 
+#: How a `run` failure begins when the runner died while timing the model (see `set_aside`).
+RUNNER_DIED = "the runner died while timing it, twice"
+
+
 @dataclass
 class Report:
     planned: int = 0
@@ -223,11 +227,10 @@ class Collector:
     def run(self, plan: Plan) -> Report:
         start = time.perf_counter()
         report = Report(planned=len(plan.todo), already=plan.already)
+        self._forget_set_aside(plan)
         self._say_ended_runs()  # stopped when it connected or planned
         paths = self.export_all(plan)
-        for key, (stage, error) in self.store.failures(plan.context).items():
-            if stage == "export" and key in plan.items and key not in paths:
-                report.failed[key] = f"export: {error}"
+        self.report_export_failures(plan, paths, report)
         done_items = 0
         batches = [[(k, r) for k, r in batch if k in paths] for batch in plan.batches]
         batches = [b for b in batches if b]
@@ -251,6 +254,19 @@ class Collector:
         report.wall_s = time.perf_counter() - start
         return report
 
+    def report_export_failures(self, plan: Plan, paths: dict[str, Path], report: Report) -> None:
+        """The keys this run tried to export and could not (not those of an earlier run since
+        measured)."""
+        tried = {k for k, _ in plan.todo}
+        for key, (stage, error) in self.store.failures(plan.context).items():
+            if stage == "export" and key in tried and key not in paths:
+                report.failed[key] = f"export: {error}"
+
+    def _forget_set_aside(self, plan: Plan) -> None:
+        """A new run tries again what the last set aside (`set_aside`), remembering why."""
+        self._given_up: dict[str, str] = {}
+        self._failed_before = self.store.failures(plan.context)
+
     def round_spreads(self, plan: Plan) -> list[float]:
         """Round spread of each key of the plan measured in 2+ rounds (as `lut` shows it)."""
         return [row["round_spread"] for row in self.store.table(plan.context)
@@ -272,7 +288,10 @@ class Collector:
         attempts = int(retry.get("attempts", 3))
         backoff_s = float(retry.get("backoff_s", 2.0))
         max_backoff_s = float(retry.get("max_backoff_s", 60.0))
-        remaining = list(batch)
+        remaining = [pair for pair in batch if pair[0] not in self._given_up]
+        if not remaining:
+            return  # each was set aside in another round's batch (reported there)
+        struck: tuple[str, int] | None = None
         for attempt in range(1, attempts + 1):
             temp = self.wait_until_cool(report)
             started = time.time()
@@ -295,18 +314,11 @@ class Collector:
                                   f"directory (`latbench doctor --device {self.profile.name}` shows how "
                                   f"much is left), then re-run the same command to measure the rest")
                 break
-            if output.timed_out:
-                # Items run in order: the first one left is the one the time ran out in. Set it
-                # aside, so it does not cost every retry its whole timeout and the items behind
-                # it are measured.
-                (key, _), remaining = remaining[0], remaining[1:]
-                why = (f"did not finish within the batch's timeout_s ({self.profile.timeout_s:g} s): "
-                       f"hung, or slower than the profile allows ({output.error})")
-                self.store.record_failure(plan.context, key, "run", why)
-                report.failed[key] = f"run: {why}"
-                if not remaining:
-                    report.batches_ok += 1  # everything else in it was measured
-                    return
+            before = len(remaining)
+            remaining, struck = self.set_aside(plan, remaining, output, report, struck)
+            if len(remaining) < before and not remaining:
+                report.batches_ok += 1  # everything else in it was measured
+                return
             if attempt < attempts:
                 delay = min(backoff_s * 2 ** (attempt - 1), max_backoff_s)
                 self.on_event("retry", attempt, attempts, {"error": output.error, "delay_s": delay})
@@ -315,6 +327,36 @@ class Collector:
         report.batches_failed += 1
         for key, _ in remaining:
             report.failed.setdefault(key, f"run: {output.error}")
+
+    def set_aside(self, plan: Plan, remaining: list[tuple[str, int]], output: BatchOutput, report: Report,
+                  struck: tuple[str, int] | None) -> tuple[list[tuple[str, int]], tuple[str, int] | None]:
+        """The pairs of a stopped batch still worth retrying, and the pair it stopped at.
+
+        Items run in order, so the first one left is the one the batch stopped in. It is set
+        aside (a `run` failure; its other rounds in this run are skipped too) when it ran out
+        the batch's time (it would cost every retry and round its whole timeout_s), or when the
+        runner died while timing it twice in a row, or once after it had done so in an earlier
+        run (a model that crashes the runtime would otherwise stop every batch it is in, on every
+        re-run, before the items behind it). One death is retried as it is: a lost connection or
+        a one-off crash is not the model's fault."""
+        if not remaining:
+            return remaining, None
+        pair = remaining[0]
+        key = pair[0]
+        if output.timed_out:
+            why = (f"did not finish within the batch's timeout_s ({self.profile.timeout_s:g} s): "
+                   f"hung, or slower than the profile allows ({output.error})")
+        elif output.error is not None and output.start is not None and not output.lost:
+            earlier = self._failed_before.get(key, ("", ""))[1].startswith(RUNNER_DIED)
+            if pair != struck and not earlier:
+                return remaining, pair  # the first death: retry it with the rest
+            why = f"{RUNNER_DIED} ({output.error})"
+        else:
+            return remaining, None
+        self.store.record_failure(plan.context, key, "run", why)
+        report.failed[key] = f"run: {why}"
+        self._given_up[key] = why
+        return [p for p in remaining if p[0] != key], None
 
     def reconnect(self) -> None:
         try:

@@ -255,8 +255,8 @@ class Store:
                   m.std_ms, m.count, _encode_samples(m.samples_ms), batch_id, extra.get("position"),
                   unit, extra.get("temperature_c"), now)
                  for key, rnd, kind, m, extra in results])
-            conn.executemany(
-                "DELETE FROM failures WHERE device=? AND settings_hash=? AND key=? AND stage='run'",
+            conn.executemany(  # measured: an earlier export or run failure of it is over
+                "DELETE FROM failures WHERE device=? AND settings_hash=? AND key=?",
                 [(ctx.device, ctx.settings_hash, key) for key, *_ in results])
         return batch_id
 

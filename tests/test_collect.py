@@ -405,6 +405,90 @@ def test_a_model_that_hangs_mid_batch_is_set_aside_and_the_rest_measured(make_pr
         assert {k for k, _ in store.measured(plan.context)} == {op.key for op in items} - {hung}
 
 
+def _dies_at(monkeypatch, bad_key: str, sent: list, lost: bool = False):
+    """Runners whose batch stops at `bad_key` (the runtime crashing on it, or with `lost` a
+    connection dropping there), after timing the items before it."""
+    import latbench.collect as collect_module
+    from latbench.runners.base import BatchOutput
+
+    real = collect_module.make_runner
+
+    def make(*a, **k):
+        runner = real(*a, **k)
+        run_batch = runner.run_batch
+
+        def run(items):
+            keys = [collector_key[it.path] for it in items]
+            sent.append(keys)
+            if bad_key not in keys:
+                return run_batch(items)
+            done = run_batch(items[:keys.index(bad_key)]) if keys.index(bad_key) else BatchOutput(start={})
+            error = "connection lost" if lost else "runner exited with -11 before finishing the batch: Segmentation fault"
+            return BatchOutput(start=done.start or {}, results=done.results, error=error, lost=lost)
+        runner.run_batch = run
+        return runner
+
+    collector_key: dict = {}
+    monkeypatch.setattr(collect_module, "make_runner", make)
+    return collector_key
+
+
+def test_a_model_that_crashes_the_runner_is_set_aside_after_two_deaths_and_the_rest_measured(
+        make_profile, monkeypatch):
+    from latbench.collect import RUNNER_DIED
+    from latbench.export import export
+
+    items = SPACE.ops()[:5]
+    bad = items[2].key
+    sent: list = []
+    paths = _dies_at(monkeypatch, bad, sent)
+    name = make_profile("crash", protocol={"batch_size": 5, "rounds": 2}, retry={"attempts": 3, "backoff_s": 0})
+    profile = load_profile(name)
+    for op in items:
+        paths[export(op, profile.format)] = op.key
+    plan, report = collect(name, items)
+    assert set(report.failed) == {bad} and report.failed[bad].startswith(f"run: {RUNNER_DIED}")
+    assert report.measured == 8 and report.unmeasured == 0  # 4 ops x 2 rounds: none blocked behind it
+    # round 0: died at it, died again, then the rest; round 1 skips it: it is set aside
+    assert [bad in s for s in sent] == [True, True, False, False] and len(sent[3]) == 4
+    with Store(home.db_path()) as store:
+        assert store.failures(plan.context)[bad] == ("run", report.failed[bad][len("run: "):])
+    # the next run tries it again, once: a model that died twice before is set aside at once
+    sent.clear()
+    _, again = collect(name, items)
+    assert sent == [[bad]] and set(again.failed) == {bad}  # round 1's batch skipped it too
+
+
+def test_a_connection_lost_at_the_same_model_is_not_blamed_on_it(make_profile, monkeypatch):
+    from latbench.export import export
+
+    items = SPACE.ops()[:3]
+    bad = items[1].key
+    sent: list = []
+    paths = _dies_at(monkeypatch, bad, sent, lost=True)
+    name = make_profile("flaky", protocol={"batch_size": 3, "rounds": 1}, retry={"attempts": 3, "backoff_s": 0})
+    for op in items:
+        paths[export(op, load_profile(name).format)] = op.key
+    plan, report = collect(name, items)
+    assert len(sent) == 3 and report.failed[bad] == "run: connection lost"  # retried every time
+    # it and the ops behind it are left for a re-run: nothing was set aside
+    assert report.unmeasured == len(items) - report.measured > 0
+    with Store(home.db_path()) as store:
+        assert store.failures(plan.context) == {}
+
+
+def test_an_export_failure_of_an_op_measured_since_is_neither_kept_nor_reported(fast_profile):
+    op = SPACE.ops()[3]
+    plan, _ = collect(fast_profile, [op], rounds=1)
+    with Store(home.db_path()) as store:
+        store.record_failure(plan.context, op.key, "export", "No space left on device")
+    again_plan, again = collect(fast_profile, [op], rounds=1)  # nothing to export: all measured
+    assert again.failed == {} and again_plan.todo == []
+    _, more = collect(fast_profile, [op], rounds=2)  # measured again: the old failure is cleared
+    with Store(home.db_path()) as store:
+        assert more.failed == {} and store.failures(plan.context) == {}
+
+
 def test_failures_with_one_error_are_one_line():
     from latbench.cli.collect import _failure_lines
 

@@ -80,6 +80,7 @@ class _Batch:
     pairs: list[tuple[str, int]]
     attempt: int = 1
     not_before: float = 0.0
+    struck: tuple[str, int] | None = None  # the pair its last attempt's runner died at (set_aside)
 
 
 class FarmCollector(Collector):
@@ -257,10 +258,9 @@ class FarmCollector(Collector):
         for c in self.units.values():
             report.units[c.unit] = {"hostname": c.hostname, "node_ip": c.node_ip, "batches": 0,
                                     "measured": 0, "lost": None, "worker_pids": [c.pid]}
+        self._forget_set_aside(plan)
         paths = self.export_all(plan)
-        for key, (stage, error) in self.store.failures(plan.context).items():
-            if stage == "export" and key in plan.items and key not in paths:
-                report.failed[key] = f"export: {error}"
+        self.report_export_failures(plan, paths, report)
         wanted = [pair for pair in plan.todo if pair[0] in paths]
         self._rounds_of = Counter(k for k, _ in wanted)
         self._total = len(wanted)
@@ -330,6 +330,9 @@ class FarmCollector(Collector):
                 batch = _pop_ready(queue, now)
                 if batch is None:
                     break
+                batch.pairs = [p for p in batch.pairs if p[0] not in self._given_up]  # set aside meanwhile
+                if not batch.pairs:
+                    continue
                 ids = {str(i): pair for i, pair in enumerate(batch.pairs)}
                 items, models = [], {}
                 for bid, (key, _) in ids.items():
@@ -383,14 +386,19 @@ class FarmCollector(Collector):
         report.units[unit]["measured"] += report.measured - before
         retry = self.profile.retry
         attempts = int(retry.get("attempts", 3))
-        if not remaining:
+        struck = None
+        if remaining:
+            remaining, struck = self.set_aside(plan, remaining, output, report, batch.struck)
+            if not remaining:
+                report.batches_ok += 1  # what was left was set aside: everything else was measured
+        else:
             report.batches_ok += 1
-        elif batch.attempt < attempts:
+        if remaining and batch.attempt < attempts:
             delay = min(float(retry.get("backoff_s", 2.0)) * 2 ** (batch.attempt - 1),
                         float(retry.get("max_backoff_s", 60.0)))
             self.on_event("retry", batch.attempt, attempts, {"error": output.error, "delay_s": delay, "unit": unit})
-            queue.append(_Batch(remaining, batch.attempt + 1, time.monotonic() + delay))
-        else:
+            queue.append(_Batch(remaining, batch.attempt + 1, time.monotonic() + delay, struck))
+        elif remaining:
             report.batches_failed += 1
             for key, _ in remaining:
                 report.failed.setdefault(key, f"run: {output.error}")

@@ -27,6 +27,7 @@ class BatchOutput:
     end: dict | None = None  # state (device state after)
     error: str | None = None  # set when the runner died before finishing
     timed_out: bool = False  # it was killed at the batch's time limit (`error` says so too)
+    lost: bool = False  # cut short by a lost connection: the device's runner may have been fine
 
 
 class Runner(abc.ABC):
@@ -76,7 +77,7 @@ class Runner(abc.ABC):
             if not exc.partial_stdout:
                 raise
             out = read(cut_short(exc.partial_stdout), "", -1)
-            out.error, out.timed_out = str(exc), exc.timed_out
+            out.error, out.timed_out, out.lost = str(exc), exc.timed_out, not exc.timed_out
             return out
         return read(res.stdout, res.stderr, res.exit_code)
 
