@@ -64,7 +64,8 @@ def run(args) -> int:
             raise UsageError("--arch measures only the networks it names",
                              "drop --networks and --limit, or run them as a collection of their own")
         try:
-            items = [space.network(space.check_arch(a)) for a in args.arch]
+            nets = (space.network(space.check_arch(a)) for a in args.arch)
+            items = list({n.key: n for n in nets}.values())  # an arch given twice is one network
         except ValueError as exc:
             raise UsageError(f"--arch: {exc}", f"give {space.num_layers} candidate indices of {space.name}, "
                              "such as 0-8-3-... from `nas search`") from None
