@@ -314,10 +314,9 @@ class Collector:
                                   f"directory (`latbench doctor --device {self.profile.name}` shows how "
                                   f"much is left), then re-run the same command to measure the rest")
                 break
-            before = len(remaining)
             remaining, struck = self.set_aside(plan, remaining, output, report, struck)
-            if len(remaining) < before and not remaining:
-                report.batches_ok += 1  # everything else in it was measured
+            if not remaining:
+                report.batches_ok += 1  # what was left was set aside: everything else was measured
                 return
             if attempt < attempts:
                 delay = min(backoff_s * 2 ** (attempt - 1), max_backoff_s)

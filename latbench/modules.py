@@ -73,7 +73,7 @@ def _build_module(spec: OpSpec) -> nn.Module:
             nn.BatchNorm2d(spec.cout), activation(spec),
         )
     elif spec.kind == "fbnet_block":
-        return FBNetBlock(spec).eval()  # its activation is inside, between the convolutions
+        mod = FBNetBlock(spec)
     elif spec.kind == "skip":
         mod = nn.Identity() if spec.is_identity else nn.Sequential(
             nn.Conv2d(spec.cin, spec.cout, 1, stride=spec.stride, bias=False), nn.BatchNorm2d(spec.cout))
@@ -83,7 +83,7 @@ def _build_module(spec: OpSpec) -> nn.Module:
         mod = nn.Linear(spec.cin, spec.cout)
     else:  # pragma: no cover - OpSpec validates kinds
         raise ValueError(spec.kind)
-    if spec.kind != "conv_bn_relu" and spec.activation == "relu":  # the key says so: so must the model
+    if spec.kind in ("skip", "avgpool", "fc") and spec.activation == "relu":  # no activation of their own
         mod = nn.Sequential(mod, nn.ReLU())
     return mod.eval()
 

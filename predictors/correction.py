@@ -56,8 +56,7 @@ class NetworkCorrection(Estimator):
             self.cv_mape_ = {f: _loo_mape(f, x, y) for f in candidates}
             form = _choose(self.cv_mape_)
         self.form_ = form
-        self.scale_, self.offset_ms_ = _solve(form, x, y)
-        self.low_ms_ = float(x.min()) if self.offset_ms_ < 0 else 0.0
+        self.scale_, self.offset_ms_, self.low_ms_ = _solve(form, x, y)
         self.n_networks_ = int(len(x))
         return self
 
@@ -115,18 +114,19 @@ def piecewise(summed_ms, scale: float, offset_ms: float, low_ms: float):
     return torch.where(summed_ms < low_ms, summed_ms * low_scale, affine)
 
 
-def _solve(form: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least squares on relative error (rows weighted by 1 / measured)."""
+def _solve(form: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(scale, offset_ms, low_ms) by least squares on relative error (rows weighted by
+    1 / measured); low_ms is the smallest fitted sum where the offset is negative, else 0."""
     if form == "none":
-        return 1.0, 0.0
+        return 1.0, 0.0, 0.0
     w = 1.0 / y
     if form == "affine":
         a = np.c_[x * w, w]
         (scale, offset), *_ = np.linalg.lstsq(a, np.ones(len(y)), rcond=None)
         if scale > 0 and scale * x.min() + offset > 0:  # else a network it was fitted on is <= 0 ms
-            return float(scale), float(offset)
+            return float(scale), float(offset), float(x.min()) if offset < 0 else 0.0
     scale = float(np.sum(x * w) / np.sum((x * w) ** 2))
-    return scale, 0.0
+    return scale, 0.0, 0.0
 
 
 def _loo_mape(form: str, x: np.ndarray, y: np.ndarray) -> float:
@@ -138,9 +138,7 @@ def _loo_mape(form: str, x: np.ndarray, y: np.ndarray) -> float:
         test = fold_of == fold
         keep = ~test
         fit_form = form if form != "affine" or keep.sum() >= MIN_AFFINE_NETWORKS - 1 else "scale"
-        scale, offset = _solve(fit_form, x[keep], y[keep])
-        low = float(x[keep].min()) if offset < 0 else 0.0
-        errors[test] = np.abs(piecewise(x[test], scale, offset, low) - y[test]) / y[test]
+        errors[test] = np.abs(piecewise(x[test], *_solve(fit_form, x[keep], y[keep])) - y[test]) / y[test]
     return float(np.mean(errors))
 
 

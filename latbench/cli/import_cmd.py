@@ -145,8 +145,8 @@ def _check_no_other_table(store, ctx) -> None:
     newest = tables[0] if tables else None
     if newest is None or newest.context == ctx:  # nothing there yet, or adding to the newest table
         return
-    if any(t.context == ctx for t in tables):  # an older table of the device (made with --alongside)
-        older = next(t for t in tables if t.context == ctx)
+    older = next((t for t in tables if t.context == ctx), None)
+    if older is not None:  # an older table of the device (made with --alongside)
         raise UsageError(
             f"device {ctx.device!r} has {len(tables)} tables, and this import adds to table "
             f"{older.context.table_id} ({older.context.runtime_label}), older than table "

@@ -386,19 +386,15 @@ class FarmCollector(Collector):
         report.units[unit]["measured"] += report.measured - before
         retry = self.profile.retry
         attempts = int(retry.get("attempts", 3))
-        struck = None
-        if remaining:
-            remaining, struck = self.set_aside(plan, remaining, output, report, batch.struck)
-            if not remaining:
-                report.batches_ok += 1  # what was left was set aside: everything else was measured
-        else:
+        remaining, struck = self.set_aside(plan, remaining, output, report, batch.struck)
+        if not remaining:  # all measured, or what was left was set aside
             report.batches_ok += 1
-        if remaining and batch.attempt < attempts:
+        elif batch.attempt < attempts:
             delay = min(float(retry.get("backoff_s", 2.0)) * 2 ** (batch.attempt - 1),
                         float(retry.get("max_backoff_s", 60.0)))
             self.on_event("retry", batch.attempt, attempts, {"error": output.error, "delay_s": delay, "unit": unit})
             queue.append(_Batch(remaining, batch.attempt + 1, time.monotonic() + delay, struck))
-        elif remaining:
+        else:
             report.batches_failed += 1
             for key, _ in remaining:
                 report.failed.setdefault(key, f"run: {output.error}")
