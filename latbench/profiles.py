@@ -39,7 +39,8 @@ _FIELDS: dict[str, tuple[Any, Any, str]] = {
     "protocol": (dict, {}, "timing protocol: warmup_runs, warmup_s, runs, min_time_s, max_runs, rounds, batch_size, seed"),
     "thermal": (dict, {}, "max_temp_c (wait to cool above it), cool_timeout_s and poll_s"),
     "retry": (dict, {}, "attempts (per batch), backoff_s (first wait, doubled each time), max_backoff_s, "
-                       "max_failed_batches (in a row, then collect stops; default 3)"),
+                       "max_failed_batches (in a row, then collect stops; on a farm, a unit's attempts in a row "
+                       "that measured nothing, then it is given up; default 3)"),
     "timeout_s": ((int, float), 600, "longest a runner invocation (one batch) may take"),
 }
 _CHOICES = {"transport": TRANSPORTS, "runner": RUNNERS, "runtime": RUNTIMES, "format": FORMATS}

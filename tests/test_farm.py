@@ -453,6 +453,104 @@ def test_a_unit_two_live_nodes_offer_is_not_used(farm, warm_home, make_profile, 
     assert set(by_unit) == {farm.ssh.name}
 
 
+def test_a_pool_whose_only_unit_two_agents_offer_says_so_not_busy(farm, warm_home, make_profile, tmp_path):
+    device = "test-twin"
+    make_profile(device)
+    unit = Unit(device, "agent-twin")
+    nodes = [farm.add_agent(unit, tmp_path / f"t{i}", write_profile(tmp_path / f"t{i}", device)) for i in (1, 2)]
+    try:
+        wait_for(lambda: sum(1 for n in ray.nodes() if n["Alive"] and unit.resource in n["Resources"]) == 2,
+                 30, "two agents for one unit")
+        with pytest.raises(LatbenchError) as err:
+            collect_on_farm(2, device=device, busy_wait_s=1)
+    finally:
+        for node in nodes:
+            farm.cluster.remove_node(node)
+    # the user is told to stop an agent, not to wait for a collection that does not exist
+    assert "offered by 2 live nodes" in err.value.message and "busy" not in err.value.message
+    assert "wait" not in (err.value.hint or "")
+
+
+def python_that_fails_batches(tmp_path: Path) -> Path:
+    """A unit whose runtime answers `describe` but fails every batch (a phone unplugged)."""
+    python = tmp_path / "python-that-fails"
+    python.write_text(f"""#!/bin/sh
+if [ "$2" = run ]; then echo "phone unplugged" >&2; exit 3; fi
+exec {shlex.quote(sys.executable)} "$@"
+""")
+    python.chmod(0o755)
+    return python
+
+
+def broken_pool(farm, make_profile, tmp_path: Path, device: str, good: bool) -> tuple[list, Unit, Unit | None]:
+    protocol, retry = {"batch_size": 2, "rounds": 1}, {"backoff_s": 0.2}
+    make_profile(device, protocol=protocol, retry=retry)
+    bad = Unit(device, "agent-broken")
+    nodes = [farm.add_agent(bad, tmp_path / "bad", write_profile(
+        tmp_path / "bad", device, protocol=protocol, retry=retry, python=str(python_that_fails_batches(tmp_path))))]
+    fine = Unit(device, "agent-fine") if good else None
+    if fine:
+        nodes.append(farm.add_agent(fine, tmp_path / "fine", write_profile(tmp_path / "fine", device,
+                                                                          protocol=protocol, retry=retry)))
+    wait_for(lambda: {u.name for u in (bad, fine) if u} <= set(unit_states()), 60, "the units")
+    return nodes, bad, fine
+
+
+def test_a_unit_whose_device_fails_every_batch_is_given_up_and_the_pool_measures_all(
+        farm, warm_home, make_profile, tmp_path):
+    nodes, bad, fine = broken_pool(farm, make_profile, tmp_path, "test-broken-pool", good=True)
+    try:
+        plan, report = collect_on_farm(12, device="test-broken-pool")
+    finally:
+        for node in nodes:
+            farm.cluster.remove_node(node)
+    assert report.measured == 12 and not report.failed, report.failed
+    assert report.units[fine.name]["measured"] == 12
+    lost = report.units[bad.name]["lost"]
+    assert lost and "3 batches in a row failed" in lost and "phone unplugged" in lost
+    assert report.units[bad.name]["batches"] == 3  # max_failed_batches, then its work went elsewhere
+
+
+def test_a_farm_whose_every_unit_fails_stops_after_max_failed_batches(farm, warm_home, make_profile, tmp_path):
+    nodes, bad, _ = broken_pool(farm, make_profile, tmp_path, "test-broken-only", good=False)
+    try:
+        plan, report = collect_on_farm(12, device="test-broken-only")
+    finally:
+        for node in nodes:
+            farm.cluster.remove_node(node)
+    # 3 attempts, not every batch 3 times (6 batches x 3 attempts = 18 on an unplugged phone)
+    assert report.units[bad.name]["batches"] == 3 and report.measured == 0
+    assert set(report.failed) == {op.key for op in OPS[:12]}
+    assert all("no unit of test-broken-only left on the farm" in why and "phone unplugged" in why
+               for why in report.failed.values()), report.failed
+
+
+def test_collect_trust_new_host_reaches_the_farms_ssh_units(farm, warm_home, make_profile, tmp_path, sshd):
+    device = "test-trust"
+    make_profile(device, transport="ssh", python=sys.executable, connection={"host": "elsewhere"})
+    unit = Unit(device, "agent-trust")
+    known = tmp_path / "known_hosts"
+    known.write_text("")  # the agent host has never seen the board
+    profile = write_profile(tmp_path / "tr", device, transport="ssh", python=sys.executable, connection={
+        "host": sshd.host, "port": sshd.port, "user": sshd.user, "key_file": str(sshd.user_key),
+        "known_hosts": str(known), "connect_timeout_s": 5, "workdir": str(tmp_path / "board")})
+    node = farm.add_agent(unit, tmp_path / "tr", profile)
+    try:
+        wait_for(lambda: unit.name in unit_states(), 60, "the unit")
+        with Store(home.db_path()) as store:
+            collector = FarmCollector(load_profile(device), store, address=None, busy_wait_s=30)
+            with pytest.raises(LatbenchError, match="trust-new-host"):
+                with collector:  # without it: refused, with the flag named in the hint
+                    pass
+            collector = FarmCollector(load_profile(device), store, address=None, busy_wait_s=30)
+            collector.transport.trust_new_host = True  # what `collect --farm --trust-new-host` does
+            with collector:
+                assert list(collector.units) == [unit.name]
+    finally:
+        farm.cluster.remove_node(node)
+    assert known.read_text().strip()  # the unit's host remembered the board's key
+
+
 def test_a_unit_with_other_settings_is_refused(farm, warm_home, make_profile):
     make_profile(DEVICE, protocol={"runs": 7})  # the agents' profiles time 5 runs
     with pytest.raises(LatbenchError) as err:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latbench.collect import Collector, EventCallback, Plan, Report, plan_batches
+from latbench.collect import Collector, EventCallback, Plan, Report, _disk_full, plan_batches
 from latbench.errors import LatbenchError
 from latbench.farm import NAMESPACE
 from latbench.farm.cluster import connected, node_units, one_line
@@ -81,6 +81,7 @@ class _Batch:
     attempt: int = 1
     not_before: float = 0.0
     struck: tuple[str, int] | None = None  # the pair its last attempt's runner died at (set_aside)
+    failed_on: frozenset[str] = frozenset()  # units an attempt of it failed on: another unit tries first
 
 
 class FarmCollector(Collector):
@@ -111,6 +112,7 @@ class FarmCollector(Collector):
         self._report: FarmReport | None = None
         self._total = 0
         self._rounds_of: Counter = Counter()
+        self._failing: Counter = Counter()  # unit -> its attempts in a row that measured nothing
 
     # ---- claiming and releasing units ------------------------------------------------------
 
@@ -166,8 +168,12 @@ class FarmCollector(Collector):
             elif nu.unit.name not in free:
                 self.skipped[nu.unit.name] = "busy: another collection holds it"
         if not free:
-            raise LatbenchError(f"every unit of {self.profile.name} is busy ({', '.join(sorted(self.skipped))})",
-                                "wait for the other collection to finish (see `latbench farm status`)")
+            why = "; ".join(f"{u}: {w}" for u, w in sorted(self.skipped.items()))
+            if all(w.startswith("busy") for w in self.skipped.values()):
+                raise LatbenchError(f"every unit of {self.profile.name} is busy ({why})",
+                                    "wait for the other collection to finish (see `latbench farm status`)")
+            raise LatbenchError(f"no unit of {self.profile.name} can measure now ({why})",
+                                "see `latbench farm status`")
         exporter = exporter_tag(self.profile.format)
         here = self.profile.settings(exporter)
         worker = ray.remote(UnitWorker)
@@ -176,7 +182,8 @@ class FarmCollector(Collector):
             if nu.unit.name in free:
                 actors[nu.unit.name] = worker.options(
                     num_cpus=0, resources={nu.unit.resource: 1}, max_restarts=self.max_restarts,
-                    max_task_retries=self.max_restarts).remote(nu.unit.name)
+                    max_task_retries=self.max_restarts).remote(
+                    nu.unit.name, trust_new_host=getattr(self.transport, "trust_new_host", False))
         asked = {actor.describe.remote(exporter): unit for unit, actor in actors.items()}
         ready, pending = ray.wait(list(asked), num_returns=len(asked), timeout=self.claim_timeout_s)
         for ref in pending:
@@ -259,6 +266,7 @@ class FarmCollector(Collector):
             report.units[c.unit] = {"hostname": c.hostname, "node_ip": c.node_ip, "batches": 0,
                                     "measured": 0, "lost": None, "worker_pids": [c.pid]}
         self._forget_set_aside(plan)
+        self._failing.clear()
         paths = self.export_all(plan)
         self.report_export_failures(plan, paths, report)
         wanted = [pair for pair in plan.todo if pair[0] in paths]
@@ -278,7 +286,8 @@ class FarmCollector(Collector):
                 break
             progressed = report.measured > measured or sum(1 for c in self.units.values() if c.lost) > lost
             if not self._live() or not progressed or passes == MAX_PASSES:
-                why = (f"no unit of {self.profile.name} left on the farm" if not self._live()
+                lost = "; ".join(f"{u}: {c.lost}" for u, c in sorted(self.units.items()) if c.lost)
+                why = (f"no unit of {self.profile.name} left on the farm ({lost})" if not self._live()
                        else f"still not measured after {passes} pass(es) over the farm")
                 for key, _ in missing:
                     report.failed.setdefault(key, f"run: {why}")
@@ -327,9 +336,9 @@ class FarmCollector(Collector):
             for unit in self._live():
                 if unit in busy or unit in self._absent:
                     continue
-                batch = _pop_ready(queue, now)
+                batch = _pop_ready(queue, now, unit, self._live())
                 if batch is None:
-                    break
+                    continue  # what is ready failed on this unit: another unit tries it first
                 batch.pairs = [p for p in batch.pairs if p[0] not in self._given_up]  # set aside meanwhile
                 if not batch.pairs:
                     continue
@@ -387,19 +396,38 @@ class FarmCollector(Collector):
         retry = self.profile.retry
         attempts = int(retry.get("attempts", 3))
         remaining, struck = self.set_aside(plan, remaining, output, report, batch.struck)
+        self._judge_unit(unit, measured=report.measured > before, failed=bool(remaining), error=output.error)
         if not remaining:  # all measured, or what was left was set aside
             report.batches_ok += 1
         elif batch.attempt < attempts:
             delay = min(float(retry.get("backoff_s", 2.0)) * 2 ** (batch.attempt - 1),
                         float(retry.get("max_backoff_s", 60.0)))
             self.on_event("retry", batch.attempt, attempts, {"error": output.error, "delay_s": delay, "unit": unit})
-            queue.append(_Batch(remaining, batch.attempt + 1, time.monotonic() + delay, struck))
+            queue.append(_Batch(remaining, batch.attempt + 1, time.monotonic() + delay, struck,
+                                batch.failed_on | {unit}))
         else:
             report.batches_failed += 1
             for key, _ in remaining:
                 report.failed.setdefault(key, f"run: {output.error}")
         settled = report.measured + sum(self._rounds_of[k] for k in report.failed if k in self._rounds_of)
         self.on_event("measure", min(settled, self._total), self._total, {"report": report, "unit": unit})
+
+    def _judge_unit(self, unit: str, *, measured: bool, failed: bool, error: str | None) -> None:
+        """Give up a unit whose device fails whatever it is given, as a single-device collect
+        stops: after `retry.max_failed_batches` attempts in a row that measured nothing, or at
+        once when its disk is full. Its batches go to the units left; with none left, the run
+        ends instead of trying every batch `attempts` times on a phone that is unplugged."""
+        if measured or not failed:
+            self._failing[unit] = 0
+            return
+        self._failing[unit] += 1
+        give_up = int(self.profile.retry.get("max_failed_batches", 3))
+        if _disk_full(error):
+            self._lose(unit, f"its device's disk is full ({error}); free space in its work directory, "
+                             f"then re-run")
+        elif self._failing[unit] >= give_up:
+            self._lose(unit, f"{self._failing[unit]} batches in a row failed on it, so its device looks "
+                             f"unreachable or misconfigured (last: {error})")
 
     def _stop_inflight(self, plan: Plan, inflight: dict, report: FarmReport, stop: KeyboardInterrupt) -> None:
         """Have each unit stop the batch it measures and store the models that batch finished, as
@@ -510,10 +538,11 @@ class FarmCollector(Collector):
             pass
 
 
-def _pop_ready(queue: deque, now: float) -> _Batch | None:
-    """The first queued batch not waiting for its retry backoff."""
+def _pop_ready(queue: deque, now: float, unit: str, live: list[str]) -> _Batch | None:
+    """The first queued batch for `unit` not waiting for its retry backoff: one that failed on
+    `unit` only when every live unit has failed it."""
     for i, batch in enumerate(queue):
-        if batch.not_before <= now:
+        if batch.not_before <= now and (unit not in batch.failed_on or set(live) <= batch.failed_on):
             del queue[i]
             return batch
     return None

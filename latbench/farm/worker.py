@@ -55,8 +55,9 @@ class UnitWorker:
     """One unit's device session (created by the head as a Ray actor that needs the unit's
     resource, so it runs on the unit's host and holds the unit while the collection lasts)."""
 
-    def __init__(self, unit: str):
+    def __init__(self, unit: str, trust_new_host: bool = False):
         self.unit = unit
+        self.trust_new_host = trust_new_host  # the head's `collect --trust-new-host`
         self.collector = None  # a store-less Collector: its device connection, runner, thermal wait
         self.profile = None
         self.profile_path = registered_profile(unit)
@@ -76,17 +77,26 @@ class UnitWorker:
                 raise KeyboardInterrupt(by)
         return handler
 
-    def _open(self):
-        from latbench.collect import Collector
+    def _load(self):
+        """The unit's profile, read on this host (once: the head compared its settings)."""
         from latbench.profiles import parse_profile
 
         if self.profile_path is None:
             raise DeviceError(f"no agent on {socket.gethostname()} serves unit {self.unit}",
                               f"start it there: latbench farm agent --address HEAD:6379 --unit {self.unit}")
-        if self.collector is None:
+        if self.profile is None:
             self.profile = parse_profile(Path(self.profile_path))
+        return self.profile
+
+    def _open(self):
+        from latbench.collect import Collector
+
+        self._load()
+        if self.collector is None:
             # no store here; the lock is taken per batch (run_batch), not for the agent's life
             collector = Collector(self.profile, None, lock=False)  # type: ignore[arg-type]
+            if self.trust_new_host:  # never turns off a profile's trust_unknown_host
+                collector.transport.trust_new_host = True
             collector.__enter__()
             self.collector = collector
         elif self.reconnect:
@@ -120,14 +130,15 @@ class UnitWorker:
         from latbench.runners.base import BatchItem, BatchOutput
 
         started = time.time()
-        temp, collector, ended = None, None, []
+        temp, ended = None, []
         try:
             self._measuring = True  # inside the try: a stop from here on is caught below
-            collector = self._open()
             paths = {name: self._model(name, sha, models) for _, name, sha in items}
             # Units of one piece of hardware (local and local-tflite on one host) take turns: the
-            # same lock, held for one batch, its cooling wait and temperature probe included.
-            with device_lock(self.profile, wait_s=self.profile.timeout_s):
+            # same lock, held for one batch, its reconnect (which runs commands on the device),
+            # cooling wait and temperature probe included.
+            with device_lock(self._load(), wait_s=self.profile.timeout_s):
+                collector = self._open()
                 temp = collector.wait_until_cool(Report())
                 started = time.time()
                 output = collector.runner.run_batch([BatchItem(bid, paths[name]) for bid, name, _ in items])
@@ -138,8 +149,8 @@ class UnitWorker:
             output.error = f"stopped by {self._stopped_by or 'Ctrl-C'}"  # the handler's reason
         finally:
             self._measuring, self._stopped_by = False, ""
-            if collector is not None:  # runs a worker killed outright (and Ray restarted) left timing
-                ended = collector.take_ended_runs()
+            if self.collector is not None:  # runs a worker killed outright (and Ray restarted) left timing
+                ended = self.collector.take_ended_runs()
         if output.error is not None:
             self.reconnect = True  # as the single-device loop does before its next attempt
         return {"unit": self.unit, "pid": os.getpid(), "started": started, "temperature_c": temp,
