@@ -438,11 +438,11 @@ class Collector:
         runner_meta = {k: v for k, v in (output.start or {}).items() if k != "state"}
         if estimated:  # figures the tool did not print (see ReportedMeasurement)
             runner_meta["estimated_stats"] = estimated
-        self.store.save_batch(plan.context, results=results, status=status, items=len(ids),
-                              started_at=started, error=output.error, state_before=state or None,
-                              state_after=(output.end or {}).get("state"), runner=runner_meta,
-                              unit=unit)
-        report.measured += len(results)
+        # what this run stored: a pair another collection stored meanwhile is not counted twice
+        report.measured += self.store.save_batch(
+            plan.context, results=results, status=status, items=len(ids), started_at=started,
+            error=output.error, state_before=state or None, state_after=(output.end or {}).get("state"),
+            runner=runner_meta, unit=unit)
         return remaining
 
 

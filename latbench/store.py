@@ -232,7 +232,8 @@ class Store:
                    status: str, items: int, started_at: float, error: str | None = None,
                    state_before: dict | None = None, state_after: dict | None = None,
                    runner: dict | None = None, unit: str = "") -> int:
-        """Write one batch and its measurements atomically; returns the batch id.
+        """Write one batch and its measurements atomically; returns how many measurements were
+        new (another collection may have stored some of them meanwhile).
 
         `results` holds (key, round, kind, measurement, extra) where extra may carry
         ``position`` and ``temperature_c``. Rows already stored are kept, not duplicated.
@@ -246,6 +247,7 @@ class Store:
                 (*ctx.as_tuple(), unit, status, error, items, started_at, now,
                  json.dumps(state_before), json.dumps(state_after), json.dumps(runner)))
             batch_id = cur.lastrowid
+            before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO measurements (device, runtime, runtime_version, settings_hash,"
                 " key, round, kind, median_ms, p10_ms, p90_ms, mean_ms, std_ms, count, samples,"
@@ -255,10 +257,11 @@ class Store:
                   m.std_ms, m.count, _encode_samples(m.samples_ms), batch_id, extra.get("position"),
                   unit, extra.get("temperature_c"), now)
                  for key, rnd, kind, m, extra in results])
+            inserted = conn.total_changes - before
             conn.executemany(  # measured: an earlier export or run failure of it is over
                 "DELETE FROM failures WHERE device=? AND settings_hash=? AND key=?",
                 [(ctx.device, ctx.settings_hash, key) for key, *_ in results])
-        return batch_id
+        return inserted
 
     def save_imported(self, ctx: Context, rows: list[dict], *, source: str) -> int:
         """Store measurements made elsewhere (no raw samples); returns how many were new.

@@ -66,11 +66,12 @@ def test_measured_returns_what_was_saved(store):
 def test_saving_the_same_batch_twice_adds_no_rows(store, db):
     ctx = ctx_of(store)
     res = results(["a", "b", "c"], 0)
-    save(store, ctx, res)
+    assert save(store, ctx, res) == 3
     first = store.rows(ctx)
-    save(store, ctx, results(["a", "b", "c"], 0, base_ms=9.0))  # same (key, round), new numbers
-    assert count_rows(db) == 3
-    assert store.rows(ctx) == first  # the first numbers are kept
+    # same (key, round), new numbers: none is new, so a collection does not count them measured
+    assert save(store, ctx, results(["a", "b", "c", "d"], 0, base_ms=9.0)) == 1
+    assert count_rows(db) == 4
+    assert [r for r in store.rows(ctx) if r.key != "d"] == first  # the first numbers are kept
     assert count_rows(db, "batches") == 2
 
 
