@@ -23,6 +23,7 @@ leaves the Wi-Fi would.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -323,51 +324,65 @@ class _SyncStream(_Stream):
         self.write(bytes(out))
 
     def _send(self, spec: str) -> None:
+        """SEND as adbd does it (file_sync_service.cpp): a regular file at `path` is removed
+        first; a failure is answered with FAIL at once, then DATA is read and dropped up to DONE,
+        the file removed and the sync session ended."""
         path, _, mode_text = spec.rpartition(",")
         try:
             mode = int(mode_text)
         except ValueError:
             path, mode = spec, 0o644
-        tmp = f"{path}.adb-peer-{self.local_id}"
-        error = None
-        fh = None
+        if os.path.islink(path) or os.path.isfile(path):
+            os.unlink(path)
         try:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            fh = open(tmp, "wb")
+            fh = open(path, "wb")
+            os.chmod(path, stat.S_IMODE(mode))
         except OSError as exc:
-            error = f"couldn't create file: {exc.strerror}"
-        mtime = 0
-        while True:  # read every DATA chunk up to DONE, even after an error
-            ident, length = self._request()
-            if ident == b"DATA":
+            self._send_failed(f"couldn't create file: {exc.strerror}", path)
+        peer = self.conn.peer
+        with fh:
+            while True:
+                ident, length = self._request()
+                if ident == b"DONE":
+                    break
+                if ident != b"DATA":
+                    raise ProtocolError(f"expected DATA or DONE in SEND, got {ident!r}")
                 if length > SYNC_DATA_MAX:
                     raise ProtocolError(f"DATA chunk of {length} bytes is over {SYNC_DATA_MAX}")
                 data = self._read(length)
-                if fh is not None and error is None:
+                error = None
+                if peer.disk_free_bytes is not None and len(data) > peer.disk_free_bytes:
+                    error = "write failed: No space left on device"
+                else:
                     try:
                         fh.write(data)
                     except OSError as exc:
                         error = f"write failed: {exc.strerror}"
-            elif ident == b"DONE":
-                mtime = length
-                break
-            else:
-                raise ProtocolError(f"expected DATA or DONE in SEND, got {ident!r}")
-        if fh is not None:
-            fh.close()
-            if error is None:
-                try:
-                    os.chmod(tmp, stat.S_IMODE(mode))
-                    os.utime(tmp, (mtime, mtime))
-                    os.replace(tmp, path)
-                except OSError as exc:
-                    error = f"couldn't install file: {exc.strerror}"
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        if error:
-            self._fail(error)
-        else:
-            self.write(b"OKAY" + bytes(4))
+                if error:
+                    fh.close()
+                    self._send_failed(error, path)
+                if peer.disk_free_bytes is not None:
+                    peer.disk_free_bytes -= len(data)
+        os.utime(path, (length, length))  # DONE's length is the mtime
+        self.write(b"OKAY" + bytes(4))
+
+    def _send_failed(self, error: str, path: str) -> None:
+        # SendSyncFail writes the header and the message apart: they may come as two WRTEs
+        data = error.encode()
+        self.write(b"FAIL" + struct.pack("<I", len(data)))
+        self.write(data)
+        try:
+            while True:  # adbd reads and drops DATA until DONE (or the host closes the stream)
+                ident, length = self._request()
+                if ident != b"DATA":
+                    break
+                self._read(length)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self.close()
+        raise _StreamClosed()
 
     def _recv(self, path: str) -> None:
         try:
@@ -540,6 +555,8 @@ class AdbPeer:
     on_shell: Callable[[str], str | None] | None = None
     #: on_output(command, chunk) -> "drop" closes the connection after that output was sent
     on_output: Callable[[str, bytes], str | None] | None = None
+    #: bytes a push may still write before the phone's disk is full (None: no limit)
+    disk_free_bytes: int | None = None
 
     def __post_init__(self) -> None:
         self.commands: list[str] = []

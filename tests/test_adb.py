@@ -26,7 +26,8 @@ import yaml
 pytest.importorskip("adb_shell", reason="the adb transport needs adb-shell, a latbench dependency: pip install -e .")
 
 from adb_peer import AdbPeer, parse_android_pubkey, write_keypair  # noqa: E402
-from conftest import collect_in_a_process, hung_run_timing, listed_runs, python_that_hangs_once, running, signal_when  # noqa: E402
+from conftest import (collect_in_a_process, hung_run_timing, listed_runs, python_that_hangs_once, running,  # noqa: E402
+                      signal_when, wait_for)
 
 from latbench.errors import DeviceError, ProfileError  # noqa: E402
 from latbench.profiles import CONNECTION_FIELDS, parse_profile  # noqa: E402
@@ -501,6 +502,33 @@ def test_push_skips_what_the_phone_has_and_replaces_what_changed(tmp_path, peer,
     assert Path(remotes[1]).read_bytes() == files[1].read_bytes()
     hash_commands = [c for c in peer.commands[commands_before:] if "@@dir" in c]
     assert len(hash_commands) == 1
+
+
+def test_a_push_the_phone_refuses_fails_at_once_with_its_reason(tmp_path, peer, adb_key):
+    """adbd answers a failed write with FAIL at once and drops the rest of the file; adb-shell
+    threw that FAIL away and waited out the 30 s transfer timeout, so a full disk read "no
+    answer from the phone" and collection never saw that the disk was full."""
+    from latbench.collect import _disk_full
+
+    big, small = tmp_path / "big.onnx", tmp_path / "small.onnx"
+    big.write_bytes(os.urandom(3_000_000))  # many sync chunks
+    small.write_bytes(os.urandom(1000))
+    peer.disk_free_bytes = 1_000_000
+    profile = make_profile(tmp_path, peer.address, adb_key)
+    with open_transport(profile) as t:
+        remote = f"{profile.connection['workdir']}/models/big.onnx"
+        started = time.monotonic()
+        with pytest.raises(DeviceError) as err:
+            t.push_many([(big, remote)])
+        assert time.monotonic() - started < 10  # not the 30 s io timeout
+        assert "No space left on device" in err.value.message and _disk_full(str(err.value))
+        wait_for(lambda: not Path(remote).exists(), 10, "the phone to remove what it had written")
+        peer.disk_free_bytes = None
+        connections = peer.connections_seen
+        assert t.run(["echo", "still here"], 10).stdout == "still here\n"  # the connection lives on
+        assert t.push_many([(small, f"{profile.connection['workdir']}/models/small.onnx")]) == 1
+        assert t.push_many([(big, remote)]) == 1 and Path(remote).read_bytes() == big.read_bytes()
+        assert peer.connections_seen == connections
 
 
 def test_hashing_many_pushed_models_may_take_as_long_as_a_batch(tmp_path, adb_key, monkeypatch):

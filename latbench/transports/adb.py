@@ -163,6 +163,56 @@ def _tcp_transport_class():
     return _TcpTransport
 
 
+@functools.cache
+def _device_class(usb: bool):
+    """adb-shell's AdbDevice (or AdbDeviceUsb) with a push that fails at once when the phone
+    refuses it. adbd answers a failed write (a full disk) with FAIL at once, then reads and
+    drops DATA up to DONE (AOSP file_sync_service.cpp, handle_send_file); adb-shell waits for
+    OKAY after each chunk and throws that FAIL away, so a push of more than a chunk or so
+    stalled for the whole io timeout and was reported as a dead connection, never as the
+    error the phone gave."""
+    from adb_shell import constants, exceptions as ae
+    from adb_shell.adb_device import AdbDevice
+    from adb_shell.adb_message import AdbMessage
+
+    if usb:
+        from adb_shell.adb_device import AdbDeviceUsb as base
+    else:
+        base = AdbDevice
+
+    class _Device(base):
+        def _filesync_flush(self, adb_info, filesync_info):
+            self._io_manager.send(AdbMessage(constants.WRTE, adb_info.local_id, adb_info.remote_id,
+                                             filesync_info.send_buffer[:filesync_info.send_idx]), adb_info)
+            filesync_info.send_idx = 0
+            while True:
+                cmd, data = self._read_until([constants.OKAY, constants.WRTE, constants.CLSE], adb_info)
+                if cmd == constants.CLSE:
+                    raise ae.PushFailedError("the phone ended the transfer")
+                if cmd == constants.WRTE:  # _read_until acknowledged it
+                    filesync_info.recv_buffer += data
+                failure = _sync_failure(bytes(filesync_info.recv_buffer))
+                if failure is not None:
+                    # adbd waits for DONE, which will not come: close the stream, keep the connection
+                    self._io_manager.send(AdbMessage(constants.CLSE, adb_info.local_id, adb_info.remote_id),
+                                          adb_info)
+                    raise ae.PushFailedError(failure)
+                if cmd == constants.OKAY and not filesync_info.recv_buffer.startswith(b"FAIL"):
+                    return  # (a FAIL whose message has not all come yet: read on)
+
+    return _Device
+
+
+def _sync_failure(received: bytes) -> str | None:
+    """The message of a whole sync FAIL packet at the start of `received`, else None."""
+    if len(received) < 8 or received[:4] != b"FAIL":
+        return None
+    length = int.from_bytes(received[4:8], "little")
+    if len(received) < 8 + length:
+        return None
+    return received[8:8 + length].decode("utf-8", "replace")
+
+
 def split_address(address: str, source: str) -> tuple[str, int]:
     """``host:port``, ``host`` (port 5555) or ``[v6-address]:port``."""
     host, port = address, str(DEFAULT_PORT)
@@ -298,19 +348,16 @@ class ADBTransport(Transport):
 
     def _make_device(self):
         if not self.usb:
-            from adb_shell.adb_device import AdbDevice
-
-            return AdbDevice(_tcp_transport_class()(self.host, self.port),
-                             default_transport_timeout_s=self.connect_timeout_s)
+            return _device_class(usb=False)(_tcp_transport_class()(self.host, self.port),
+                                            default_transport_timeout_s=self.connect_timeout_s)
         extra_hint = ("pip install -e .[usb] (or pip install 'adb-shell[usb]'), or use adb over "
                       "Wi-Fi: `adb tcpip 5555` and connection.address: <phone-ip>:5555")
         if importlib.util.find_spec("usb1") is None:
             raise DeviceError("adb over USB needs the libusb1 package, which is not installed", extra_hint)
         from adb_shell import exceptions as ae
-        from adb_shell.adb_device import AdbDeviceUsb
 
         try:
-            return AdbDeviceUsb(serial=self.serial, default_transport_timeout_s=self.connect_timeout_s)
+            return _device_class(usb=True)(serial=self.serial, default_transport_timeout_s=self.connect_timeout_s)
         except ae.InvalidTransportError:
             raise DeviceError("adb over USB cannot load libusb (the libusb1 package is there, "
                               "the libusb-1.0 library is not)",
