@@ -262,6 +262,32 @@ def test_profile_mistakes_name_the_setting(tmp_path, adb_key):
     assert (t.host, t.port, t.workdir) == ("10.0.0.2", 5555, "/data/local/tmp/latbench")
 
 
+@pytest.mark.parametrize("error, message, hint", [
+    ("USBErrorBusy", "held by another program", "adb kill-server"),
+    ("USBErrorAccess", "no permission to open", "udev rule")])
+def test_the_two_usual_usb_failures_say_what_to_do(tmp_path, adb_key, error, message, hint):
+    """libusb1's errors from adb-shell's USB connect (an adb server holding the phone; no udev
+    rule) got "try `adb devices`", which starts the adb server that then holds the phone."""
+    path = tmp_path / "usbphone.yaml"
+    conn = {"usb": True, "serial": "8A2X0B1", "adb_key": str(adb_key)}
+    path.write_text(yaml.safe_dump({"name": "usbphone", "transport": "adb", "connection": conn}))
+    usb_error = type(error, (Exception,), {})  # usb1 is not installed here: its class by name
+
+    class Phone:
+        def connect(self, **_):
+            raise usb_error("LIBUSB_ERROR [-6]")
+
+        def close(self):
+            pass
+
+    t = open_transport(parse_profile(path))
+    t._make_device = Phone
+    with pytest.raises(DeviceError) as err:
+        t.connect()
+    assert message in err.value.message and hint in err.value.hint
+    assert "adb devices` to see why" not in err.value.hint
+
+
 def test_usb_without_libusb1_names_the_extra(tmp_path, adb_key):
     if importlib_find("usb1"):
         pytest.skip("libusb1 is installed here")
@@ -558,6 +584,38 @@ def test_hashing_many_pushed_models_may_take_as_long_as_a_batch(tmp_path, adb_ke
         with open_transport(make_profile(tmp_path, peer.address, adb_key, connect_timeout_s=2)) as t:
             t.stage_many([model])
             assert t.uploads == 0  # the phone has it
+        assert peer.errors == []
+
+
+def test_a_run_past_its_limit_on_a_phone_without_timeout_is_ended_as_too_long(tmp_path, adb_key, monkeypatch):
+    """Older phones' shells have no `timeout`, so only the host's limit ends a hung benchmark.
+    That limit read as "no answer" (a lost connection), so the hung model was never set aside
+    and every retry and re-run hung on it again, the run left going on the phone."""
+    from latbench.transports import adb as adb_mod
+
+    monkeypatch.setattr(adb_mod, "_GRACE_S", 0.5)
+    monkeypatch.setattr(adb_mod, "_KILL_AFTER_S", 1)
+    bin_dir = tmp_path / "no-timeout-bin"  # the phone's tools, less `timeout`
+    bin_dir.mkdir()
+    for folder in ("/usr/bin", "/bin"):
+        for tool in Path(folder).iterdir():
+            if tool.name != "timeout" and not (bin_dir / tool.name).exists():
+                (bin_dir / tool.name).symlink_to(tool)
+    env = dict(os.environ, PATH=str(bin_dir))
+    hang = "sleep 307"  # a pattern no other test's process has
+    with AdbPeer(shell_cwd=tmp_path, keys=[Path(f"{adb_key}.pub").read_bytes()], shell_env=env) as peer:
+        with open_transport(make_profile(tmp_path, peer.address, adb_key)) as t:
+            assert "timeout" not in t._tools
+            started = time.monotonic()
+            with pytest.raises(DeviceError) as err:
+                t.run(["sh", "-c", f"echo started; {hang}"], 1)
+            assert time.monotonic() - started < 15
+            assert err.value.timed_out and "took longer than" in err.value.message, err.value.message
+            assert err.value.partial_stdout == "started\n"
+            wait_for(lambda: not running(hang), 10, "the hung run to be ended on the phone")
+            connections = peer.connections_seen
+            assert t.run(["echo", "still here"], 10).stdout == "still here\n"
+            assert peer.connections_seen == connections  # the connection was fine all along
         assert peer.errors == []
 
 

@@ -203,6 +203,10 @@ def _device_class(usb: bool):
     return _Device
 
 
+class _RanOutOfTime(Exception):
+    """A command ran past the host's limit for it while the phone's shell still held it."""
+
+
 def _sync_failure(received: bytes) -> str | None:
     """The message of a whole sync FAIL packet at the start of `received`, else None."""
     if len(received) < 8 or received[:4] != b"FAIL":
@@ -441,6 +445,15 @@ class ADBTransport(Transport):
         elif isinstance(exc, OSError):
             err = DeviceError(f"cannot reach {self.where}: {exc.strerror or exc}",
                               f"check the network and connection.address in {self._src}")
+        elif type(exc).__name__ == "USBErrorBusy":  # libusb1's, raised through adb-shell's connect
+            err = DeviceError(f"{self.where} is held by another program, most likely an adb server ({exc})",
+                              "stop it with `adb kill-server`, then re-run (`adb devices` would start "
+                              "it again)")
+        elif type(exc).__name__ == "USBErrorAccess":
+            err = DeviceError(f"no permission to open {self.where} on USB ({exc})",
+                              "add a udev rule for the phone (Debian: apt install "
+                              "android-sdk-platform-tools-common) and join the plugdev group, then "
+                              "re-plug the cable")
         else:
             err = DeviceError(f"adb connection to {self.where} failed: {type(exc).__name__}: {exc}"[:300],
                               f"try `adb connect {self.address}` to see why" if self.address else
@@ -538,21 +551,42 @@ class ADBTransport(Transport):
             self.end_left_runs()
 
         def stream(device) -> str:  # streamed, so a lost connection still leaves what was printed
-            deadline = time.monotonic() + timeout_s
-            for chunk in device.streaming_shell(script, transport_timeout_s=timeout_s,
-                                                read_timeout_s=timeout_s, decode=False):
-                chunks.append(chunk)
-                if not first_line[0] and b"\n" in chunk:  # the pid line, once
-                    first_line[0] = True
-                    if (run := run_mark(b"".join(chunks))) is not None:
-                        journaled.append(run)
-                        self.journal.add(run, label or action)
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no end within {timeout_s:g} s")
+            from adb_shell import exceptions as ae
+
+            started = time.monotonic()
+            try:
+                for chunk in device.streaming_shell(script, transport_timeout_s=timeout_s,
+                                                    read_timeout_s=timeout_s, decode=False):
+                    chunks.append(chunk)
+                    if not first_line[0] and b"\n" in chunk:  # the pid line, once
+                        first_line[0] = True
+                        if (run := run_mark(b"".join(chunks))) is not None:
+                            journaled.append(run)
+                            self.journal.add(run, label or action)
+                    if time.monotonic() - started > timeout_s:
+                        raise _RanOutOfTime()
+            except (ae.AdbTimeoutError, ae.TcpTimeoutException, TimeoutError):
+                # adb-shell's waits are the run's whole limit: one ending is a run too long, or a
+                # link gone dead (then the kill below cannot be sent either)
+                if time.monotonic() - started >= timeout_s * 0.99 and run_mark(b"".join(chunks)):
+                    raise _RanOutOfTime() from None
+                raise
             return command_stdout(bytearray(b"".join(chunks)))
 
         try:
             out = self._call(action, stream)
+        except _RanOutOfTime:  # the phone has no `timeout` (older toybox), or it did not act
+            printed = whole_lines(command_stdout(bytearray(b"".join(chunks))))
+            if self._kill(run_mark(b"".join(chunks))):
+                err = DeviceError(f"{action} on {self.where} took longer than {timeout_s:g} s; ended",
+                                  "raise timeout_s in the profile or lower protocol.batch_size")
+                err.timed_out = True
+            else:  # the kill could not be sent: the connection is what broke (ended on reconnect)
+                err = DeviceError(f"no answer from {self.where} while {action} (nothing within {timeout_s:g} s)",
+                                  "the phone may be asleep, hung or off the network; re-run (collection "
+                                  "resumes with what is missing)")
+            err.partial_stdout = printed
+            raise err from None
         except DeviceError as exc:
             exc.partial_stdout = whole_lines(command_stdout(bytearray(b"".join(chunks))))
             lost = run_mark(b"".join(chunks))
