@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,10 +156,14 @@ class DeviceProfile:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _search_dirs() -> list[tuple[str, Path]]:
-    import device_profiles
+#: The bundled profiles: the `device_profiles` package installed beside `latbench`. Found by
+#: path, not by importing it: under `python -m latbench`, a project's own ./device_profiles
+#: folder (no __init__.py) is importable as `device_profiles` in its place.
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "device_profiles"
 
-    bundled = Path(device_profiles.__file__).parent
+
+def _search_dirs() -> list[tuple[str, Path]]:
+    bundled = BUNDLED_DIR
     dirs = [("project", Path.cwd() / "device_profiles"), ("user", home.user_devices_dir()),
             ("bundled", bundled)]
     seen, unique = set(), []
@@ -199,7 +204,10 @@ def load_profile(name: str) -> DeviceProfile:
 def parse_profile(path: Path) -> DeviceProfile:
     """Read and validate one profile file; every problem names the file, the field and the fix."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes())  # bytes: PyYAML says where a file is not UTF-8
+    except yaml.reader.ReaderError as exc:
+        raise ProfileError(f"{path}: is not UTF-8 text (byte {exc.position}: {exc.reason})",
+                           "save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -241,7 +249,7 @@ def parse_profile(path: Path) -> DeviceProfile:
                   f"rename the file to {values['name']}.yaml or set name: {path.stem}")
     if values["threads"] < 1:
         raise bad("threads", f"must be an int >= 1; got {values['threads']}", "set threads: 1 or more")
-    if values["timeout_s"] <= 0:
+    if not math.isfinite(values["timeout_s"]) or values["timeout_s"] <= 0:
         raise bad("timeout_s", f"must be > 0; got {values['timeout_s']}", "set timeout_s: seconds a batch may take")
     known_protocol = list(Protocol().to_dict())
     for key in values["protocol"]:
@@ -258,8 +266,11 @@ def parse_profile(path: Path) -> DeviceProfile:
         for key, value in values[section].items():
             if key not in known:
                 raise bad(section, f"has an unknown setting {key!r}", f"known: {', '.join(known)}")
+            wanted = _type_name(tuple(t for t in known[key] if t is not type(None)))
             if isinstance(value, bool) or not isinstance(value, known[key]):
-                raise bad(section, f"setting {key!r} must be a number; got {value!r}", f"set {key}: a number")
+                raise bad(section, f"setting {key!r} must be {wanted}; got {value!r}", f"set {key}: {wanted}")
+            if value is not None and not math.isfinite(value):
+                raise bad(section, f"setting {key!r} must be a finite number; got {value!r}", f"set {key}: {wanted}")
             low = _SECTION_MIN.get((section, key))
             if low is not None and value is not None and value < low:
                 raise bad(section, f"setting {key!r} must be >= {low}; got {value!r}", f"set {key}: {low} or more")
@@ -271,6 +282,12 @@ def parse_profile(path: Path) -> DeviceProfile:
         types, _, doc = schema[key]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise bad("connection", f"setting {key!r} must be {_type_name(types)}; got {value!r}",
+                      f"set {key}: {doc}")
+        if key == "port" and not 1 <= value <= 65535:
+            raise bad("connection", f"setting 'port' must be a port number, 1 to 65535; got {value!r}",
+                      f"set port: {doc}")
+        if key.endswith("_s") and isinstance(value, (int, float)) and not (math.isfinite(value) and value > 0):
+            raise bad("connection", f"setting {key!r} must be a number of seconds > 0; got {value!r}",
                       f"set {key}: {doc}")
     mask = values["connection"].get("cpu_mask")
     if mask is not None and not (re.fullmatch(r"[0-9a-fA-F]+", mask) and int(mask, 16) > 0):
@@ -296,7 +313,13 @@ def parse_profile(path: Path) -> DeviceProfile:
         raise bad("format", "is tflite but runtime is onnxruntime", "use runtime: litert for .tflite models")
     if values["format"] == "onnx" and values["runtime"] == "litert":
         raise bad("format", "is onnx but runtime is litert", "use format: tflite with runtime: litert")
-    return DeviceProfile(source=str(path), **values)
+    profile = DeviceProfile(source=str(path), **values)
+    from latbench.runners.base import runner_class  # the runner knows what it can serve
+
+    check = getattr(runner_class(profile.runner), "check_profile", None)
+    if check is not None:
+        check(profile)
+    return profile
 
 
 def _type_name(typ: Any) -> str:

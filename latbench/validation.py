@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
@@ -17,8 +18,8 @@ class Interval:
 
     def accepts(self, value: Any) -> bool:
         want = Integral if self.kind is int else Real
-        if isinstance(value, bool) or not isinstance(value, want):
-            return False
+        if isinstance(value, bool) or not isinstance(value, want) or not math.isfinite(value):
+            return False  # NaN passes every comparison below; infinity is no setting's value
         return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
 
     def describe(self) -> str:

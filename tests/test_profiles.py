@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,16 @@ def test_unknown_device_suggests_a_close_name_and_lists_the_known(latbench_home)
     ("retry: {backoff_s: -1}", "'retry'", "'backoff_s'"),
     ("thermal: {poll_s: -5}", "'thermal'", "'poll_s'"),
     ("timeout_s: 0", "'timeout_s'", "> 0"),
+    # non-finite numbers: NaN passes every `< low` check, and `timeout_s: .inf` ("no limit")
+    # reached collect as an internal OverflowError
+    ("timeout_s: .inf", "'timeout_s'", "> 0"),
+    ("timeout_s: .nan", "'timeout_s'", "> 0"),
+    ("retry: {backoff_s: .nan}", "'retry'", "finite"),
+    ("thermal: {poll_s: .nan}", "'thermal'", "finite"),
+    ("protocol: {warmup_s: .inf}", "'protocol'", "'warmup_s'"),
+    ("protocol: {rel_ci: .nan}", "'protocol'", "'rel_ci'"),
+    ("retry: {attempts: 2.5}", "'retry'", "must be an integer"),
+    ("connection: {connect_timeout_s: -1}", "'connection'", "'connect_timeout_s'"),
 ])
 def test_settings_that_would_break_a_collection_are_refused(tmp_path, text, field, setting):
     """0 retry attempts left collect with no attempt at all (a crash); negative waits crash sleep."""
@@ -252,3 +263,42 @@ def test_a_tool_runner_does_not_claim_the_python_runners_stop_rule(runner):
     assert "within" not in words and f"not applied (the {runner} runner" in words
     # a run cap only where the runner keeps at most max_runs (benchmark_model has none)
     assert ("(max 5000)" in words) == (runner != "benchmark_model") and "(max 5000)" in describe_timing(timing)
+
+
+def test_ssh_port_must_be_a_port_number(tmp_path):
+    err = error_of(write(tmp_path, "transport: ssh\nconnection: {host: board, port: 99999}\n"))
+    assert "'port'" in err.message and "1 to 65535" in err.message
+
+
+def test_a_profile_that_is_not_utf8_is_one_clear_error(tmp_path):
+    """A Latin-1 byte (a "°C" in a comment) made `latbench devices` an internal error."""
+    path = tmp_path / "board.yaml"
+    path.write_bytes(b"transport: local\ndescription: caf\xe9\n")
+    err = error_of(path)
+    assert "not UTF-8" in err.message and "byte 33" in err.message
+
+
+@pytest.mark.parametrize("text, words", [
+    ("runner: benchmark_model\nruntime: onnxruntime\n", "runs runtime litert"),
+    ("runner: trtexec\nruntime: tensorrt\nruntime_options: {metric: wall}\n", "metric"),
+])
+def test_a_runner_that_cannot_serve_the_profile_refuses_it_when_it_loads(tmp_path, text, words):
+    """It was refused only when a runner was made, so `latbench devices` called it valid and
+    doctor --json printed nothing."""
+    err = error_of(write(tmp_path, f"transport: local\n{text}"))
+    assert words in err.message
+
+
+def test_a_project_profiles_folder_does_not_hide_the_bundled_ones(tmp_path):
+    """Under `python -m latbench` in a folder with its own ./device_profiles (no __init__.py),
+    that folder was imported as the bundled `device_profiles` package: every command that
+    looked up a profile was an internal error."""
+    from conftest import run_cli
+
+    (tmp_path / "device_profiles").mkdir()
+    write(tmp_path / "device_profiles", "transport: local\n", name="mine")
+    res = run_cli("devices", "--json", env_home=tmp_path / "home", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    names = {row["name"]: row["path"] for row in json.loads(res.stdout)}
+    assert names["mine"] == str(tmp_path / "device_profiles" / "mine.yaml")
+    assert names["local"] == str(BUNDLED / "local.yaml")

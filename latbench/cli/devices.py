@@ -32,7 +32,7 @@ def run(args) -> int:
 
     if args.show:
         path = find_profile(args.show)
-        print(path.read_text(), end="")
+        print(path.read_bytes().decode("utf-8", "replace"), end="")  # the note below says what is wrong
         try:  # shown either way (to be fixed or copied), but not silently when it would not load
             parse_profile(path)
         except ProfileError as exc:

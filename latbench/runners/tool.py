@@ -49,27 +49,29 @@ class ToolRunner(Runner):
 
     def __init__(self, transport: Transport, profile: DeviceProfile):
         super().__init__(transport, profile)
-        self._check_profile()
+        self.check_profile(profile)
         self._binary: str | None = None
         self._device: dict | None = None  # the device description info() read
         self._identity = ""  # the tool's version and binary hash, as info() read them
 
     # ---- profile ---------------------------------------------------------------------------
 
-    def _check_profile(self) -> None:
-        p = self.profile
-        if p.runtime != self.runtime:
-            raise ProfileError(f"{p.source}: runner {self.name} runs runtime {self.runtime}, "
+    @classmethod
+    def check_profile(cls, p: DeviceProfile) -> None:
+        """What this runner cannot serve in profile `p` (parse_profile asks, so `latbench
+        devices` flags it before anything connects)."""
+        if p.runtime != cls.runtime:
+            raise ProfileError(f"{p.source}: runner {cls.name} runs runtime {cls.runtime}, "
                                f"but the profile says runtime: {p.runtime}",
-                               f"set runtime: {self.runtime} or pick another runner")
-        if p.format not in self.formats:
-            raise ProfileError(f"{p.source}: runner {self.name} times {'/'.join(self.formats)} models, "
+                               f"set runtime: {cls.runtime} or pick another runner")
+        if p.format not in cls.formats:
+            raise ProfileError(f"{p.source}: runner {cls.name} times {'/'.join(cls.formats)} models, "
                                f"but the profile says format: {p.format}",
-                               f"set format: {self.formats[0]}")
-        known = {**COMMON_OPTIONS, **self.options}
+                               f"set format: {cls.formats[0]}")
+        known = {**COMMON_OPTIONS, **cls.options}
         for key, value in p.runtime_options.items():
             if key not in known:
-                raise ProfileError(f"{p.source}: runtime_options has {key!r}, which runner {self.name} "
+                raise ProfileError(f"{p.source}: runtime_options has {key!r}, which runner {cls.name} "
                                    "does not know", f"known: {', '.join(sorted(known))}")
             types = known[key].types
             if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):

@@ -226,12 +226,14 @@ class TrtexecRunner(ToolRunner):
     install_hint = ("TensorRT ships it as /usr/src/tensorrt/bin/trtexec (JetPack); or set "
                     "runtime_options: {binary: /path/to/trtexec} in the profile")
 
-    def _check_profile(self) -> None:
-        super()._check_profile()
+    @classmethod
+    def check_profile(cls, p) -> None:
+        super().check_profile(p)
         from latbench.errors import ProfileError
 
-        if self.opt("metric", "gpu_compute") not in METRICS:
-            raise ProfileError(f"{self.profile.source}: runtime_options metric is {self.opt('metric')!r}",
+        metric = p.runtime_options.get("metric", "gpu_compute")
+        if metric not in METRICS:
+            raise ProfileError(f"{p.source}: runtime_options metric is {metric!r}",
                                f"use one of {', '.join(METRICS)}")
 
     def default_binaries(self) -> list[str]:
