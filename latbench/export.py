@@ -6,6 +6,7 @@ cached, so a number measured later belongs to the op its key names.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
@@ -59,9 +60,9 @@ def export(item: Exportable, fmt: str = "onnx", cache_dir: Path | None = None,
     path = cache_path(item, fmt, tag, cache_dir)
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "onnx":
             _export_onnx(item, tmp)
         else:
@@ -76,7 +77,8 @@ def export(item: Exportable, fmt: str = "onnx", cache_dir: Path | None = None,
     except Exception as exc:
         raise ExportError(f"cannot export {item.key} to {fmt}: {type(exc).__name__}: {exc}"[:500]) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a cache folder that cannot be made has no tmp either
+            tmp.unlink(missing_ok=True)
     return path
 
 

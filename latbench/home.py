@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from latbench.errors import LatbenchError
@@ -19,18 +20,23 @@ def home_dir() -> Path:
 
 
 def writable_home() -> Path:
-    """The home directory, created if needed; a clear error when it cannot be written."""
+    """The home directory and its model cache, created if needed; a clear error when either
+    cannot be written (else every export of a collection fails alike, one op at a time)."""
     home = home_dir()
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        probe = home / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise LatbenchError(
-            f"cannot write to latbench home {home}: {exc.strerror or exc}",
-            "set LATBENCH_HOME to a writable directory",
-        ) from None
+    for folder, what in ((home, "latbench home"), (model_cache_dir(), "the model cache")):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # a name of this process's own: two collections starting at once must not remove
+            # each other's probe
+            probe = folder / f".write-test.{os.getpid()}.{secrets.token_hex(4)}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise LatbenchError(
+                f"cannot write to {what} {folder}: {exc.strerror or exc}",
+                "set LATBENCH_HOME to a writable directory" if folder == home else
+                f"make {folder} a directory you can write (or remove it), or set LATBENCH_HOME elsewhere",
+            ) from None
     return home
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -295,6 +297,29 @@ def test_an_unwritable_home_is_one_line_and_exit_1(latbench_cli, tmp_path):
     line = one_line(res.stderr)
     assert "cannot write to latbench home" in line and "LATBENCH_HOME" in line
     assert blocker.read_text() == "not a directory"
+
+
+def test_a_model_cache_that_cannot_be_written_is_one_line_before_anything_is_exported(latbench_cli, tmp_path):
+    """A models/ folder made by sudo (here: a file in its place) was an internal error."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").write_text("not a directory")
+    res = latbench_cli("collect", "--device", "local", "--limit", "1", env_home=home)
+    assert res.returncode == 1
+    line = one_line(res.stderr)
+    assert f"cannot write to the model cache {home / 'models'}" in line and "internal error" not in line
+
+
+def test_two_processes_checking_the_home_at_once_do_not_fail_each_other(tmp_path):
+    """The write probe had one fixed name: one process removed the other's, which then failed
+    "cannot write to latbench home ... No such file or directory" (two collects started at once)."""
+    script = ("from latbench import home\nfrom latbench.errors import LatbenchError\nfails = 0\n"
+              "for _ in range(2000):\n    try:\n        home.writable_home()\n"
+              "    except LatbenchError:\n        fails += 1\nprint(fails)\n")
+    env = dict(os.environ, LATBENCH_HOME=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    assert [int(p.communicate(timeout=120)[0]) for p in procs] == [0, 0]
 
 
 def test_a_corrupt_database_is_one_line_and_exit_1(latbench_cli, latbench_home):

@@ -18,7 +18,7 @@ import pytest
 pytest_plugins = ["sshd"]
 
 #: Every row doctor shows once a device answered, in table order.
-ALL_CHECKS = ["profile", "reachable", "auth", "runtime", "device", "cores", "governor",
+ALL_CHECKS = ["profile", "home", "reachable", "auth", "runtime", "device", "cores", "governor",
               "temperature", "free space", "steadiness"]
 
 
@@ -200,7 +200,7 @@ def test_unreachable_device_fails_with_a_fix_and_skips_the_rest(sshd, latbench_c
     assert list(rows) == [c for c in ALL_CHECKS if c != "device"]
     assert rows["reachable"]["status"] == "FAIL" and "refused" in rows["reachable"]["detail"]
     assert "sshd" in rows["reachable"]["fix"] and "connection.port" in rows["reachable"]["fix"]
-    assert all(rows[c]["status"] == "skipped" for c in ALL_CHECKS[3:] + ["auth"] if c in rows)
+    assert all(rows[c]["status"] == "skipped" for c in ALL_CHECKS[4:] + ["auth"] if c in rows)
     # The table says the same, with no traceback.
     table = latbench_cli("doctor", "--device", name)
     assert table.returncode == 1 and "Traceback" not in table.stdout + table.stderr
@@ -232,7 +232,7 @@ def test_unknown_host_key_fails_until_trusted_on_purpose(sshd, latbench_cli, mak
     auth = rows["auth"]
     assert auth["status"] == "FAIL" and fp in auth["detail"]
     assert "--trust-new-host" in auth["fix"] and "trust_unknown_host" in auth["fix"]
-    assert all(rows[c]["status"] == "skipped" for c in ALL_CHECKS[3:] if c in rows)
+    assert all(rows[c]["status"] == "skipped" for c in ALL_CHECKS[4:] if c in rows)
     assert known.read_text() == ""  # nothing trusted behind the user's back
 
     res, rows = doctor(latbench_cli, name, "--trust-new-host")
@@ -262,6 +262,50 @@ def test_invalid_profile_is_a_failed_check_in_json(latbench_cli, latbench_home):
     assert table.returncode == 1 and "'prot'" in table.stderr and "Traceback" not in table.stderr
 
 
+def test_a_home_collect_could_not_write_fails_doctor(make_profile, tmp_path, latbench_home):
+    """doctor passed (exit 0) while `collect` then refused at once: the home was never looked at."""
+    from conftest import run_cli, write_profile
+    from latbench.cli.doctor import diagnose
+    from latbench.profiles import load_profile
+
+    # a project folder's profile (./device_profiles), since the home cannot hold one
+    write_profile(tmp_path, "homeless", connection={"workdir": str(tmp_path / "work")})
+    (tmp_path / "devices").rename(tmp_path / "device_profiles")
+    (tmp_path / "a-file").write_text("")
+    res = run_cli("doctor", "--device", "homeless", "--json", "--no-probe",
+                  env_home=tmp_path / "a-file" / "home", cwd=tmp_path)
+    rows = {r["check"]: r for r in json.loads(res.stdout)}
+    assert res.returncode == 1 and rows["home"]["status"] == "FAIL", rows
+    assert "cannot write to latbench home" in rows["home"]["detail"] and "LATBENCH_HOME" in rows["home"]["fix"]
+    rows = {r["check"]: r for r in diagnose(load_profile(make_profile("homed")), probe=False)}
+    assert rows["home"] == {"check": "home", "status": "ok", "detail": str(latbench_home), "fix": ""}
+
+
+def test_a_runner_that_cannot_start_is_a_failed_runtime_row(latbench_cli, make_profile, tmp_path):
+    """A tool runner's ProfileError from info() (binary_local missing) escaped every row:
+    doctor --json printed nothing, and the table was lost."""
+    make_profile("no-tool", runner="onnxruntime_perf_test",
+                 runtime_options={"binary_local": str(tmp_path / "no-such-perf-test")})
+    res, rows = doctor(latbench_cli, "no-tool")
+    assert res.returncode == 1
+    assert rows["runtime"]["status"] == "FAIL" and "no-such-perf-test" in rows["runtime"]["detail"], rows
+    assert rows["reachable"]["status"] == "ok"
+
+
+def test_a_cpu_mask_outside_this_processs_cores_is_not_called_offline():
+    """On this host `online_cpus` is the process's affinity (taskset, a container's cpuset):
+    a mask outside it was "offline" with "wake the device and keep it cool"."""
+    from latbench.cli.doctor import cpu_mask_row
+    from latbench.profiles import DeviceProfile
+
+    profile = DeviceProfile(name="pinned", transport="local", connection={"cpu_mask": "4"})
+    check, status, detail, fix = cpu_mask_row(profile, {"cores": 4, "online_cpus": [0, 1]})
+    assert status == "FAIL" and "may only run on cores 0-1 here" in detail, detail
+    assert "wake" not in fix and "fix connection.cpu_mask" in fix and "(e.g. 3 for cores 0-1)" in fix
+    phone = DeviceProfile(name="phone", transport="adb", connection={"cpu_mask": "4", "address": "p"})
+    assert "offline now" in cpu_mask_row(phone, {"cores": 4, "online_cpus": [0, 1]})[2]  # a phone parks cores
+
+
 @pytest.mark.parametrize("transport", ["local", "ssh"])
 def test_cpu_mask_is_checked_against_the_devices_cores(transport, sshd, latbench_cli, make_profile,
                                                        tmp_path):
@@ -286,7 +330,7 @@ def test_cpu_mask_is_checked_against_the_devices_cores(transport, sshd, latbench
     assert res.returncode == 0, rows
     assert rows["cpu mask"]["status"] == "ok"
     assert rows["cpu mask"]["detail"].startswith(f"pinned to cores {cores[0]} (mask")
-    assert list(rows) == ALL_CHECKS[:6] + ["cpu mask"] + ALL_CHECKS[6:]
+    assert list(rows) == ALL_CHECKS[:7] + ["cpu mask"] + ALL_CHECKS[7:]
 
 
 def test_more_threads_than_cores_is_a_warning(make_profile):

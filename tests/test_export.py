@@ -114,6 +114,12 @@ def test_unexportable_op_gives_export_error(tmp_path):
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
 
 
+def test_a_cache_folder_that_cannot_be_made_is_an_export_error(tmp_path):
+    (tmp_path / "models").write_text("")  # a file where the cache folder would go
+    with pytest.raises(ExportError, match="cannot export"):
+        export(OPS[0], "onnx", cache_dir=tmp_path / "models")
+
+
 def test_a_corrupt_export_is_caught_and_never_cached(tmp_path, monkeypatch):
     def garbage(item, path):
         path.write_bytes(b"\x08\x07not an onnx model" * 10)

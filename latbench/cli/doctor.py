@@ -55,8 +55,10 @@ def diagnose(profile, trust_new_host: bool = False, probe: bool = True) -> list[
 
 
 def busy_rows(profile, message: str) -> list[dict]:
+    check, status, detail, fix = home_row()
     rows = [{"check": "profile", "status": "ok", "fix": "",
              "detail": f"{profile.source} ({profile.transport}, {profile.runner}, {profile.runtime})"},
+            {"check": check, "status": status, "detail": detail, "fix": fix},
             {"check": "busy", "status": "warn", "detail": message,
              "fix": "re-run doctor when that collection has finished: its checks start the runtime "
                     "on the device and would disturb the timings"}]
@@ -66,7 +68,7 @@ def busy_rows(profile, message: str) -> list[dict]:
 
 
 def _diagnose(profile, trust_new_host: bool, probe: bool) -> list[dict]:
-    from latbench.errors import DeviceError
+    from latbench.errors import DeviceError, LatbenchError
     from latbench.runners.base import make_runner
     from latbench.transports import open_transport
 
@@ -76,6 +78,7 @@ def _diagnose(profile, trust_new_host: bool, probe: bool) -> list[dict]:
         rows.append({"check": check, "status": status, "detail": detail, "fix": fix})
 
     add("profile", "ok", f"{profile.source} ({profile.transport}, {profile.runner}, {profile.runtime})")
+    add(*home_row())
     if profile.format == "tflite":  # models are converted here, whatever the device
         add(*converter_row())
     transport = open_transport(profile)
@@ -119,12 +122,12 @@ def _diagnose(profile, trust_new_host: bool, probe: bool) -> list[dict]:
         except (DeviceError, NotImplementedError) as exc:
             info = {}
             add("device info", "FAIL", str(exc) or "not available", "check the transport")
-        runner = make_runner(transport, profile)
         runtime_ok = False
-        try:
+        try:  # a tool runner refuses a profile it cannot serve (its runtime, a missing binary)
+            runner = make_runner(transport, profile)
             add("runtime", "ok", f"{runner.runtime_version(runner.info())} ({profile.runner} runner)")
             runtime_ok = True
-        except DeviceError as exc:
+        except LatbenchError as exc:
             add("runtime", "FAIL", exc.message, exc.hint or "")
         if info:
             add("device", "ok", f"{info.get('model') or '?'}; {info.get('os') or ''}".strip("; "))
@@ -180,6 +183,17 @@ def _diagnose(profile, trust_new_host: bool, probe: bool) -> list[dict]:
     finally:
         transport.close()
     return rows
+
+
+def home_row() -> tuple[str, str, str, str]:
+    """The store and the model cache live in the home: `collect` refuses to start without it."""
+    from latbench import home
+    from latbench.errors import LatbenchError
+
+    try:
+        return ("home", "ok", str(home.writable_home()), "")
+    except LatbenchError as exc:
+        return ("home", "FAIL", exc.message, exc.hint or "")
 
 
 def steadiness_row(runner, profile) -> tuple[str, str, str, str]:
@@ -274,6 +288,16 @@ def cpu_mask_row(profile, info: dict) -> tuple[str, str, str, str]:
     if have is None:
         return ("cpu mask", "warn", f"pinned to cores {output.format_cores(wanted)} (mask {mask}); cannot read "
                 "the device's cores", "check that the cores exist on the device")
+    if profile.transport == "local" and online:  # this host: online_cpus is this process's affinity
+        outside = sorted(set(wanted) - set(online))
+        if outside:
+            return ("cpu mask", "FAIL",
+                    f"connection.cpu_mask {mask} names cores {output.format_cores(outside)}, but latbench "
+                    f"may only run on cores {output.format_cores(online)} here (its CPU affinity: "
+                    "taskset, a container's cpuset or a job scheduler)",
+                    f"fix connection.cpu_mask in {profile.source or profile.name} (e.g. "
+                    f"{format(sum(1 << c for c in online), 'x')} for cores {output.format_cores(online)}), "
+                    "or start latbench with those cores allowed")
     missing = sorted(set(wanted) - set(have))
     offline = sorted(set(wanted) - set(online)) if online else []
     if not missing and offline:  # a phone parks big cores when idle or hot; they come back
