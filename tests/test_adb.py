@@ -780,6 +780,7 @@ def test_doctor_checks_cpu_mask_and_threads_against_the_phones_online_cores():
         connection = {"cpu_mask": "f0"}
         source = "pixel3.yaml"
         name = "pixel3"
+        transport = "adb"
 
     # cpu7 is parked, not missing: the mask is right, the runs would use 3 cores until it is back
     check, status, detail, fix = cpu_mask_row(Profile(), parse_device_info(PIXEL3_INFO))
