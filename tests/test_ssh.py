@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import collect_in_a_process, hung_run_timing, listed_runs, python_that_hangs_once, running, signal_when
+from conftest import (collect_in_a_process, hung_run_timing, listed_runs, python_that_hangs_once, running,
+                      signal_when, wait_for)
 
 from latbench.errors import DeviceError
 from latbench.profiles import parse_profile
@@ -465,6 +466,80 @@ def test_a_run_past_its_time_hands_on_what_it_printed(sshd, tmp_path):
         assert err.value.partial_stdout == "first\nsecond\n"
 
 
+def test_output_that_comes_with_the_close_is_kept(sshd, tmp_path, monkeypatch):
+    """The last output, the exit status and the close can arrive between two reads: the
+    transport saw the channel closed and returned what it had read, so a batch lost its last
+    result and its end line (a retry), and a hash check its last line (a re-upload)."""
+    import paramiko
+
+    real = paramiko.Channel.recv_stderr_ready
+
+    def late(chan):  # everything arrives while the transport looks at stderr
+        deadline = time.monotonic() + 10
+        while not chan.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return real(chan)
+
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        monkeypatch.setattr(paramiko.Channel, "recv_stderr_ready", late)
+        res = t.run(["sh", "-c", "echo first; echo last; echo oops >&2"], 20)
+        monkeypatch.setattr(paramiko.Channel, "recv_stderr_ready", real)
+    assert (res.exit_code, res.stdout, res.stderr) == (0, "first\nlast\n", "oops\n")
+
+
+def test_a_run_printing_without_pause_is_held_to_its_limit(sshd, tmp_path):
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        start = time.monotonic()
+        with pytest.raises(DeviceError, match="took longer than 1 s") as err:
+            t.run(["sh", "-c", "while :; do echo 0123456789abcdef; done"], 1.0)
+        assert time.monotonic() - start < 10 and err.value.timed_out
+        assert t.run(["echo", "still usable"], 10).stdout == "still usable\n"
+
+
+def test_a_board_that_goes_silent_is_a_lost_link_not_a_slow_model(sshd_factory, tmp_path):
+    """A board that loses power or Wi-Fi mid-run sends nothing, and TCP gives up only after
+    many minutes. At timeout_s the kill cannot be sent: that is a lost connection (retried),
+    not a model that took too long (set aside for good, with 'raise timeout_s')."""
+    import signal
+
+    from sshd import _descendants
+
+    server = sshd_factory()
+    marker = f"6{time.time() % 1000:.4f}"
+    profile = make_profile(tmp_path, server, connect_timeout_s=2)
+    with transport_for(profile) as t:
+        sshds = []
+
+        def freeze() -> None:  # the board's sshd stops answering; the run itself goes on
+            wait_for(lambda: running(f"sleep {marker}"), 30, "the run to start")
+            time.sleep(0.3)  # its pid line reaches the transport
+            for pid in [server.proc.pid, *_descendants(server.proc.pid)]:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                    os.kill(pid, signal.SIGSTOP)
+                    sshds.append(pid)
+
+        thread = threading.Thread(target=freeze)
+        thread.start()
+        try:
+            start = time.monotonic()
+            with pytest.raises(DeviceError) as err:
+                t.run(["sleep", marker], 2.0)
+            elapsed = time.monotonic() - start
+            thread.join()
+        finally:
+            thread.join()
+            for pid in sshds:
+                os.kill(pid, signal.SIGCONT)
+        assert err.value.message.startswith(f"lost the SSH connection to {t.where} while running sleep"), \
+            err.value.message
+        assert "did not take the kill" in err.value.message and not err.value.timed_out
+        assert "re-run" in err.value.hint and elapsed < 15
+        assert running(f"sleep {marker}")  # still going on the board
+        # The next command reconnects and first ends the run the silent link left behind.
+        assert t.run(["echo", "again"], 10).stdout == "again\n"
+        assert running(f"sleep {marker}") == []
+
+
 def test_ctrl_c_ends_the_run_on_the_board_too(sshd, tmp_path):
     """sshd does not signal a command without a pty when the client goes: an interrupted run
     would go on timing on the board after the lock was freed."""
@@ -618,6 +693,75 @@ def test_an_upload_to_a_full_disk_says_so(sshd, tmp_path, monkeypatch):
         monkeypatch.setattr(t.sftp(), "put", real_put)
 
 
+def test_a_failed_rename_fallback_fails_the_upload(sshd, tmp_path, monkeypatch):
+    """On an SFTP server without posix-rename the upload is put in place by `mv`; when that
+    failed, the old file stayed under the real name and was timed as the new model."""
+    from latbench.transports.base import CommandResult
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"new model")
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        remote = t.stage(model)
+        model.write_bytes(b"newer model")
+
+        def no_rename(*args):
+            raise OSError("posix-rename not supported")
+
+        monkeypatch.setattr(t.sftp(), "posix_rename", no_rename)
+        real_run = t.run
+        monkeypatch.setattr(t, "run", lambda argv, timeout_s: CommandResult(1, "", "mv: Permission denied")
+                            if argv[0] == "mv" else real_run(argv, timeout_s))
+        with pytest.raises(DeviceError, match="cannot put m.onnx in place .*: mv: Permission denied"):
+            t.stage(model)
+        assert Path(remote).read_bytes() == b"new model" and t.uploads == 1
+        assert [p.name for p in Path(remote).parent.iterdir() if ".part-" in p.name] == []
+        monkeypatch.setattr(t, "run", real_run)  # mv works: the fallback puts it in place
+        assert t.stage(model) == remote and Path(remote).read_bytes() == b"newer model"
+
+
+def test_an_upload_cut_by_a_lost_link_says_so(sshd, tmp_path, monkeypatch):
+    import socket
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(os.urandom(10_000))
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        sock = t._client.get_transport().sock
+
+        def cut_put(*args, **kwargs):
+            sock.shutdown(socket.SHUT_RDWR)
+            raise EOFError()
+
+        monkeypatch.setattr(t.sftp(), "put", cut_put)
+        with pytest.raises(DeviceError, match=f"lost the SSH connection to {re.escape(t.where)} while "
+                                              "uploading m.onnx") as err:
+            t.stage(model)
+        assert "re-run" in err.value.hint
+        assert t.stage(model)  # reconnects and uploads
+        assert t.uploads == 1
+
+
+def test_a_new_host_key_goes_on_its_own_line(sshd, tmp_path):
+    """A hand-edited known_hosts without its last newline: the new key was glued to that line,
+    and both hosts became unknown."""
+    known = tmp_path / "known_hosts"
+    known.write_text("# my boards, no newline at the end")
+    with transport_for(make_profile(tmp_path, sshd, known_hosts=known, trust_unknown_host=True)) as t:
+        assert t.run(["true"], 10).exit_code == 0
+    lines = known.read_text().splitlines()
+    assert lines[0] == "# my boards, no newline at the end" and lines[1].startswith(sshd.known_name)
+    with transport_for(make_profile(tmp_path, sshd, name="again", known_hosts=known)) as t:
+        assert t.run(["true"], 10).exit_code == 0  # the remembered key is read back
+
+
+def test_a_download_into_a_missing_folder_names_this_hosts_folder(sshd, tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    with transport_for(make_profile(tmp_path, sshd)) as t:
+        remote = t.stage(model)
+        with pytest.raises(DeviceError, match="no such folder here"):
+            t.pull(remote, tmp_path / "missing" / "m.onnx")
+
+
 @pytest.mark.parametrize("kind", ["uncreatable", "unwritable"])
 def test_a_bad_workdir_is_a_setup_error_after_login(sshd, tmp_path, kind):
     if kind == "uncreatable":
@@ -668,13 +812,17 @@ def test_full_collection_over_ssh(sshd, tmp_path, model_cache):
     from latbench.store import Store
 
     ops = _ops(4)
-    profile = make_profile(tmp_path, sshd)
+    # a shared 2-core CI host can stall a handshake past a few seconds: that is a retry, and a
+    # retry uploads another batch file, which the counts below would report without its cause
+    profile = make_profile(tmp_path, sshd, connect_timeout_s=20)
+    retries = []
+    on_event = lambda stage, done, total, info: stage == "retry" and retries.append(info["error"])
     with Store(tmp_path / "latbench.db") as store:
-        with Collector(profile, store, cache_dir=model_cache) as col:
+        with Collector(profile, store, cache_dir=model_cache, on_event=on_event) as col:
             plan = col.plan(ops)
             report = col.run(plan)
             uploads = col.transport.uploads
-        assert report.measured == 4 and report.batches_failed == 0, report.to_dict()
+        assert retries == [] and report.measured == 4 and report.batches_failed == 0, (retries, report.to_dict())
         rows = store.rows(plan.context)
         assert sorted(r.key for r in rows) == sorted(op.key for op in ops)
         assert all(r.median_ms > 0 and r.count == 3 for r in rows)
@@ -693,7 +841,7 @@ def test_full_collection_over_ssh(sshd, tmp_path, model_cache):
         # the runner removed each batch file once read: none pile up on the board
         assert list((Path(profile.connection["workdir"]) / "batches").glob("*.json")) == []
         # Re-running measures nothing and pushes nothing.
-        with Collector(profile, store, cache_dir=model_cache) as col:
+        with Collector(profile, store, cache_dir=model_cache, on_event=on_event) as col:
             again = col.plan(ops)
             assert again.todo == [] and again.already == 4
             assert col.run(again).measured == 0

@@ -118,6 +118,20 @@ def _chunks(paths: Sequence[str]) -> list[list[str]]:
     return [c for c in out if c]
 
 
+def _drain(chan, out: bytearray, err: bytearray) -> None:
+    """Read what a closed channel still holds (bounded: it can hold no more than it received)."""
+    for _ in range(1024):
+        got = False
+        if chan.recv_ready():
+            out += chan.recv(65536)
+            got = True
+        if chan.recv_stderr_ready():
+            err += chan.recv_stderr(65536)
+            got = True
+        if not got:
+            return
+
+
 class _HostKeyPolicy:
     """Called by paramiko only for a host with no key at all in known_hosts.
 
@@ -156,12 +170,21 @@ class _HostKeyPolicy:
         path = Path(t.known_hosts)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with open(path, "a") as fh:
-                fh.write(paramiko.hostkeys.HostKeyEntry([hostname], key).to_line())
+            with open(path, "a+b") as fh:
+                fh.seek(0, os.SEEK_END)
+                if fh.tell():  # a hand-edited file may lack its last newline: keep the lines apart
+                    fh.seek(-1, os.SEEK_END)
+                    ends = fh.read(1) == b"\n"
+                    fh.seek(0, os.SEEK_END)
+                    if not ends:
+                        fh.write(b"\n")
+                fh.write(paramiko.hostkeys.HostKeyEntry([hostname], key).to_line().encode())
         except OSError as exc:
-            raise DeviceError(f"cannot remember the host key of {hostname} in {path}: "
+            err = DeviceError(f"cannot remember the host key of {hostname} in {path}: "
                               f"{exc.strerror or exc}",
-                              "set connection.known_hosts to a writable file") from None
+                              "set connection.known_hosts to a writable file")
+            err.stage = "unknown_host"  # it answered; its key is not known for next time
+            raise err from None
         t.trusted_new_key = key.fingerprint
 
 
@@ -209,7 +232,11 @@ class SSHTransport(Transport):
         self.close()
         client = paramiko.SSHClient()
         if os.path.isfile(self.known_hosts):
-            self._load_known_hosts(client.get_host_keys())
+            try:
+                self._load_known_hosts(client.get_host_keys())
+            except DeviceError as exc:
+                exc.stage = "not_tried"  # a file here: nothing is known of the board
+                raise
         client.set_missing_host_key_policy(_HostKeyPolicy(self))
         if self.key_file and not os.path.isfile(self.key_file):
             err = DeviceError(f"the SSH key file {self.key_file} does not exist",
@@ -234,9 +261,15 @@ class SSHTransport(Transport):
         self._home = None
         self._remote_sha.clear()
         self._connected_once = True
-        self._kill_lost_runs()
-        self._workdir = self._resolve_workdir(self._workdir_setting)
-        res = self.run(["sh", "-c", _WORKDIR_SCRIPT, "sh", self._workdir], timeout + 20)
+        try:
+            self._kill_lost_runs()
+            self._workdir = self._resolve_workdir(self._workdir_setting)
+            res = self.run(["sh", "-c", _WORKDIR_SCRIPT, "sh", self._workdir], timeout + 20)
+        except DeviceError as exc:  # logged in, then failed: not left half-connected
+            self.close()
+            if not hasattr(exc, "stage"):
+                exc.stage = "setup"  # reached and logged in: `latbench doctor` says so
+            raise
         if res.exit_code != 0:
             self.close()  # not left half-connected: a later call connects again and says why
             what = "cannot write to" if res.exit_code == 3 else "cannot create"
@@ -492,13 +525,24 @@ class SSHTransport(Transport):
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                     break
                 if chan.closed or not client.get_transport().is_active():
+                    # the last output can come with the close, after the reads above: paramiko
+                    # keeps it readable, and dropping it cut a batch's last result and its end line
+                    _drain(chan, out, err)
                     break
-                if got:
-                    continue
                 remaining = deadline - time.monotonic()
+                if got and remaining > 0:  # a run printing without pause is still held to its limit
+                    continue
                 if remaining <= 0:
-                    if not self._kill(run_mark(out)):
-                        self._remember_lost(out, run_label(argv))  # killed at the next connection instead
+                    mark = run_mark(out)
+                    if mark is None or not self._kill(mark):
+                        # No pid line, or a kill that cannot be sent: the link went silent (a board
+                        # that lost power or Wi-Fi; paramiko's keepalive never notices), so this is a
+                        # lost connection, not a model too slow for timeout_s.
+                        self._remember_lost(out, run_label(argv))  # killed at the next connection
+                        self.close()
+                        raise self._lost(argv, None, out, (
+                            f"nothing came back in {timeout_s:g} s" if mark is None else
+                            f"it ran past {timeout_s:g} s and the board did not take the kill"))
                     err = DeviceError(
                         f"{argv[0]} took longer than {timeout_s:g} s on {self.profile.name}; killed",
                         "raise timeout_s in the profile or lower protocol.batch_size")
@@ -551,8 +595,10 @@ class SSHTransport(Transport):
                               f"{self.profile.source or self.profile.name}")
         return CommandResult(code, stdout, stderr)
 
-    def _lost(self, argv: list[str], exc: BaseException | None, out: bytearray | None = None) -> DeviceError:
-        why = f" ({type(exc).__name__}: {exc})" if exc is not None and str(exc) else ""
+    def _lost(self, argv: list[str], exc: BaseException | None, out: bytearray | None = None,
+              why: str = "") -> DeviceError:
+        why = (f" ({type(exc).__name__}: {exc})" if exc is not None and str(exc) else
+               f" ({why})" if why else "")
         err = DeviceError(f"lost the SSH connection to {self.where} while running {argv[0]}{why}"[:400],
                           "check that the board is up (it may have rebooted); re-run, "
                           "collection resumes with what is missing")
@@ -640,10 +686,21 @@ class SSHTransport(Transport):
                 try:
                     sftp.posix_rename(tmp, remote)
                 except OSError:  # servers without the posix-rename extension
-                    self.run(["mv", "-f", "--", tmp, remote], 60)
+                    res = self.run(["mv", "-f", "--", tmp, remote], 60)
+                    if res.exit_code != 0:  # the old file would stay, measured as the new one
+                        raise DeviceError(f"cannot put {local.name} in place as {remote} on {self.where}: "
+                                          f"{res.stderr.strip()[:200] or f'mv exited with {res.exit_code}'}",
+                                          "check permissions in connection.workdir")
             except DeviceError:
+                self._discard(tmp)
                 raise
             except Exception as exc:
+                if self._client is None or self._wait_inactive(self._client, 1.0):
+                    self.close()
+                    err = DeviceError(f"lost the SSH connection to {self.where} while uploading {local.name}",
+                                      "check that the board is up (it may have rebooted); re-run, "
+                                      "collection resumes with what is missing")
+                    raise err from None
                 self._discard(tmp)
                 free_kb = self._free_kb(posixpath.dirname(remote))
                 if free_kb is not None and free_kb * 1024 < local.stat().st_size + (1 << 20):
@@ -709,6 +766,9 @@ class SSHTransport(Transport):
         except DeviceError:
             raise
         except FileNotFoundError:
+            if not local.parent.is_dir():
+                raise DeviceError(f"cannot download {remote} into {local.parent}: no such folder here",
+                                  "create it, or pass another path") from None
             raise DeviceError(f"{remote} does not exist on {self.where}",
                               "check the path; the runner may have failed before writing it") from None
         except Exception as exc:
