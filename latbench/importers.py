@@ -10,8 +10,9 @@ or takes ``--format``.
       key                an op key (``fbnet_block:1x16x32x32:c24:k3:s1:e1:g1:relu:float32``)
                          or a network key (``net:fbnet-cifar:0-8-3-...``)
       kind, cin, h, w, cout [, kernel, stride, expansion, groups, activation, dtype]
-                         an op by its fields (defaults: 1, 1, 1, 1; activation relu for
-                         conv_bn_relu and fbnet_block, none otherwise; float32)
+                         an op by its fields (defaults: 1, 1, 1, 1, an avgpool's kernel
+                         its map h; activation relu for conv_bn_relu and fbnet_block, none
+                         otherwise; float32)
       space, arch        a whole network: a space name and its candidate indices
                          separated by spaces, '-' or ','
     optional: p10_ms, p90_ms, mean_ms, std_ms, count (timed runs), round
@@ -19,8 +20,10 @@ or takes ``--format``.
   A key listed again without a ``round`` column counts as another round; the store keeps
   the median over rounds; one (key, round) listed twice is an error. Any bad row stops the
   import (nothing stored) with its line number. A column that looks like a misspelt schema
-  column (``strid``, ``Median_ms``) or a latency in another unit (``median_us``) is an error;
-  other columns (notes, say) are ignored, and the summary lists them.
+  column (``strid``, ``Median_ms``), another tool's name for a field (``kernel_size``,
+  ``expand_ratio``) where the rows have no key, a column named twice, or a latency in another
+  unit (``median_us``) is an error; other columns (notes, say) are ignored, and the summary
+  lists them.
 
 ``hwnasbench``: HW-NAS-Bench's FBNet block table (``device, op, h, w, cin, cout, expansion,
 kernel, stride, groups, latency_ms``). ``--source-device`` picks the rows of one device
@@ -105,6 +108,10 @@ def _read(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]:
     if not header:
         raise ImportFormatError(f"{path} is empty or has no header row",
                                 "the first line must name the columns (see `latbench import --help`)")
+    repeated = sorted({h for h in header if h and header.count(h) > 1})
+    if repeated:  # csv keeps the last of them: the other cells would be dropped unseen
+        raise ImportFormatError(f"{path}: the header names column {repeated[0]!r} more than once",
+                                "keep one column of each name")
     reader.fieldnames = header
 
     def rows():
@@ -170,7 +177,23 @@ _KEY_COLUMNS = ("key", "kind", "cin", "h", "w", "cout", "kernel", "stride", "exp
 #: (rounds is its round count, not a round index) and common statistics.
 _KNOWN_OTHER = ("rounds", "round_spread", "rel_iqr", "noisy", "device", "runtime", "table", "threads",
                 "min_ms", "max_ms", "unit", "source", "notes")
+#: Other names for the schema's columns: read as unknown (ignored), the ops would all get the
+#: default (kernel 1, stride 1, ...) and distinct ops would be merged under one wrong key.
 _ALIASES = {"p50_ms": "median_ms", "p50": "median_ms", "median": "median_ms", "latency": "median_ms"}
+#: ... of the fields that give an op: refused where the rows have no key column (with one, the
+#: key gives the op and such a column is only information).
+_FIELD_ALIASES = {
+    **dict.fromkeys(("k", "ks", "ksize", "kernel_size", "kernel_h", "kh"), "kernel"),
+    **dict.fromkeys(("s", "strides", "stride_h", "stride_size"), "stride"),
+    **dict.fromkeys(("e", "t", "expand", "expand_ratio", "expansion_ratio", "exp_ratio"),
+                    "expansion"),
+    **dict.fromkeys(("g", "group", "num_groups", "n_groups"), "groups"),
+    **dict.fromkeys(("act", "activation_fn", "nonlinearity"), "activation"),
+    **dict.fromkeys(("precision", "data_type", "datatype"), "dtype"),
+    **dict.fromkeys(("c_in", "in_channels", "cin_", "input_channels"), "cin"),
+    **dict.fromkeys(("c_out", "out_channels", "output_channels"), "cout"),
+    **dict.fromkeys(("op", "op_type", "op_kind"), "kind"),
+}
 _OTHER_UNIT = re.compile(r"^(median|latency|p10|p90|mean|std)(_?(us|ns|s|sec|secs|seconds|micros))$",
                          re.IGNORECASE)
 
@@ -195,7 +218,8 @@ def _check_generic_header(path: Path, header: list[str]) -> list[str]:
         if low in _KNOWN_OTHER:
             ignored.append(col)
             continue
-        close = [_ALIASES[low]] if low in _ALIASES else [c for c in _KEY_COLUMNS if _one_edit(low, c)]
+        aliases = _ALIASES if "key" in header else {**_ALIASES, **_FIELD_ALIASES}
+        close = [aliases[low]] if low in aliases else [c for c in _KEY_COLUMNS if _one_edit(low, c)]
         close = [c for c in close if c not in header]
         if close or low in CSV_COLUMNS:
             name = close[0] if close else low
@@ -284,7 +308,8 @@ def _generic_key(row: dict, spaces: dict) -> str:
     default_act = "relu" if kind in ("conv_bn_relu", "fbnet_block") else "none"
     spec = OpSpec(kind, _int(row.get("cin"), "cin", 1), _int(row.get("h"), "h", 1),
                   _int(row.get("w"), "w", 1), _int(row.get("cout"), "cout", 1),
-                  kernel=_int(row.get("kernel") or "1", "kernel", 1),
+                  # a global pool's kernel is its map, as the spaces and HW-NAS-Bench give it
+                  kernel=_int(row.get("kernel") or (row.get("h") if kind == "avgpool" else "1"), "kernel", 1),
                   stride=_int(row.get("stride") or "1", "stride", 1),
                   expansion=_int(row.get("expansion") or "1", "expansion", 1),
                   groups=_int(row.get("groups") or "1", "groups", 1),

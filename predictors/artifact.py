@@ -219,7 +219,7 @@ def _load(directory: Path, device: str | None) -> LatencyPredictor:
                                   refit), None) from None
     try:
         manifest = json.loads(manifest_bytes)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ArtifactError(f"predictor file {manifest_path} is corrupt ({type(exc).__name__})",
                             refit) from None
     if device is None and isinstance(manifest, dict):
@@ -232,6 +232,12 @@ def _load(directory: Path, device: str | None) -> LatencyPredictor:
                             f"version {FORMAT_VERSION}", refit + " with this latbench")
     _check_versions(manifest, manifest_path, refit)
     _check_manifest(manifest, manifest_path, refit)
+    fitted_for = manifest.get("unit") or manifest.get("device")
+    if device is not None and isinstance(fitted_for, str) and fitted_for != device:
+        # a folder copied under another device's name: a search would optimise for the wrong one
+        raise ArtifactError(f"the predictor in {directory} was fitted for device {fitted_for!r}, "
+                            f"not {device!r}",
+                            f"use latbench:{fitted_for}, or run `{fit_command(device)}`")
     data: dict[str, bytes] = {}
     for name, digest in manifest["files"].items():
         path = directory / name
@@ -325,7 +331,7 @@ def _check_manifest(manifest: dict, path: Path, refit: str) -> None:
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{path} lists no files", refit)
     for name, digest in files.items():
-        if not name or "/" in name or "\\" in name or name.startswith("."):
+        if not name or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
             raise ArtifactError(f"{path} names a file outside its folder: {name!r}", refit)
         if not isinstance(digest, str) or not _SHA256.match(digest):
             raise ArtifactError(f"{path}: its 'files' entry for {name} is not a sha256 ({digest!r})",

@@ -3,6 +3,8 @@ of a search space. Measured beats predicted: the GBDT answers only for keys not 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
@@ -116,7 +118,16 @@ class LUT:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LUT":
-        return cls({k: LUTEntry(**v) for k, v in data["entries"].items()})
+        """Checked as it loads: a bad key or latency would otherwise fail, or be used, later."""
+        entries = {}
+        for key, values in data["entries"].items():
+            OpSpec.from_key(key)  # ValueError naming the key
+            entry = LUTEntry(**values)
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+                       for v in (entry.median_ms, entry.p10_ms, entry.p90_ms)):
+                raise ValueError(f"the latency of {key} is not a finite number >= 0 ms")
+            entries[key] = entry
+        return cls(entries)
 
 
 def _spread(values: list[float]) -> float:

@@ -213,6 +213,12 @@ _OP = "fbnet_block,16,32,32,16,3"
     ("kind,cin,h,w,cout,kernel,median_ms\n" + _OP + ",0.3,hot\n", "line 2: 8 cells, but the header names 7"),
     ("kind,cin,h,w,cout,kernel,median_ms,round\n" + _OP + ",0.3,0\n" + _OP + ",0.4,0\n",
      "line 3: .* round 0 is already on line 2"),
+    # another tool's name for a field: ignored, every op was kernel 1 and k3 and k5 merged
+    ("kind,cin,h,w,cout,kernel_size,median_ms\n" + _OP + ",0.3\n", "'kernel_size' is not in the schema; did you mean 'kernel'"),
+    ("kind,cin,h,w,cout,kernel,expand_ratio,median_ms\n" + _OP + ",6,0.3\n", "did you mean 'expansion'"),
+    ("kind,cin,h,w,cout,kernel,s,median_ms\n" + _OP + ",2,0.3\n", "did you mean 'stride'"),
+    # csv keeps the last of two same-named columns: 1.5 would be dropped unseen
+    ("key,median_ms,median_ms\nx,1.5,2000\n", "names column 'median_ms' more than once"),
 ])
 def test_a_header_or_row_that_would_be_read_wrong_is_one_clear_error(tmp_path, text, match):
     with pytest.raises(importers.ImportFormatError, match=match) as err:
@@ -232,6 +238,7 @@ def test_other_columns_are_ignored_and_listed_and_rounds_number_after_given_ones
      ["min_ms", "max_ms", "p95_ms", "stddev_ms"]),  # a benchmark's own statistics
     ("space,arch,kind,median_ms", "fbnet-cifar,{arch},network,1.5", []),  # networks labelled as lut does
     ("kind,cin,h,w,cout,kernel,median_ms,counts", _OP + ",0.3,40", ["counts"]),  # not a key column
+    ("key,kernel_size,median_ms", "{key},3,0.3", ["kernel_size"]),  # the key gives the op
 ])
 def test_other_tables_columns_still_import(tmp_path, header, row, ignored):
     key = importers.read(_write(tmp_path / "k.csv", f"kind,cin,h,w,cout,kernel,median_ms\n{_OP},0.3\n")).rows[0]["key"]
@@ -361,3 +368,14 @@ def test_import_help_documents_the_schema(latbench_cli):
     for word in ("median_ms", "key", "kind,cin,h,w,cout", "space,arch", "p10_ms", "hwnasbench",
                  "--source-device", "--column"):
         assert word in done.stdout
+
+
+def test_a_pool_given_by_fields_is_the_global_pool_of_the_spaces(tmp_path):
+    """Without a kernel cell an avgpool was stored with kernel 1, a key no space has: its
+    measurement never served the space's pool, which was predicted instead."""
+    from latbench.spaces import get_space
+
+    space = get_space("fbnet-cifar")
+    pool = next(op for op in space.fixed_ops() if op.kind == "avgpool")
+    text = f"kind,cin,h,w,cout,median_ms\navgpool,{pool.cin},{pool.h},{pool.w},{pool.cout},0.05\n"
+    assert importers.read(_write(tmp_path / "p.csv", text)).rows[0]["key"] == pool.key

@@ -249,6 +249,45 @@ def test_a_name_never_fitted_suggests_the_close_one(saved):
     assert "did you mean 'raspi4'?" in err.value.hint and "fitted: raspi4" in err.value.hint
 
 
+def test_a_folder_copied_under_another_devices_name_is_refused(saved, latbench_home):
+    """latbench:pixel2 holding raspi4's predictor: a search would optimise for raspi4 while
+    --verify measured pixel2, and the result would name raspi4."""
+    import shutil
+
+    shutil.copytree(saved, artifact.predictor_dir("pixel2"))
+    with pytest.raises(ArtifactError, match="fitted for device 'raspi4', not 'pixel2'") as err:
+        artifact.load(artifact.predictor_dir("pixel2"), "pixel2")
+    assert "latbench:raspi4" in err.value.hint and "--device pixel2" in err.value.hint
+    assert artifact.load(artifact.predictor_dir("pixel2")).info_["device"] == "raspi4"  # by path: any name
+
+
+def test_a_deeply_nested_manifest_is_corrupt_not_a_recursion_error(saved):
+    (saved / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArtifactError, match="manifest.json is corrupt"):
+        artifact.load(saved)
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"bogus": None}, "bogus"),
+    ({"median_ms": float("nan")}, "not a finite number >= 0 ms"),
+    ({"median_ms": -1.0}, "not a finite number >= 0 ms"),
+])
+def test_a_lut_edited_with_its_checksum_updated_is_checked_as_it_loads(saved, entry, match):
+    path = saved / "lut.json"
+    lut = json.loads(path.read_text())
+    key = next(iter(lut["entries"]))
+    if "bogus" in entry:
+        lut["entries"]["bogus"] = lut["entries"][key]
+    else:
+        lut["entries"][key].update(entry)
+    path.write_text(json.dumps(lut))
+    manifest = json.loads((saved / "manifest.json").read_text())
+    manifest["files"]["lut.json"] = artifact._sha256(path.read_bytes())
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=f"cannot read lut.json .*{match}"):
+        artifact.load(saved)
+
+
 @pytest.mark.parametrize("change, match", [
     ({"format_version": 99}, "format version 99; this latbench reads version 1"),
     ({"feature_names": ["cin", "h"]}, "feature list differs"),
@@ -357,6 +396,7 @@ def test_an_arch_without_its_space_or_a_non_space_is_a_clear_type_error(fitted):
     ("predictor", {"correction": ["affine"], "use_lut": True}, "its 'predictor' is not a table"),
     ("predictor", {"correction": "affine", "use_lut": "yes"}, "its 'predictor' is not a table"),
     ("format_version", True, "format version True"),
+    ("files", {"lut\0.json": "0" * 64}, "names a file outside its folder"),  # was a ValueError
 ])
 def test_a_malformed_manifest_field_is_one_clear_error(saved, field, value, match):
     path = saved / "manifest.json"
