@@ -38,6 +38,9 @@ class CostForm:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"The {name!r} parameter of CostForm must be a number >= 0. "
                                  f"Got {getattr(self, name)!r}.")
+        if self.form == "fbnet" and self.alpha == 0:  # CE * 0: theta would get no gradient at all
+            raise ValueError("--alpha 0 makes the fbnet loss 0, so the architecture never learns; "
+                             "for a search without the cost term use --beta 0 (CE * alpha)")
         if any(not (t > 0 and math.isfinite(t)) for t in self.targets):  # inf: linear's term is NaN
             raise ValueError(f"cost targets must be finite and > 0; got {list(self.targets)}")
 

@@ -7,6 +7,11 @@ mean the same at any world size. Weight gradients are averaged by DistributedDat
 theta (22 x 9 numbers) is left out of DDP and its gradient averaged by one all-reduce, since
 it is trained in its own phase on its own split. Rank 0 alone scores, exports, verifies and
 writes the result, so the result files are those of a single process.
+
+Two things do differ from one process: BatchNorm normalises over each rank's share of a batch
+(--batch-size 64 on 8 GPUs: 8 images; there is no SyncBatchNorm, and the running statistics
+are averaged over the ranks at the end), and when a split does not divide by the world size
+the ranks' shares differ by one image while every rank's gradient weighs the same.
 """
 
 from __future__ import annotations
@@ -64,10 +69,14 @@ class World:
         supernet on every rank."""
         if not self.distributed:
             return
+        on_gpu = False
         for buf in net.buffers():
             if buf.is_floating_point():
                 dist.all_reduce(buf, op=dist.ReduceOp.SUM)
                 buf.div_(self.world_size)
+                on_gpu |= buf.is_cuda
+        if on_gpu:  # NCCL only queues the reduce: a worker rank goes on to destroy the group next
+            torch.cuda.synchronize()
 
     def sum(self, values: Sequence[float], device: torch.device) -> list[float]:
         """Per-rank totals (loss sums, counts) added up over the ranks."""

@@ -78,6 +78,9 @@ def check_torch_device(name: str) -> None:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"unknown torch device {name!r}", "use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # torch names more (mps, xpu, meta) than the search runs on
+        raise UsageError(f"--torch-device {name}: the search runs on cpu or cuda, not {device.type}",
+                         "use cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--torch-device {name}: CUDA is not available in this torch build or host",
                          "use --torch-device cpu")
@@ -216,11 +219,18 @@ def target_report(final: dict, costs: list[LoadedCost], tolerance: float, budget
     return out
 
 
-def library_versions() -> dict[str, str]:
-    """What the search ran with: the predictors' libraries, and torch, which trained it."""
+def library_versions(torch_device: str = "cpu") -> dict[str, str]:
+    """What the search ran with: the predictors' libraries, and torch, which trained it, with its
+    threads, and on a GPU the CUDA and cuDNN versions and the GPU (a seed gives the same search
+    only with all of them the same: CUDA kernels and the GPU noise generator differ from CPU's)."""
     from predictors.artifact import library_versions as predictor_versions
 
-    return predictor_versions() | {"torch": torch.__version__}
+    out = predictor_versions() | {"torch": torch.__version__, "torch_threads": str(torch.get_num_threads())}
+    device = torch.device(torch_device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        out |= {"cuda": str(torch.version.cuda), "cudnn": str(torch.backends.cudnn.version()),
+                "gpu": torch.cuda.get_device_name(device)}
+    return out
 
 
 def _amount(value: float) -> str:
@@ -457,7 +467,7 @@ def _run_job(job: SearchJob, hooks: Hooks, world, space, costs, form, pick, devi
         "num_samples": job.samples,  # --samples K (the draws themselves are "samples")
         "retrain_epochs": job.retrain_epochs,
         "config": job.config.to_dict(),
-        "versions": library_versions(),
+        "versions": library_versions(job.config.torch_device),
         "distributed": world.to_dict(),
         "final": final,
         "targets": target_report(final, costs, job.tolerance, budget=pick == "budget"),

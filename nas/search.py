@@ -4,6 +4,12 @@ Each epoch first trains the supernet's weights with SGD on the weight split (CE
 alone: the cost does not depend on the weights), then, after the warm-up epochs,
 theta with Adam on the theta split under the cost form's loss. Every forward pass
 draws Gumbel noise per sample at the epoch's temperature.
+
+The cost term is the expected cost under softmax(theta), the distribution the final arch is
+drawn from (argmax, samples), not under the batch's Gumbel weights as in FBNet: the CE's
+gradient on theta shrinks about as 1/temperature while the cost's does not, so the cost weighs
+more early (about 5x at the default start of 5.0) and the balance moves as the temperature
+anneals. FBNet's alpha and beta, and a --lambda, do not carry over between schedules as they are.
 """
 
 from __future__ import annotations

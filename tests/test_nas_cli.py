@@ -102,6 +102,18 @@ def test_cuda_without_a_gpu_is_a_usage_error(latbench_home):
     assert "CUDA is not available" in one_line_error(done, 2)
 
 
+@pytest.mark.parametrize("args, match", [
+    # torch knows the device type; the search ran on to an internal error after loading the data
+    (("--torch-device", "mps"), "--torch-device mps: the search runs on cpu or cuda, not mps"),
+    # CE * 0 * ...: theta never gets a gradient, and minutes later the arch is candidate 0 everywhere
+    (("--alpha", "0"), "--alpha 0 makes the fbnet loss 0"),
+])
+def test_a_search_that_cannot_run_as_asked_stops_before_training(latbench_home, args, match):
+    done = nas("search", "--cost", "flops", *args, home=latbench_home)
+    line = one_line_error(done, 2)
+    assert match in line, line
+
+
 @pytest.mark.slow
 def test_search_writes_result_exports_and_verifies(latbench_home, fast_profile, tmp_path, capsys):
     pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn (pip install scikit-learn)")
@@ -193,6 +205,7 @@ def test_human_output_and_no_export(latbench_home, tmp_path):
     assert result["num_samples"] == 1 and result["retrain_epochs"] == 0
     assert result["data"]["limit_train"] == 160 and result["data"]["weight_split"] == 0.8
     assert result["versions"]["torch"] and result["versions"]["latbench"]
+    assert int(result["versions"]["torch_threads"]) >= 1  # a seed repeats the search only with as many
     assert result["costs"][0]["predictor"] is None  # flops: no fitted predictor
 
 
