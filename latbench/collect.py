@@ -409,6 +409,9 @@ class Collector:
         if check_ci:
             from latbench.runners.pyrunner import median_rel_ci  # the runner's own stop test
         results, remaining, estimated = [], [], {}
+        extras: dict[str, dict] = {}  # per key, what the runner said beside the timings
+        partial: dict[str, str] = {}  # key -> "gpu: partial (5 kernels)": partly timed on the CPU
+        short: list[str] = []  # keys whose kept runs fell short of the protocol
         for position, (bid, (key, rnd)) in enumerate(ids.items()):
             rec = output.results.get(bid)
             if rec is None:
@@ -426,7 +429,17 @@ class Collector:
                 continue
             if getattr(m, "estimated", ()):
                 estimated[key] = list(m.estimated)
-            report.relative_iqrs.append(m.relative_iqr)
+            extra = {k: v for k, v in (rec.get("extra") or {}).items()
+                     if isinstance(v, (str, int, float, bool)) or v is None}  # not op profile tables
+            if extra:
+                extras[key] = extra
+            for name, value in extra.items():
+                if name.endswith("_delegated") and str(value).startswith("partial"):
+                    partial[key] = f"{name.removesuffix('_delegated')}: {value}"
+            if extra.get("protocol_met") is False:
+                short.append(key)
+            if not np.isnan(m.relative_iqr):  # NaN: the tool printed nothing to tell the spread by
+                report.relative_iqrs.append(m.relative_iqr)
             if check_ci and m.samples_ms.size:
                 report.short_of_ci += median_rel_ci(m.samples_ms.tolist()) > rel_ci
             results.append((key, rnd, kind_of(plan.items[key]), m,
@@ -438,6 +451,22 @@ class Collector:
         runner_meta = {k: v for k, v in (output.start or {}).items() if k != "state"}
         if estimated:  # figures the tool did not print (see ReportedMeasurement)
             runner_meta["estimated_stats"] = estimated
+        if extras:  # per key: delegation, protocol_met, runs kept, init time, ...
+            runner_meta["extra"] = extras
+        if partial or short:
+            import logging
+
+            log = logging.getLogger("latbench.collect")
+            if partial:
+                runner_meta["partial_delegation"] = partial
+                log.warning("%d model(s) ran only partly on the delegate, the rest on the CPU, and are "
+                            "stored as measured (e.g. %s, %s); the batch's runner record lists them "
+                            "under partial_delegation", len(partial), *next(iter(partial.items())))
+            if short:
+                runner_meta["protocol_not_met"] = short
+                log.warning("%d model(s) kept fewer runs than protocol.runs, or less time than "
+                            "min_time_s, and are stored so (e.g. %s); check that runtime_options "
+                            "extra_args do not cap the tool's runs", len(short), short[0])
         # what this run stored: a pair another collection stored meanwhile is not counted twice
         report.measured += self.store.save_batch(
             plan.context, results=results, status=status, items=len(ids), started_at=started,

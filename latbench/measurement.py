@@ -108,8 +108,13 @@ class ReportedMeasurement(_Summary):
     """A measurement from a tool that prints statistics instead of runs (benchmark_model).
 
     `samples_ms` is empty. The median and percentiles are the tool's where it printed them,
-    else interpolated between printed percentiles, else estimated from the mean and std as if
-    normal (clipped to min/max); `estimated` names every figure that was not printed.
+    else interpolated between printed percentiles, else estimated from the std as if normal
+    around the median (clipped to min/max), else interpolated between a printed percentile and
+    the printed min or max (the 0th and 100th percentiles). With none of these a p10/p90 is the
+    printed min/max, else the median, and a quartile is unknown: `iqr_ms` is then NaN, so the
+    measurement is neither called noisy nor steady (`relative_iqr` is NaN). Whatever was printed,
+    p10 <= median <= p90 and the IQR is never negative. `estimated` names every figure that was
+    not printed.
     """
 
     key: str
@@ -124,34 +129,64 @@ class ReportedMeasurement(_Summary):
     context: dict = field(default_factory=dict)
     samples_ms: np.ndarray = field(default_factory=lambda: np.empty(0))
 
+    @property
+    def spread_known(self) -> bool:
+        """Whether the IQR came from what the tool printed (else it is NaN)."""
+        return not math.isnan(self.iqr_ms)
+
     @classmethod
     def from_summary(cls, key: str, summary: dict) -> "ReportedMeasurement":
         count, mean = int(summary.get("count", 0)), summary.get("mean_ms")
         if count < 1 or mean is None:
             raise ValueError(f"a reported measurement needs count >= 1 and a mean; got {summary} for {key}")
-        std = float(summary.get("std_ms") or 0.0)
+        std_given = summary.get("std_ms")
+        std = float(std_given or 0.0)
         if summary.get("std_kind") == "population" and count > 1:
             std *= math.sqrt(count / (count - 1))  # sample std, as Measurement.std_ms
         printed = {float(q): float(v) for q, v in (summary.get("percentiles_ms") or {}).items()}
         if summary.get("median_ms") is not None:
             printed.setdefault(50.0, float(summary["median_ms"]))
-        lo, hi = summary.get("min_ms", -math.inf), summary.get("max_ms", math.inf)
+        lo = summary.get("min_ms")
+        hi = summary.get("max_ms")
+        ends = {**({0.0: float(lo)} if lo is not None else {}), **({100.0: float(hi)} if hi is not None else {})}
         estimated: list[str] = []
 
-        def at(q: float, name: str) -> float:
+        def between(q: float, known: dict[float, float]) -> float | None:
+            below = [k for k in known if k < q]
+            above = [k for k in known if k > q]
+            if not (below and above):
+                return None
+            a, b = max(below), min(above)
+            return known[a] + (known[b] - known[a]) * (q - a) / (b - a)
+
+        if 50.0 in printed:
+            median = printed[50.0]
+        else:
+            estimated.append("median_ms")
+            found = between(50.0, printed)
+            median = float(mean) if found is None else found
+
+        # a printed percentile on one side, the printed min or max (0th, 100th) on the other
+        with_ends = {**ends, **printed, 50.0: median} if printed else {}
+
+        def at(q: float, name: str) -> float | None:
             if q in printed:
                 return printed[q]
             estimated.append(name)
-            below = [k for k in printed if k < q]
-            above = [k for k in printed if k > q]
-            if below and above:
-                a, b = max(below), min(above)
-                return printed[a] + (printed[b] - printed[a]) * (q - a) / (b - a)
-            if q == 50.0:
-                return float(mean)
-            return float(min(max(mean + _NORMAL_Z[q] * std, lo), hi))
+            found = between(q, printed)
+            if found is None and std_given is not None:  # a std: as if normal around the median
+                found = median + _NORMAL_Z[q] * std
+                found = min(max(found, ends.get(0.0, -math.inf)), ends.get(100.0, math.inf))
+            return between(q, with_ends) if found is None else found
 
-        median = at(50.0, "median_ms")
-        p10, p90 = at(10.0, "p10_ms"), at(90.0, "p90_ms")
+        def low(value: float | None, unknown: float) -> float:
+            return min(unknown if value is None else value, median)
+
+        def high(value: float | None, unknown: float) -> float:
+            return max(unknown if value is None else value, median)
+
+        p10 = low(at(10.0, "p10_ms"), ends.get(0.0, median))
+        p90 = high(at(90.0, "p90_ms"), ends.get(100.0, median))
         q1, q3 = at(25.0, "q1_ms"), at(75.0, "q3_ms")
-        return cls(key, count, float(mean), std, median, p10, p90, q3 - q1, tuple(estimated))
+        iqr = math.nan if q1 is None or q3 is None else high(q3, median) - low(q1, median)
+        return cls(key, count, float(mean), std, median, p10, p90, iqr, tuple(estimated))

@@ -515,7 +515,9 @@ def test_benchmark_model_runner_batch_end_to_end(bm_setup, tmp_path):
         rec = out.results[f"m{i}"]
         if "broken" in m.name:
             assert not rec["ok"] and "benchmark_model exited with 1" in rec["error"]
-            assert "Benchmarking failed" in rec["error"]
+            # the cause, not the closing "ERROR: Benchmarking failed." (bm_failed.txt)
+            assert "Could not open '/data/local/tmp/latbench/models/missing.tflite'" in rec["error"]
+            assert "Benchmarking failed" not in rec["error"] and "missing or unreadable" in rec["error"]
         else:
             assert rec["ok"] and rec["summary"]["mean_ms"] == pytest.approx(1207.33)
     argv = log.read_text().splitlines()
@@ -878,3 +880,316 @@ def test_a_model_that_filled_the_disk_is_not_taken_and_stops_the_batch(bm_setup,
     out = runner.run_batch(items)
     assert set(out.results) == {"m0"} and _disk_full(out.error)
     assert out.error.startswith("the device's disk filled while benchmark_model ran model m1: sh: 1: cannot create")
+
+
+# ---- why a model failed: the cause, not the closing line; signals; time limits -----------------
+
+@pytest.mark.parametrize("name, cause, hint", [
+    ("trt_failed.txt", 'ModelImporter.cpp:771: ERROR: builtin_op_importers.cpp:5404 In function '
+                       'importFallbackPluginImporter: [8] Assertion failed: creator && "Plugin not found"',
+     "an op TensorRT cannot import"),
+    ("bm_failed.txt", "Could not open '/data/local/tmp/latbench/models/missing.tflite'.", "missing or unreadable"),
+])
+def test_a_failed_tool_is_reported_by_its_first_specific_error_line(name, cause, hint):
+    from latbench.runners.parsing import error_line
+
+    said = error_line(fixture(name))
+    assert said.startswith(cause + "; ") and hint in said
+    for closing in ("&&&& FAILED", "Benchmarking failed", "Engine set up failed", "[E]", "ERROR: Could"):
+        assert closing not in said  # no closing banner, no log prefix
+
+
+def test_only_closing_lines_still_say_something():
+    from latbench.runners.parsing import error_line
+
+    text = ("[11/22/2024-10:00:00] [I] [TRT] Loaded engine size: 1 MiB, error: none\n"
+            "[11/22/2024-10:00:00] [E] Engine set up failed\n"
+            "&&&& FAILED TensorRT.trtexec [TensorRT v8601] # trtexec --loadEngine=x.engine")
+    assert error_line(text) == "Engine set up failed"  # an [I] line is never the error
+    assert error_line("2018-09-10 12:36:15.624324: I tensorflow/x.cc:1] Error reporter: stderr\n"
+                      "ERROR: Failed to allocate tensors!\nERROR: Benchmarking failed.") == \
+        "Failed to allocate tensors!"
+    assert error_line("INFO: Running benchmark for at least 50 iterations", fallback=False) == ""
+
+
+def _trt_runner(tmp_path: Path, fake: Path, **kw):
+    profile = _profile("orin", "trtexec", "tensorrt", "onnx", tmp_path, runtime_options={"binary": str(fake)},
+                       protocol=kw.pop("protocol", Protocol(warmup_runs=2, warmup_s=0.1, runs=5, min_time_s=0.5,
+                                                            max_runs=40)), **kw)
+    return _open(profile)[1]
+
+
+@pytest.mark.parametrize("rc, said", [
+    (137, "benchmark_model was killed by SIGKILL (signal 9: out of memory?"),
+    (139, "benchmark_model crashed (SIGSEGV, signal 11"),
+    (134, "benchmark_model aborted (SIGABRT, signal 6"),
+    (255, "benchmark_model exited with 255: Running benchmark"),  # exit(-1), not a signal
+])
+def test_a_tool_killed_by_a_signal_says_so(bm_setup, tmp_path, rc, said):
+    from latbench.runners.script import ItemOutput
+
+    fake, _ = bm_setup
+    _, runner = _open(_profile("sig", "benchmark_model", "litert", "tflite", tmp_path,
+                               runtime_options={"binary": str(fake)}))
+    # the shell prints "Killed" / "Segmentation fault" on its own stderr: the tool's output just stops
+    message = runner.failure(ItemOutput("0", "INFO: Loaded model m.tflite\nINFO: Running benchmark for at "
+                                             "least 50 iterations", rc))
+    assert message.startswith(said)
+    if rc != 255:
+        assert "Running benchmark" not in message and "exited with" not in message
+
+
+def test_a_tool_that_segfaults_in_a_real_batch(latbench_home, tmp_path):
+    fake = tmp_path / "benchmark_model"
+    fake.write_text("#!/bin/sh\necho 'INFO: Running benchmark for at least 50 iterations'\n"
+                    "case \"$*\" in *oom*) kill -KILL $$ ;; *) kill -SEGV $$ ;; esac\n")
+    fake.chmod(0o755)
+    models = [tmp_path / "oom.tflite", tmp_path / "crash.tflite"]
+    for m in models:
+        m.write_bytes(b"x")
+    _, runner = _open(_profile("sig", "benchmark_model", "litert", "tflite", tmp_path,
+                               runtime_options={"binary": str(fake)}))
+    out = runner.run_batch([BatchItem(m.stem, m) for m in models])
+    assert out.results["oom"]["error"].startswith("benchmark_model was killed by SIGKILL (signal 9")
+    assert out.results["crash"]["error"].startswith("benchmark_model crashed (SIGSEGV")
+
+
+def test_old_busybox_timeout_with_dash_t_and_its_sigterm_exit_is_the_time_limit(tmp_path):
+    """busybox < 1.30 only takes `timeout -t SECS`; every busybox ends the command with SIGTERM,
+    so the exit status is 143, not coreutils' 124."""
+    fakebin = tmp_path / "fakebin"
+    fakebin.mkdir()
+    (fakebin / "timeout").write_text("""#!/bin/sh
+[ "$1" = -t ] || { echo "timeout: invalid option" >&2; exit 1; }
+secs=$2; shift 2
+"$@" & pid=$!
+( sleep "$secs"; kill -TERM $pid 2>/dev/null ) & watcher=$!
+wait $pid; rc=$?
+kill $watcher 2>/dev/null
+exit $rc
+""")
+    (fakebin / "timeout").chmod(0o755)
+    nonce = new_nonce()
+    items = [ScriptItem("slow", [run_line(["sleep", "5"], 1)]), ScriptItem("quick", [run_line(["true"], 1)])]
+    script = tmp_path / "batch.sh"
+    script.write_text(batch_script(items, nonce=nonce))
+    env = {**os.environ, "PATH": f"{fakebin}:{os.environ['PATH']}"}
+    res = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, timeout=60, env=env)
+    frames = split_output(res.stdout, nonce)
+    assert frames.done and frames.items["slow"].rc == 124 and frames.items["quick"].rc == 0
+
+
+# ---- summary-only results: percentiles in order, a spread that is known or says it is not ------
+
+@pytest.mark.parametrize("log", ["trt10_summary.txt", "ort_2019_stdout.txt"])
+def test_a_summary_without_runs_keeps_its_percentiles_in_order(log):
+    import math
+
+    from latbench.measurement import ReportedMeasurement
+
+    if log.startswith("trt"):
+        rec = trt.parse_result(fixture(log), "", "gpu_compute", Protocol())
+    else:
+        rec = ort.parse_result(fixture(log), "", Protocol())
+    m = ReportedMeasurement.from_summary("k", rec["summary"])
+    s = rec["summary"]
+    assert s.get("min_ms", m.p10_ms) <= m.p10_ms <= m.median_ms <= m.p90_ms <= s.get("max_ms", m.p90_ms)
+    assert m.iqr_ms >= 0 and math.isfinite(m.iqr_ms)
+    if log.startswith("trt"):  # the mean (6.504) lies above the median (6.482): no std to spread it by
+        assert m.median_ms == pytest.approx(6.48242) and m.p90_ms == pytest.approx(6.58594)
+        assert m.p10_ms < 6.48242
+
+
+def test_a_summary_with_only_a_mean_has_an_unknown_spread_not_a_steady_one():
+    import math
+
+    from latbench.measurement import ReportedMeasurement
+
+    # trtexec's example: mean 7.0 above p90; before, p10 = q1 = the mean and the IQR was negative
+    m = ReportedMeasurement.from_summary("k", {"count": 152, "mean_ms": 7.0, "median_ms": 6.48,
+                                               "percentiles_ms": {"90": 6.586, "99": 9.5}})
+    assert m.p10_ms <= m.median_ms <= m.p90_ms and m.p10_ms == 6.48
+    assert math.isnan(m.iqr_ms) and math.isnan(m.relative_iqr) and not m.spread_known
+    bare = ReportedMeasurement.from_summary("k", {"count": 100, "mean_ms": 4.8})  # perf_test, no -s
+    assert bare.p10_ms == bare.median_ms == bare.p90_ms == 4.8 and math.isnan(bare.iqr_ms)
+    with_range = ReportedMeasurement.from_summary("k", {"count": 100, "mean_ms": 4.8, "min_ms": 4.0,
+                                                        "max_ms": 9.0})
+    assert (with_range.p10_ms, with_range.p90_ms) == (4.0, 9.0)  # the printed range, not a guess
+    # a std still gives normal estimates, now around the printed median and never inverted
+    skewed = ReportedMeasurement.from_summary("k", {"count": 50, "mean_ms": 7.0, "std_ms": 0.1,
+                                                    "median_ms": 6.48, "std_kind": "sample"})
+    assert skewed.p10_ms < 6.48 < skewed.p90_ms and skewed.iqr_ms > 0
+
+
+# ---- what collect stores of a runner's extra ---------------------------------------------------
+
+def test_collect_stores_the_runners_extra_and_warns_of_a_partial_delegation(latbench_home, caplog):
+    import json
+    import logging
+    import math
+    import sqlite3
+
+    from latbench.collect import Collector, Report
+    from latbench.profiles import load_profile
+    from latbench.runners.base import BatchOutput
+    from latbench.spaces import get_space
+    from latbench.store import Store
+
+    profile = load_profile("local")
+    ops = get_space("fbnet-cifar").ops()[:3]
+    with Store(latbench_home / "latbench.db") as store, Collector(profile, store) as col:
+        plan = col.plan(ops)
+        report = Report()
+        output = BatchOutput(start={"runtime": "litert"}, end={"state": {}}, results={
+            "0": {"ok": True, "summary": {"count": 40, "mean_ms": 3.0, "std_ms": 0.2},
+                  "extra": {"gpu_delegated": "partial (5 kernels)", "init_ms": 12.5,
+                            "op_profile": {"Run Order": [{"name": "conv"}]}}},
+            "1": {"ok": True, "samples_ms": [1.0, 1.1, 1.2], "extra": {"protocol_met": False, "runs_kept": 3}},
+            "2": {"ok": True, "summary": {"count": 100, "mean_ms": 4.8}},  # a spread nobody printed
+        })
+        ids = {str(i): (op.key, 0) for i, op in enumerate(ops)}
+        with caplog.at_level(logging.WARNING, logger="latbench.collect"):
+            col.store_output(plan, ids, output, 0.0, None, report)
+    runner = json.loads(sqlite3.connect(latbench_home / "latbench.db").execute(
+        "SELECT runner FROM batches").fetchone()[0])
+    assert runner["extra"][ops[0].key] == {"gpu_delegated": "partial (5 kernels)", "init_ms": 12.5}
+    assert runner["extra"][ops[1].key] == {"protocol_met": False, "runs_kept": 3}
+    assert runner["partial_delegation"] == {ops[0].key: "gpu: partial (5 kernels)"}
+    assert runner["protocol_not_met"] == [ops[1].key]
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "ran only partly on the delegate" in said and ops[0].key in said
+    assert "fewer runs than protocol.runs" in said and ops[1].key in said
+    # an unknown spread is left out of the noise figures instead of counting as steady (or NaN)
+    assert report.measured == 3 and len(report.relative_iqrs) == 2
+    assert all(math.isfinite(r) for r in report.relative_iqrs)
+
+
+# ---- trtexec: a broken cached engine, a bounded --exportTimes ----------------------------------
+
+def _fake_trtexec_engines(path: Path, log: Path, records: int = 0) -> Path:
+    """A trtexec stand-in whose engines must hold "engine" to load (a file cut short does not);
+    a model named *broken* fails its build after writing part of the engine. With `records`, it
+    exports that many queries."""
+    summary, times = FIXTURES / "trt8_summary.txt", FIXTURES / "trt8_times.json"
+    export = (f'awk -v n={records} \'BEGIN {{ print "["; for (i = 0; i < n; i++) '
+              f'printf "%s{{ \\"computeMs\\" : %d, \\"latencyMs\\" : 1 }}\\n", (i ? ", " : "  "), i; print "]" }}\''
+              if records else f"cat {shlex.quote(str(times))}")
+    path.write_text(f"""#!/bin/sh
+echo "$*" >> {shlex.quote(str(log))}
+out=
+for a in "$@"; do
+  case $a in
+    --help) echo "&&&& RUNNING TensorRT.trtexec [TensorRT v8601] # trtexec --help"; exit 0 ;;
+    --onnx=*broken*) echo "[E] [TRT] ModelImporter.cpp:771: ERROR: builtin_op_importers.cpp:5404 Assertion failed: creator && \\"Plugin not found\\""; broken=1 ;;
+    --saveEngine=*) engine=${{a#--saveEngine=}} ;;
+    --loadEngine=*) if [ "$(cat "${{a#--loadEngine=}}")" != engine ]; then
+        echo "[E] Error[1]: [stdArchiveReader.cpp::StdArchiveReader::40] Error Code 1: Serialization (Serialization assertion stdVersionRead == serializationVersion failed.Version tag does not match.)"
+        echo "[E] Engine deserialization failed"
+        echo "&&&& FAILED TensorRT.trtexec [TensorRT v8601] # trtexec $*"; exit 1; fi ;;
+    --exportTimes=*) out=${{a#--exportTimes=}} ;;
+  esac
+done
+if [ -n "$engine" ]; then
+  if [ -n "$broken" ]; then printf eng > "$engine"; echo "&&&& FAILED TensorRT.trtexec"; exit 1; fi
+  echo engine > "$engine"
+fi
+[ -n "$out" ] && {export} > "$out"
+cat {shlex.quote(str(summary))}
+""")
+    path.chmod(0o755)
+    return path
+
+
+def test_trtexec_rebuilds_a_cached_engine_that_does_not_load(latbench_home, tmp_path):
+    log = tmp_path / "argv.log"
+    runner = _trt_runner(tmp_path, _fake_trtexec_engines(tmp_path / "trtexec", log))
+    model = tmp_path / "op.onnx"
+    model.write_bytes(b"onnx bytes")
+    engine = Path(runner.transport.workdir) / "engines" / runner.engine_name(BatchItem("0", model))
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    engine.write_text("eng")  # a build that was cut short, left by an older latbench
+    first = runner.run_batch([BatchItem("0", model)]).results["0"]
+    assert first["ok"] and len(first["samples_ms"]) == 8 and first["extra"]["engine_rebuilt"] is True
+    assert engine.read_text() == "engine\n" and not Path(f"{engine}.part").exists()
+    second = runner.run_batch([BatchItem("0", model)]).results["0"]
+    assert second["ok"] and "engine_rebuilt" not in second["extra"]
+    calls = [c for c in log.read_text().splitlines() if "--help" not in c]
+    assert ["--loadEngine=" in c for c in calls] == [True, False, True]
+    assert f"--saveEngine={engine}.part" in calls[1].split()
+
+
+def test_trtexec_a_failed_build_leaves_no_engine_behind(latbench_home, tmp_path):
+    log = tmp_path / "argv.log"
+    runner = _trt_runner(tmp_path, _fake_trtexec_engines(tmp_path / "trtexec", log))
+    model = tmp_path / "broken.onnx"
+    model.write_bytes(b"onnx bytes")
+    engine = Path(runner.transport.workdir) / "engines" / runner.engine_name(BatchItem("0", model))
+    for _ in range(2):
+        rec = runner.run_batch([BatchItem("0", model)]).results["0"]
+        assert not rec["ok"] and '"Plugin not found"; the model has an op TensorRT cannot import' in rec["error"]
+        assert not engine.exists() and not Path(f"{engine}.part").exists()
+    calls = [c for c in log.read_text().splitlines() if "--help" not in c]
+    assert len(calls) == 2 and all("--onnx=" in c for c in calls)  # built again, never loaded half an engine
+
+
+def test_trtexec_a_failed_rebuild_says_why_the_build_failed(latbench_home, tmp_path):
+    runner = _trt_runner(tmp_path, _fake_trtexec_engines(tmp_path / "trtexec", tmp_path / "argv.log"))
+    model = tmp_path / "broken.onnx"
+    model.write_bytes(b"onnx bytes")
+    engine = Path(runner.transport.workdir) / "engines" / runner.engine_name(BatchItem("0", model))
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    engine.write_text("eng")
+    rec = runner.run_batch([BatchItem("0", model)]).results["0"]
+    assert not rec["ok"] and "Plugin not found" in rec["error"] and "Serialization" not in rec["error"]
+    assert not engine.exists()
+
+
+def test_trtexec_prints_a_bounded_export_and_keeps_the_same_samples(latbench_home, tmp_path, monkeypatch):
+    monkeypatch.setattr(trt, "EXPORTED_WARMUP_MARGIN", 10)
+    protocol = Protocol(warmup_runs=2, warmup_s=0.1, runs=5, min_time_s=0.5, max_runs=40)
+    runner = _trt_runner(tmp_path, _fake_trtexec_engines(tmp_path / "trtexec", tmp_path / "argv.log", 500),
+                         protocol=protocol)
+    assert runner.export_limit() == 40 + 2 * 2 + 10
+    model = tmp_path / "op.onnx"
+    model.write_bytes(b"onnx bytes")
+    nonce = new_nonce()
+    item = runner.item(BatchItem("0", model), str(model), 60)
+    res = subprocess.run(["/bin/sh", "-c", batch_script([item], nonce=nonce, workdir=runner.transport.workdir,
+                                                        prelude=runner.prelude())],
+                         capture_output=True, text=True, timeout=60)
+    out = split_output(res.stdout, nonce).items["0"]
+    printed = out.files["times"]
+    assert sum("{" in ln for ln in printed.splitlines()) == 54 and len(printed) < 54 * 60
+    whole = (Path(runner.transport.workdir) / "results" / "0.times.json").read_text()
+    assert sum("{" in ln for ln in whole.splitlines()) == 500
+    rec = runner.parse_item(out)
+    assert rec["samples_ms"] == trt.parse_result(out.text, whole, "gpu_compute", protocol)["samples_ms"]
+    assert rec["samples_ms"] == [float(i) for i in range(40)] and rec["extra"]["exported_records"] == 500
+
+
+def test_trtexec_7_warmups_are_still_dropped_from_a_cut_export():
+    log, times = fixture("trt7_host_latency.txt"), fixture("trt7_times.json")  # 3 warm-up + 10 timed
+    protocol = Protocol(warmup_runs=0, warmup_s=0, runs=3, min_time_s=0, max_runs=4)
+    whole = trt.parse_result(log, times, "latency", protocol)
+    lines = times.splitlines()
+    cut = "\n".join(lines[:1 + 3 + 4] + [f"{trt.RECORDS_TRAILER} 13"])  # "[", 3 warm-up, 4 timed
+    rec = trt.parse_result(log, cut, "latency", protocol)
+    assert rec["samples_ms"] == whole["samples_ms"] and len(rec["samples_ms"]) == 4
+
+
+def test_busybox_timeout_ending_a_model_is_the_time_limit(bm_setup, tmp_path, monkeypatch):
+    """A real busybox `timeout` (1.30+ takes `timeout SECS`) kills with SIGTERM: exit 143."""
+    if not shutil.which("busybox"):
+        pytest.skip("busybox is not installed")
+    fakebin = tmp_path / "bb"
+    fakebin.mkdir()
+    (fakebin / "timeout").symlink_to(shutil.which("busybox"))
+    monkeypatch.setenv("PATH", f"{fakebin}:{os.environ['PATH']}")
+    fake, _ = bm_setup
+    _, runner = _open(_profile("bb", "benchmark_model", "litert", "tflite", tmp_path,
+                               runtime_options={"binary": str(fake)}))
+    monkeypatch.setattr(runner, "model_limit_s", lambda n: 1.0)
+    slow = tmp_path / "slow.tflite"
+    slow.write_bytes(b"x")
+    rec = runner.run_batch([BatchItem("0", slow)]).results["0"]
+    assert rec["error"] == "benchmark_model did not finish within the per-model time limit"

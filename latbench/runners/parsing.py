@@ -92,6 +92,70 @@ def last_error_line(text: str, markers: Iterable[str] = ("ERROR", "Error", "erro
     return lines[-1][:300] if lines else "no output"
 
 
+#: Lines a tool prints when it gives up, after the line that says why: never the cause, so
+#: `error_line` reports them only when nothing more specific was printed.
+_CLOSING = re.compile(
+    r"^(?:&&&& FAILED\b"  # trtexec's closing banner, which repeats the command line
+    r"|Benchmarking failed\.?$|Failed to initialize the interpreter\.?$|Registration failed\.?$"  # benchmark_model
+    r"|Engine set up failed$|Inference set up failed$|Failed to create engine from model or file\.?$"
+    r"|Parsing model failed$|Failed to parse onnx file$|Engine deserialization failed\.?$"
+    r"|Got invalid engine!?$|Building engine failed$)",  # trtexec
+    re.IGNORECASE)
+#: Severity tags of lines that are not errors, whatever words they hold.
+_NOT_ERRORS = re.compile(r"^(?:\[\d\d/\d\d/\d{4}-\d\d:\d\d:\d\d\] )?(?:\[[IV]\] |(?:INFO|VERBOSE|DEBUG): |[IV]\d{4} "
+                         r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IV] )")
+_ERROR_MARKERS = ("ERROR", "Error", "error", "[E]", "FAILED", "Failed", "failed", "Aborted", "Segmentation",
+                  "not found", "Check failed")
+
+#: A known cause (a substring of its error line) -> how to fix it.
+ERROR_HINTS = (
+    ("Plugin not found", "the model has an op TensorRT cannot import (no built-in importer or plugin): "
+                         "export it with ops TensorRT supports, or time it with another runtime"),
+    ("No importer registered for op", "the model has an op TensorRT cannot import: export it with ops "
+                                      "TensorRT supports, or time it with another runtime"),
+    ("Failed to mmap model", "the model file is missing or unreadable on the device: check the work "
+                             "directory's free space and permissions (latbench doctor)"),
+    ("Could not open '", "a file it needs (the model?) is missing or unreadable on the device: check the "
+                         "work directory's free space and permissions (latbench doctor)"),
+    ("Didn't find op for builtin opcode", "this benchmark_model is older than the converter that wrote the "
+                                          "model: use a benchmark_model from a newer TFLite/LiteRT release"),
+    ("is not a registered function/op", "this onnxruntime is older than the model's opset: use a newer "
+                                        "onnxruntime_perf_test or export with a lower opset"),
+    ("Unknown flag", "this tool does not know one of its arguments: check runtime_options extra_args "
+                     "against its --help"),
+)
+
+
+def error_line(text: str, hints: Iterable[tuple[str, str]] = ERROR_HINTS, *, fallback: bool = True) -> str:
+    """One line saying why a tool failed: the FIRST specific error line it printed (without its
+    log prefix), skipping the generic lines tools close with ('&&&& FAILED ...', 'Benchmarking
+    failed.', 'Engine set up failed'), which name no cause; then a hint for a known cause.
+    Falls back to the first closing line, else (`fallback`) the last non-empty line or 'no
+    output'; without `fallback`, "" when no line looks like an error."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    closing = None
+    found = None
+    for ln in lines:
+        if _NOT_ERRORS.match(ln) or not any(m in ln for m in _ERROR_MARKERS):
+            continue
+        message = strip_log_prefix(ln).strip()
+        if _CLOSING.match(message):
+            closing = closing or message
+            continue
+        found = message
+        break
+    line = found or closing
+    if not line:
+        if not fallback:
+            return ""
+        line = strip_log_prefix(lines[-1]).strip() if lines else "no output"
+    line = line if len(line) <= 300 else line[:297] + "..."
+    for needle, hint in hints:
+        if needle in line:
+            return f"{line}; {hint}"
+    return line
+
+
 @dataclass
 class Summary:
     """Statistics a tool reported about its timed runs, in milliseconds.

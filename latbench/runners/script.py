@@ -29,7 +29,9 @@ _ID_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 #: sh functions every generated script starts with. `lb_state TAG` prints the device state;
 #: `lb_run LIMIT_S CMD...` runs CMD (stderr merged into stdout) under `timeout` when the
-#: device has a working one, leaving the exit status in `rc`.
+#: device has a working one (``timeout SECS``; busybox before 1.30 wants ``timeout -t SECS``),
+#: leaving the exit status in `rc`. Busybox's timeout ends CMD with SIGTERM, exit status 143
+#: rather than coreutils' and toybox's 124: under a timeout, 143 is read as 124, the time limit.
 _FUNCTIONS = r"""
 lb_state() {
   echo "$LB_M state $1"
@@ -48,11 +50,18 @@ lb_state() {
   if [ -r /proc/loadavg ]; then read l1 rest < /proc/loadavg; echo "$LB_M load $l1"; fi
   echo "$LB_M time $(date +%s)"
 }
-if timeout 1 true >/dev/null 2>&1; then LB_TIMEOUT=1; else LB_TIMEOUT=; fi
+if timeout 1 true >/dev/null 2>&1; then LB_TIMEOUT=plain
+elif timeout -t 1 true >/dev/null 2>&1; then LB_TIMEOUT=t
+else LB_TIMEOUT=; fi
 lb_run() {
   lb_limit=$1; shift
-  if [ -n "$LB_TIMEOUT" ]; then timeout "$lb_limit" "$@" 2>&1; else "$@" 2>&1; fi
+  case $LB_TIMEOUT in
+    plain) timeout "$lb_limit" "$@" 2>&1 ;;
+    t) timeout -t "$lb_limit" "$@" 2>&1 ;;
+    *) "$@" 2>&1 ;;
+  esac
   rc=$?
+  if [ "$rc" -eq 143 ] && [ -n "$LB_TIMEOUT" ]; then rc=124; fi
 }
 """.strip("\n")
 

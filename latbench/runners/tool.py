@@ -13,7 +13,7 @@ from pathlib import Path
 from latbench.errors import DeviceError, ProfileError
 from latbench.profiles import DeviceProfile
 from latbench.runners.base import BatchItem, BatchOutput, Runner
-from latbench.runners.parsing import ParseError, last_error_line
+from latbench.runners.parsing import ParseError, error_line, last_error_line
 from latbench.runners.script import (
     ItemOutput, ScriptItem, batch_script, finished_items, info_script, new_nonce, parse_kv, split_output,
     state_script)
@@ -36,6 +36,36 @@ COMMON_OPTIONS = {
     "version": Option((str,), "the tool's version, when it cannot be read from the device"),
     "extra_args": Option((list,), "more arguments for every run, e.g. ['--use_gpu=true']"),
 }
+
+
+#: Linux signal numbers (the device's, not this host's: macOS numbers some differently) -> what
+#: a tool killed by one went through.
+_SIGNALS = {
+    1: "was killed by SIGHUP (signal 1: its shell or connection closed)",
+    2: "was stopped by SIGINT (signal 2: interrupted)",
+    3: "was stopped by SIGQUIT (signal 3)",
+    4: "crashed (SIGILL, signal 4: an instruction this CPU lacks; a binary built for another CPU?)",
+    5: "crashed (SIGTRAP, signal 5)",
+    6: "aborted (SIGABRT, signal 6: a failed check or assertion inside the tool)",
+    7: "crashed (SIGBUS, signal 7: a bad memory access; a model file cut short?)",
+    8: "crashed (SIGFPE, signal 8: an arithmetic fault)",
+    9: ("was killed by SIGKILL (signal 9: out of memory? Android's low-memory killer and Linux's OOM "
+        "killer send it; try a smaller model, or free memory on the device)"),
+    11: "crashed (SIGSEGV, signal 11: a segmentation fault inside the tool or its runtime)",
+    13: "was killed by SIGPIPE (signal 13: its output pipe closed)",
+    15: "was killed by SIGTERM (signal 15: stopped by someone or something on the device)",
+    24: "was killed by SIGXCPU (signal 24: over its CPU time limit)",
+    25: "was killed by SIGXFSZ (signal 25: over its file size limit)",
+}
+
+
+def signal_death(rc: int | None) -> str | None:
+    """How a tool whose shell exit status is `rc` died of a signal (sh reports 128 + N), or None
+    when it exited by itself (255 is exit(-1), not a signal)."""
+    if rc is None or not 128 < rc < 128 + 65:
+        return None
+    number = rc - 128
+    return _SIGNALS.get(number, f"was killed by signal {number}")
 
 
 class ToolRunner(Runner):
@@ -177,10 +207,17 @@ class ToolRunner(Runner):
         return []
 
     def failure(self, output: ItemOutput) -> str:
-        """One line saying why a model's run failed."""
+        """One line saying why a model's run failed: the time limit (``timeout`` exits 124; the
+        batch script turns busybox's SIGTERM, 143, into 124), a signal (the shell says "Killed"
+        or "Segmentation fault" on its own stderr, not in the tool's output, so the tool's last
+        line would mislead), else the tool's own error line."""
         if output.rc == 124:
             return f"{self.tool} did not finish within the per-model time limit"
-        return f"{self.tool} exited with {output.rc}: {last_error_line(output.text)}"
+        died = signal_death(output.rc)
+        if died:
+            said = error_line(output.text, fallback=False)
+            return f"{self.tool} {died}" + (f"; it had printed: {said}" if said else "")
+        return f"{self.tool} exited with {output.rc}: {error_line(output.text)}"
 
     def model_limit_s(self, n_items: int) -> float:
         """Per-model time limit: a model that hangs costs its share, not the whole batch."""

@@ -1,9 +1,12 @@
 """TensorRT's `trtexec`: its command line and every generation of its output.
 
 Each model is built into an engine once (``--onnx ... --saveEngine``, cached on the
-device by the model's content and the build flags) and timed from the engine after.
+device by the model's content and the build flags) and timed from the engine after; a
+build moves its engine into place only when it succeeded, and a cached engine that does
+not load is built again.
 ``--exportTimes=FILE`` writes every timed query as JSON (``computeMs``, ``latencyMs``,
-...): the raw samples. Its log is kept for the summary, which changed over releases:
+...): the raw samples, of which the batch prints only as many as can be kept. Its log is
+kept for the summary, which changed over releases:
 
     [I] Host Latency                     (TensorRT 7: a block, one statistic a line)
     [I] min: 1.64 ms (end to end 1.66 ms)
@@ -23,6 +26,7 @@ host-device copies of its inputs and outputs).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -60,6 +64,15 @@ _VERSION = re.compile(r"^TensorRT version: (\d+\.\d+\.\d+)")
 _WARMUP = re.compile(rf"^Warmup completed (\d+) queries over ({NUMBER}) ms$")
 _TRACE = re.compile(rf"^Timing trace has (\d+) queries over ({NUMBER}) s$")
 _TOTALS = re.compile(rf"^(Throughput|Total Host Walltime|Total GPU Compute Time): ({NUMBER}) (qps|s)$")
+
+
+#: What the batch script says when a cached engine did not load and is built again.
+REBUILD_NOTICE = "latbench: the cached engine did not load"
+#: The line the batch script adds after the --exportTimes records it printed: how many the file had.
+RECORDS_TRAILER = "# latbench: records"
+#: --exportTimes records printed beyond max_runs and the warm-up runs (TensorRT 7 exports its
+#: warm-up queries first; see `TrtexecRunner.export_limit`).
+EXPORTED_WARMUP_MARGIN = 2000
 
 
 def version_from_number(number: str) -> str:
@@ -175,6 +188,20 @@ def parse_times(text: str, field_name: str) -> list[float]:
     return values
 
 
+def split_records_trailer(text: str) -> tuple[str, int | None]:
+    """The --exportTimes records the batch printed, and the record count of the whole file from
+    the line it adds after them (None without one)."""
+    total = None
+    kept = []
+    for line in text.splitlines():
+        if line.startswith(RECORDS_TRAILER):
+            count = line[len(RECORDS_TRAILER):].strip()
+            total = int(count) if count.isdigit() else None
+        else:
+            kept.append(line)
+    return "\n".join(kept), total
+
+
 def parse_result(log: str, times_json: str, metric: str, protocol) -> dict:
     """A result record from a successful run (ParseError when it timed nothing readable)."""
     summary_name, old_name, json_field = METRICS[metric]
@@ -185,8 +212,12 @@ def parse_result(log: str, times_json: str, metric: str, protocol) -> dict:
                       ("walltime", "walltime_s"), ("throughput", "throughput_qps")):
         if key in parsed.totals:
             extra[name] = parsed.totals[key]
+    times_json, total = split_records_trailer(times_json)
     samples = parse_times(times_json, json_field) if times_json.strip() else []
-    if parsed.timed is not None and parsed.warmups and len(samples) == parsed.timed + parsed.warmups:
+    total = max(total or 0, len(samples))  # the file's record count; the batch prints the first ones
+    if total > len(samples):
+        extra["exported_records"] = total  # the rest were not printed (see TrtexecRunner.export_limit)
+    if parsed.timed is not None and parsed.warmups and total == parsed.timed + parsed.warmups:
         samples = samples[parsed.warmups:]  # TensorRT 7 and early 8 export the warm-up queries too
     if samples:
         kept, info = apply_protocol(
@@ -278,17 +309,60 @@ class TrtexecRunner(ToolRunner):
         return [f"mkdir -p {shlex.quote(self.transport.workdir + '/engines')} "
                 f"{shlex.quote(self.transport.workdir + '/results')}"]
 
+    def export_limit(self) -> int:
+        """Most --exportTimes records printed per model: at ~10k queries/s a 1 s run writes 10k
+        records (~3 MB of JSON) of which `parse_result` keeps at most max_runs, after the
+        warm-up. The margin covers the warm-up queries TensorRT 7 puts at the file's start and
+        the warm-up runs `apply_protocol` drops after them."""
+        p = self.profile.protocol
+        return p.max_runs + 2 * p.warmup_runs + EXPORTED_WARMUP_MARGIN
+
     def item(self, item: BatchItem, model_path: str, limit_s: float) -> ScriptItem:
+        """Load the cached engine; build it when there is none, or when it did not load (a
+        file cut short, or one another TensorRT wrote). A build writes ENGINE.part and moves
+        it into place only when trtexec succeeded, so a failed or killed build leaves no
+        engine that every later batch would fail to load."""
         engine = f"{self.transport.workdir}/engines/{self.engine_name(item)}"
+        part = engine + ".part"
         times = f"{self.transport.workdir}/results/{item.id}.times.json"
+        shown = times + ".head"
         run = self.run_args(times)
+        qe, qp, qt = shlex.quote(engine), shlex.quote(part), shlex.quote(times)
         load = run_line([self.binary(), f"--loadEngine={engine}", *run], limit_s, self.cpu_prefix())
-        build = run_line([self.binary(), f"--onnx={model_path}", f"--saveEngine={engine}",
+        build = run_line([self.binary(), f"--onnx={model_path}", f"--saveEngine={part}",
                           *self.build_args(), *run], limit_s, self.cpu_prefix())
-        body = [f"rm -f {shlex.quote(times)}",
-                f"if [ -f {shlex.quote(engine)} ]; then", "  " + load, "else", "  " + build, "fi"]
-        return ScriptItem(item.id, body, {"times": times})
+        body = [f"rm -f {qt} {shlex.quote(shown)}",
+                f"if [ -f {qe} ]; then",
+                "  " + load,
+                '  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then',
+                f'    echo "{REBUILD_NOTICE} (exit $rc); building it again"',
+                f"    rm -f {qe} {qt}",
+                "  fi",
+                "fi",
+                f"if [ ! -f {qe} ]; then",
+                f"  rm -f {qp}",
+                "  " + build,
+                f'  if [ "$rc" -eq 0 ] && [ -s {qp} ]; then mv -f {qp} {qe}; else rm -f {qp}; fi',
+                "fi",
+                # print the "[" line and at most export_limit() records (one a line), and how many
+                # there were; a full disk says so in the model's output (read_batch stops on it)
+                f"[ -f {qt} ] && {{ {{ head -n {self.export_limit() + 1} {qt}; "
+                f'echo "{RECORDS_TRAILER} $(grep -c {shlex.quote("{")} {qt})"; }} > {shlex.quote(shown)}; }} 2>&1']
+        return ScriptItem(item.id, body, {"times": shown})
 
     def parse_item(self, output: ItemOutput) -> dict:
-        return parse_result(output.text, output.files.get("times", ""), self.opt("metric", "gpu_compute"),
-                            self.profile.protocol)
+        text = output.text
+        rebuilt = REBUILD_NOTICE in text
+        if rebuilt:  # the failed load's log is not this run's
+            text = text[text.rindex(REBUILD_NOTICE):].partition("\n")[2]
+        record = parse_result(text, output.files.get("times", ""), self.opt("metric", "gpu_compute"),
+                              self.profile.protocol)
+        if rebuilt:
+            record["extra"]["engine_rebuilt"] = True
+        return record
+
+    def failure(self, output: ItemOutput) -> str:
+        text = output.text
+        if REBUILD_NOTICE in text:  # say why the rebuild failed, not why the old engine did not load
+            text = text[text.rindex(REBUILD_NOTICE):].partition("\n")[2]
+        return super().failure(dataclasses.replace(output, text=text))
