@@ -72,6 +72,10 @@ class Report:
     # Measurements whose samples' median is not known to within the protocol's rel_ci: the stop
     # rule ran out of max_runs or max_time_s first (0 when rel_ci is 0).
     short_of_ci: int = 0
+    # key -> "gpu: partial (5 kernels)": timed partly on the CPU, stored as measured
+    partly_delegated: dict[str, str] = field(default_factory=dict)
+    # keys whose kept runs fell short of protocol.runs or min_time_s (a tool's own cap)
+    short_of_protocol: list[str] = field(default_factory=list)
 
     @property
     def unstable(self) -> int:
@@ -93,6 +97,7 @@ class Report:
             "max_round_spread": max(self.round_spreads) if self.round_spreads else None,
             "round_spread_over_10pct": self.unstable, "keys_with_rounds": len(self.round_spreads),
             "cpus": self.cpus, "max_load_1m": self.max_load_1m, "short_of_rel_ci": self.short_of_ci,
+            "partly_delegated": self.partly_delegated, "short_of_protocol": self.short_of_protocol,
         }
 
 
@@ -453,20 +458,22 @@ class Collector:
             runner_meta["estimated_stats"] = estimated
         if extras:  # per key: delegation, protocol_met, runs kept, init time, ...
             runner_meta["extra"] = extras
-        if partial or short:
+        if partial or short:  # the collection's summary says it once (`_trust_notes`)
             import logging
 
             log = logging.getLogger("latbench.collect")
             if partial:
                 runner_meta["partial_delegation"] = partial
-                log.warning("%d model(s) ran only partly on the delegate, the rest on the CPU, and are "
-                            "stored as measured (e.g. %s, %s); the batch's runner record lists them "
-                            "under partial_delegation", len(partial), *next(iter(partial.items())))
+                report.partly_delegated.update(partial)
+                log.info("%d model(s) ran only partly on the delegate, the rest on the CPU, and are "
+                         "stored as measured (e.g. %s, %s); the batch's runner record lists them "
+                         "under partial_delegation", len(partial), *next(iter(partial.items())))
             if short:
                 runner_meta["protocol_not_met"] = short
-                log.warning("%d model(s) kept fewer runs than protocol.runs, or less time than "
-                            "min_time_s, and are stored so (e.g. %s); check that runtime_options "
-                            "extra_args do not cap the tool's runs", len(short), short[0])
+                report.short_of_protocol.extend(k for k in short if k not in report.short_of_protocol)
+                log.info("%d model(s) kept fewer runs than protocol.runs, or less time than "
+                         "min_time_s, and are stored so (e.g. %s); check that runtime_options "
+                         "extra_args do not cap the tool's runs", len(short), short[0])
         # what this run stored: a pair another collection stored meanwhile is not counted twice
         report.measured += self.store.save_batch(
             plan.context, results=results, status=status, items=len(ids), started_at=started,

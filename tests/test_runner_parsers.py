@@ -1048,7 +1048,7 @@ def test_collect_stores_the_runners_extra_and_warns_of_a_partial_delegation(latb
             "2": {"ok": True, "summary": {"count": 100, "mean_ms": 4.8}},  # a spread nobody printed
         })
         ids = {str(i): (op.key, 0) for i, op in enumerate(ops)}
-        with caplog.at_level(logging.WARNING, logger="latbench.collect"):
+        with caplog.at_level(logging.INFO, logger="latbench.collect"):
             col.store_output(plan, ids, output, 0.0, None, report)
     runner = json.loads(sqlite3.connect(latbench_home / "latbench.db").execute(
         "SELECT runner FROM batches").fetchone()[0])
@@ -1059,6 +1059,15 @@ def test_collect_stores_the_runners_extra_and_warns_of_a_partial_delegation(latb
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "ran only partly on the delegate" in said and ops[0].key in said
     assert "fewer runs than protocol.runs" in said and ops[1].key in said
+    # ... and the collection's summary says it once, where the batches' logs scroll away
+    from latbench.cli.collect import _trust_notes
+
+    assert report.partly_delegated == {ops[0].key: "gpu: partial (5 kernels)"}
+    assert report.short_of_protocol == [ops[1].key]
+    assert report.to_dict()["partly_delegated"] == report.partly_delegated
+    notes = "\n".join(_trust_notes(report, profile))
+    assert f"1 model ran only partly on the delegate and partly on the CPU (the first {ops[0].key}" in notes
+    assert "1 model kept fewer runs than protocol.runs" in notes and ops[1].key in notes
     # an unknown spread is left out of the noise figures instead of counting as steady (or NaN)
     assert report.measured == 3 and len(report.relative_iqrs) == 2
     assert all(math.isfinite(r) for r in report.relative_iqrs)

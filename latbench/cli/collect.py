@@ -191,6 +191,16 @@ def _trust_notes(report, profile) -> list[str]:
         rel_ci = profile.protocol.rel_ci
         lines.append(f"{report.short_of_ci} measurement(s) reached max_runs or max_time_s before their median was "
                      f"within +-{100 * rel_ci:g}%; raise protocol.max_time_s to time them longer")
+    if report.partly_delegated:
+        key, how = next(iter(report.partly_delegated.items()))
+        lines.append(f"{output.plural(len(report.partly_delegated), 'model')} ran only partly on the delegate "
+                     f"and partly on the CPU (the first {key}: {how}), and are stored as measured; "
+                     f"`--json` lists them under partly_delegated. Time them with the delegate off, or "
+                     f"keep them out of a delegate-only table")
+    if report.short_of_protocol:
+        lines.append(f"{output.plural(len(report.short_of_protocol), 'model')} kept fewer runs than "
+                     f"protocol.runs, or less time than min_time_s (the first {report.short_of_protocol[0]}); "
+                     f"check that the profile's runtime_options extra_args do not cap the tool's runs")
     return lines
 
 
