@@ -447,6 +447,8 @@ def test_the_steadiness_row_names_a_left_behind_run_it_stopped_first(probe_expor
     ("DeviceError", "FAIL", "did not time on the device: lost the connection"),
     ({"ok": True, "summary": {"count": 50, "mean_ms": 2.0, "std_ms": 0.1}}, "ok",
      "medians 2-2 ms, spread between runs (max - min) / median 0.0%"),  # a tool's mean and std
+    ({"ok": True, "summary": {"count": 100, "mean_ms": 4.8}}, "ok",  # perf_test without its file: no
+     "within a run IQR/median unknown (the runner printed no spread)"),  # spread, where it said nan%
 ])
 def test_a_probe_that_does_not_time_is_one_row_that_says_why(probe_export, make_profile, result, status, detail):
     from latbench.cli.doctor import steadiness_row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from latbench.cli import output
 
@@ -228,7 +229,9 @@ def steadiness_row(runner, profile) -> tuple[str, str, str, str]:
     medians = result.medians_ms
     detail = (f"{op.key} in {len(medians)} separate runs ({result.wall_s:.1f} s): medians "
               f"{min(medians):.3g}-{max(medians):.3g} ms, spread between runs (max - min) / median "
-              f"{result.round_spread:.1%}; within a run IQR/median {result.relative_iqr:.1%}")
+              f"{result.round_spread:.1%}; within a run IQR/median "
+              + (f"{result.relative_iqr:.1%}" if math.isfinite(result.relative_iqr) else
+                 "unknown (the runner printed no spread)"))
     if result.estimated:
         detail += (f" ({profile.runner} printed no samples: {', '.join(result.estimated)} estimated from "
                    "what it printed)")
