@@ -23,7 +23,8 @@ or takes ``--format``.
   column (``strid``, ``Median_ms``), another tool's name for a field (``kernel_size``,
   ``expand_ratio``) where the rows have no key, a column named twice, or a latency in another
   unit (``median_us``) is an error; other columns (notes, say) are ignored, and the summary
-  lists them.
+  lists them. A row with a key may also fill the field (or space and arch) cells, as
+  ``latbench lut --csv`` does; they must then name the same op (or network).
 
 ``hwnasbench``: HW-NAS-Bench's FBNet block table (``device, op, h, w, cin, cout, expansion,
 kernel, stride, groups, latency_ms``). ``--source-device`` picks the rows of one device
@@ -293,13 +294,28 @@ def read_generic(path: Path) -> Imported:
     return Imported(out, "csv", f"csv-{_label(path.stem)}", details)
 
 
+#: The fields of an op a row may give beside its key (`_check_fields`).
+_OP_FIELDS = ("kind", "cin", "h", "w", "cout", "kernel", "stride", "expansion", "groups", "activation", "dtype")
+
+
 def _generic_key(row: dict, spaces: dict) -> str:
     if row.get("key"):
         key = row["key"]
         if is_network_key(key):
             space_name, arch = Network.parse_key(key)
-            return _network_key(space_name, arch, spaces)
-        return OpSpec.from_key(key).key
+            key = _network_key(space_name, arch, spaces)
+            if (row.get("kind") or "network").strip() != "network":
+                raise ValueError(f"its key is a network's and its kind cell says {row['kind'].strip()}; "
+                                 "correct one of them, or leave the kind cell empty")
+            if row.get("space") or row.get("arch"):  # a network given twice: the two must agree
+                given = _network_key(row.get("space") or space_name, row.get("arch") or "", spaces)
+                if given != key:
+                    raise ValueError(f"its key {key} and its space/arch cells ({given}) name different "
+                                     "networks; correct one of them, or leave the space and arch cells empty")
+            return key
+        spec = OpSpec.from_key(key)
+        _check_fields(row, spec)
+        return spec.key
     if row.get("space") or row.get("arch"):
         return _network_key(row.get("space", ""), row.get("arch") or "", spaces)
     kind = row.get("kind", "")
@@ -315,6 +331,20 @@ def _generic_key(row: dict, spaces: dict) -> str:
                   groups=_int(row.get("groups") or "1", "groups", 1),
                   activation=row.get("activation") or default_act, dtype=row.get("dtype") or "float32")
     return spec.key
+
+
+def _check_fields(row: dict, spec: OpSpec) -> None:
+    """A row with a key and field cells that say otherwise (a k5 key in a row whose kernel is 3,
+    an edited key): which one was measured cannot be told, so the row is refused."""
+    for name in _OP_FIELDS:
+        cell = (row.get(name) or "").strip()
+        if not cell or (name == "kind" and cell == "op"):  # `lut --csv`'s kind: op or network
+            continue
+        want = getattr(spec, name)
+        got = _int(cell, name, 1) if isinstance(want, int) else cell
+        if got != want:
+            raise ValueError(f"its key says {name} {want} and its {name} cell says {cell}; correct one of "
+                             f"them, or leave the field cells empty (the key gives the op)")
 
 
 def _network_key(space_name: str, arch, spaces: dict) -> str:

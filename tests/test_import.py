@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -245,6 +246,25 @@ def test_other_tables_columns_still_import(tmp_path, header, row, ignored):
     arch = "-".join(["0"] * 22)
     result = importers.read(_write(tmp_path / "t.csv", f"{header}\n{row.format(key=key, arch=arch)}\n"))
     assert len(result.rows) == 1 and result.details.get("ignored_columns", []) == ignored
+
+
+@pytest.mark.parametrize("header, row, says", [
+    ("key,kernel,median_ms", "{key},5,0.3", "its key says kernel 3 and its kernel cell says 5"),
+    ("key,kind,cin,h,w,cout,median_ms", "{key},fbnet_block,16,32,32,32,0.3", "its key says cout 24 and its cout cell says 32"),
+    ("key,kind,median_ms", "{key},skip,0.3", "its key says kind fbnet_block and its kind cell says skip"),
+    ("key,space,arch,median_ms", "{net},fbnet-cifar,{other},0.3", "name different networks"),
+    ("key,kind,median_ms", "{net},op,0.3", "its key is a network's and its kind cell says op"),
+])
+def test_a_key_and_field_cells_that_disagree_are_a_bad_row(tmp_path, header, row, says):
+    """Which op was measured cannot be told; the key used to win silently."""
+    key = "fbnet_block:1x16x32x32:c24:k3:s1:e1:g1:relu:float32"
+    net, other = "net:fbnet-cifar:" + "-".join(["0"] * 22), "-".join(["1"] * 22)
+    path = _write(tmp_path / "t.csv", f"{header}\n{row.format(key=key, net=net, other=other)}\n")
+    with pytest.raises(importers.ImportFormatError, match="line 2: .*" + re.escape(says)):
+        importers.read(path)
+    agree = _write(tmp_path / "a.csv", "key,kind,kernel,stride,median_ms\n" f"{key},fbnet_block,3,1,0.3\n"
+                   f"{net},network,,,0.5\n")  # the same op (or `lut --csv`'s kind) imports
+    assert [r["key"] for r in importers.read(agree).rows] == [key, net]
 
 
 def test_lut_csv_output_imports_elsewhere(warm_home, fast_profile, latbench_cli, tmp_path, monkeypatch):

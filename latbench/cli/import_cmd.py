@@ -20,8 +20,9 @@ CSV schema (--format csv): a header row, then one row per measurement:
     space,arch           a whole network; arch = candidate indices split by ' ', '-' or ','
   optional: p10_ms, p90_ms, mean_ms, std_ms, count, round
   A key listed again without a round column is another round (the median is kept); a
-  (key, round) listed twice is an error. Column names are lower case; a misspelt one
-  (strid, Median_ms) or another unit (median_us) is an error, other columns are ignored.
+  (key, round) listed twice is an error, and so are field cells beside a key that name
+  another op. Column names are lower case; a misspelt one (strid, Median_ms) or another
+  unit (median_us) is an error, other columns are ignored.
 
 Other formats:
   hwnasbench  HW-NAS-Bench FBNet blocks (device,op,h,w,cin,cout,expansion,kernel,stride,
