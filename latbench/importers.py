@@ -36,7 +36,8 @@ head), ``avgpool`` (global; its kernel is the map size) and ``fc`` (h, w empty).
 ``help``: HELP's whole-network table (``arch`` = 22 candidate indices separated by spaces,
 then one column per device setting, in ms). ``--column`` picks the column (pixel2,
 raspi4, ...); each row becomes the network ``net:<space>:<arch>`` of ``--space``
-(default fbnet-cifar).
+(default fbnet-cifar). A GPU's ``_32`` and ``_64`` columns time a batch of 32 or 64 images;
+they import (``details["batch"]``) with a note, since latbench's ops are batch 1.
 """
 
 from __future__ import annotations
@@ -460,6 +461,9 @@ def read_help(path: Path, column: str | None, space_name: str = "fbnet-cifar") -
     details = {"file": path.name, "column": column, "space": space.name, "empty": empty}
     if column in HELP_SUMMED_COLUMNS:
         details["summed"] = True
+    batch = re.search(r"_(\d+)$", column)
+    if batch and int(batch.group(1)) > 1:  # HELP's GPUs at batch 32 and 64; latbench's items are batch 1
+        details["batch"] = int(batch.group(1))
     return Imported(out, "help", f"help-{_label(column)}", details)
 
 

@@ -66,6 +66,8 @@ def test_help_column_becomes_whole_networks_of_fbnet_cifar():
     result = importers.read(NETWORKS, column="pixel2")
     assert "summed" not in result.details  # a phone's measured networks, unlike HELP's raspi4 column
     assert importers.read(NETWORKS, column="fpga").details["summed"]
+    assert "batch" not in result.details and "batch" not in importers.read(NETWORKS, column="titanx_1").details
+    assert importers.read(NETWORKS, column="titanx_32").details["batch"] == 32  # 32 images, not one
     assert result.format == "help" and len(result.rows) == 5000 and result.networks == 5000
     with NETWORKS.open() as f:
         first = next(csv.DictReader(f))
@@ -304,6 +306,9 @@ def test_import_command_stores_rows_once(latbench_home, latbench_cli):
         table = store.table(info.context)
     assert sum(r["kind"] == "op" for r in table) == 225
     assert sum(r["kind"] == "network" for r in table) == 5000
+    batched = latbench_cli("import", str(NETWORKS), "--device", "gpu", "--column", "titanx_32", "--dry-run")
+    assert batched.returncode == 0, batched.stderr
+    assert "titanx_32 column times a batch of 32 images" in batched.stderr and "import titanx_1" in batched.stderr
 
 
 def test_a_reimport_with_other_values_says_that_the_stored_ones_were_kept(latbench_home, latbench_cli,

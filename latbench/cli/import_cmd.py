@@ -118,6 +118,12 @@ def run(args) -> int:
         output.note(f"note: HELP's {result.details['column']} column is the sum of HW-NAS-Bench's block "
                     "table, not a measurement of whole networks: a network correction fitted on it only "
                     "learns that sum (import HW-NAS-Bench's blocks.csv for the ops)")
+    if result.details.get("batch"):
+        column, batch = result.details["column"], result.details["batch"]
+        base = column.rsplit("_", 1)[0]
+        output.note(f"note: HELP's {column} column times a batch of {batch} images, and latbench's ops and "
+                    f"networks are batch 1: fitted beside batch-1 ops, the correction would scale them by "
+                    f"about {batch}x. For batch-1 latency import {base}_1 under another --device")
     if result.details.get("ignored_columns"):
         output.note(f"ignored columns (not in the schema): {', '.join(result.details['ignored_columns'])}")
     if not args.dry_run and summary["already_stored_differing"]:
