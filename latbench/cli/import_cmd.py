@@ -28,7 +28,8 @@ Other formats:
   hwnasbench  HW-NAS-Bench FBNet blocks (device,op,h,w,cin,cout,expansion,kernel,stride,
               groups,latency_ms); --source-device picks the device's rows
   help        HELP whole networks (arch + one column per device, ms); --column picks one,
-              --space names the archs' space (default fbnet-cifar, that of HELP's own file)
+              --space names the archs' space (default fbnet-cifar, that of HELP's own file);
+              a GPU's _32 and _64 columns are batches of 32 and 64 (latbench's ops are batch 1)
 
 examples:
   latbench import ../shared/data/fbnet-hwnasbench/blocks.csv --device raspi4 --source-device raspi4
