@@ -1030,3 +1030,38 @@ def test_adb_template_is_a_valid_profile_that_documents_every_setting(tmp_path):
     profile = parse_profile(copy)
     assert profile.transport == "adb"
     open_transport(profile)  # its connection settings are accepted too
+
+
+def test_a_reconnect_whose_kill_of_a_lost_run_fails_keeps_every_lost_run(tmp_path, adb_key):
+    """The phone takes the connection but the kill of a dropped connection's run gets no answer
+    (a phone under load): connect() closed the link and went on, so its next command reconnected
+    from inside connect(), again and again (RecursionError, an internal error), and the other
+    lost runs were struck off unkilled."""
+    from adb_shell import exceptions as ae
+
+    path = tmp_path / "p.yaml"
+    conn = {"address": "10.0.0.2:5555", "adb_key": str(adb_key)}
+    path.write_text(yaml.safe_dump({"name": "p", "transport": "adb", "connection": conn}))
+    connects = []
+
+    class Phone:
+        def connect(self, **_):
+            connects.append(1)
+
+        def shell(self, *_, **__):  # the kill's command
+            raise ae.TcpTimeoutException("no answer in 30 s")
+
+        def streaming_shell(self, *_, **__):
+            raise AssertionError("no command may run before the lost runs are ended")
+
+        def close(self):
+            pass
+
+    t = open_transport(parse_profile(path))
+    t._make_device = Phone
+    t._lost_runs = [("101", "5000", "b1"), ("102", "5001", "b1")]
+    with pytest.raises(DeviceError) as err:
+        t.connect()
+    assert "ending a run" in err.value.message and len(connects) == 1
+    assert t._lost_runs == [("101", "5000", "b1"), ("102", "5001", "b1")]  # both, for the next connect
+    assert t._device is None and err.value.stage == "setup"

@@ -319,9 +319,15 @@ class ADBTransport(Transport):
         self._device = device
         self._connected_once = True
         for mark in list(self._lost_runs):  # a run of a connection that dropped may still time
+            if not self._kill(mark):  # it stays listed, with the rest, and this connection closed
+                err = DeviceError(f"lost the adb connection to {self.where} again while ending a run "
+                                  f"(pid {mark[0]}) a dropped connection left",
+                                  "check that the phone is awake and not overloaded; re-run (collection "
+                                  "resumes with what is missing, and ends that run first)")
+                err.stage = "setup"  # reached and logged in: `latbench doctor` says so
+                raise err
             self._lost_runs.remove(mark)
-            if self._kill(mark):  # else it is listed again, and this connection closed
-                self.journal.remove(mark)
+            self.journal.remove(mark)
         res = self._exec(shlex.join(["sh", "-c", _SETUP_SCRIPT, "sh", self.workdir]),
                          self.connect_timeout_s + _GRACE_S, "creating the work directory",
                          split_stderr=False)
@@ -610,7 +616,8 @@ class ADBTransport(Transport):
         if mark is not None and self._device is not None:
             if self._end(mark) is not None:
                 return True
-            self._lost_runs.append(mark)  # the next connection ends it
+            if mark not in self._lost_runs:
+                self._lost_runs.append(mark)  # the next connection ends it
         self.close()
         return mark is None
 
