@@ -85,8 +85,10 @@ class LocalTransport(Transport):
         collection ends it."""
         self.end_left_runs()
         try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True)
+            # UTF-8 whatever the locale, and a stray byte (a native library's message) becomes
+            # U+FFFD instead of a UnicodeDecodeError that loses the whole batch's output
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    encoding="utf-8", errors="replace", start_new_session=True)
         except FileNotFoundError:
             raise DeviceError(f"{argv[0]} not found on this host",
                               f"set `python:` in {self.profile.source}") from None
