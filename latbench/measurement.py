@@ -56,6 +56,10 @@ class Measurement(_Summary):
         if self.samples_ms.ndim != 1 or self.samples_ms.size == 0:
             raise ValueError(f"a Measurement needs a non-empty 1-D list of samples; got shape "
                              f"{self.samples_ms.shape} for {self.key}")
+        bad = int((~np.isfinite(self.samples_ms)).sum())
+        if bad:  # a NaN median is no number: the store would drop the row without a word
+            raise ValueError(f"a Measurement needs finite samples; got {bad} NaN or inf of "
+                             f"{self.samples_ms.size} for {self.key}")
 
     @property
     def count(self) -> int:
@@ -99,6 +103,14 @@ class Measurement(_Summary):
         return text
 
 
+def _finite(value) -> float | None:
+    """`value` as a float, or None when it is missing, NaN or infinite (C++ tools print "nan")."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
 #: Standard normal quantiles for estimating percentiles from a mean and a std.
 _NORMAL_Z = {10.0: -1.2816, 25.0: -0.6745, 75.0: 0.6745, 90.0: 1.2816}
 
@@ -136,18 +148,20 @@ class ReportedMeasurement(_Summary):
 
     @classmethod
     def from_summary(cls, key: str, summary: dict) -> "ReportedMeasurement":
-        count, mean = int(summary.get("count", 0)), summary.get("mean_ms")
+        count, mean = int(summary.get("count", 0)), _finite(summary.get("mean_ms"))
         if count < 1 or mean is None:
-            raise ValueError(f"a reported measurement needs count >= 1 and a mean; got {summary} for {key}")
-        std_given = summary.get("std_ms")
+            raise ValueError(f"a reported measurement needs count >= 1 and a finite mean; got {summary} "
+                             f"for {key}")
+        std_given = _finite(summary.get("std_ms"))  # a tool's "nan" or "inf" is a figure not printed
         std = float(std_given or 0.0)
         if summary.get("std_kind") == "population" and count > 1:
             std *= math.sqrt(count / (count - 1))  # sample std, as Measurement.std_ms
-        printed = {float(q): float(v) for q, v in (summary.get("percentiles_ms") or {}).items()}
-        if summary.get("median_ms") is not None:
+        printed = {float(q): v for q, raw in (summary.get("percentiles_ms") or {}).items()
+                   if (v := _finite(raw)) is not None}
+        if _finite(summary.get("median_ms")) is not None:
             printed.setdefault(50.0, float(summary["median_ms"]))
-        lo = summary.get("min_ms")
-        hi = summary.get("max_ms")
+        lo = _finite(summary.get("min_ms"))
+        hi = _finite(summary.get("max_ms"))
         ends = {**({0.0: float(lo)} if lo is not None else {}), **({100.0: float(hi)} if hi is not None else {})}
         estimated: list[str] = []
 

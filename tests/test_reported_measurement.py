@@ -59,3 +59,46 @@ def test_collector_stores_a_summary_result_and_names_estimates(latbench_home):
     con = sqlite3.connect(latbench_home / "latbench.db")
     runner = json.loads(con.execute("SELECT runner FROM batches").fetchone()[0])
     assert runner["estimated_stats"][op.key] == ["median_ms", "p10_ms", "p90_ms", "q1_ms", "q3_ms"]
+
+
+def test_a_mean_printed_as_nan_is_refused():
+    with pytest.raises(ValueError, match="finite mean"):
+        ReportedMeasurement.from_summary("k", {"count": 5, "mean_ms": float("nan"), "std_ms": 0.1})
+
+
+def test_other_figures_printed_as_nan_or_inf_count_as_not_printed():
+    """C++ tools print "nan" and "inf" (a std of one run, a max that overflowed): such a figure
+    must not make the median or a percentile NaN, which the store cannot keep."""
+    nan, inf = float("nan"), float("inf")
+    m = ReportedMeasurement.from_summary("k", {
+        "count": 10, "mean_ms": 1.0, "std_ms": nan, "median_ms": nan, "min_ms": 0.9, "max_ms": inf,
+        "percentiles_ms": {"90": nan, "95": 1.4}})
+    stats = m.summary()
+    assert all(math.isfinite(v) for v in stats.values()), stats
+    assert m.median_ms == 1.0 and "median_ms" in m.estimated  # the mean, as with no median
+    assert m.std_ms == 0.0
+    assert 0.9 <= m.p10_ms <= m.median_ms <= m.p90_ms <= 1.4
+
+
+def test_collector_records_nan_results_as_failures_and_stores_the_rest(latbench_home):
+    """A NaN median broke the store's NOT NULL and INSERT OR IGNORE dropped the row without a
+    word: the result was neither stored nor reported as failed."""
+    profile = load_profile("local")
+    ops = get_space("fbnet-cifar").ops()[:3]
+    nan = float("nan")
+    with Store(latbench_home / "latbench.db") as store, Collector(profile, store) as col:
+        plan = col.plan(ops)
+        from latbench.collect import Report
+
+        report = Report()
+        output = BatchOutput(start={"runtime": "litert"}, end={"state": {}}, results={
+            "0": {"ok": True, "summary": {"count": 40, "mean_ms": 3.0, "std_ms": 0.2}},
+            "1": {"ok": True, "summary": {"count": 40, "mean_ms": nan, "std_ms": nan}},
+            "2": {"ok": True, "samples_ms": [1.0, nan, 2.0]},
+        })
+        ids = {"0": (ops[0].key, 0), "1": (ops[1].key, 0), "2": (ops[2].key, 0)}
+        col.store_output(plan, ids, output, 0.0, None, report)
+        rows = store.rows(plan.context)
+    assert [r.key for r in rows] == [ops[0].key] and report.measured == 1
+    assert "finite mean" in report.failed[ops[1].key]
+    assert "finite samples" in report.failed[ops[2].key]

@@ -258,7 +258,24 @@ def test_parse_output_keeps_finished_results_when_the_runner_dies():
     assert set(out.results) == {"0", "1"}
     assert out.results["0"]["samples_ms"] == [1.0, 2.0]
     assert out.end is None
-    assert "exited with -11" in out.error and "Segmentation fault" in out.error
+    assert "SIGSEGV" in out.error and "Segmentation fault" in out.error
+
+
+@pytest.mark.parametrize("exit_code", [-9, 137])  # this host's subprocess; a device's shell
+def test_a_runner_killed_by_a_signal_is_said_so_not_a_bare_exit_code(exit_code):
+    out = parse_output(json.dumps({"event": "start"}), "", exit_code)
+    assert out.error.startswith("runner was killed by SIGKILL (signal 9: out of memory?")
+    assert parse_output("", "boom\n", 1).error == "runner exited with 1 before finishing the batch: boom"
+
+
+def test_a_local_runner_killed_by_sigkill_names_the_signal(make_profile, model_files, tmp_path):
+    """As the OOM killer ends it: the batch's error says SIGKILL, not "exited with -9"."""
+    python = tmp_path / "python-killed"
+    python.write_text("#!/bin/sh\nkill -KILL $$\n")
+    python.chmod(0o755)
+    _, runner = open_runner(make_profile("killed", python=str(python)))
+    out = runner.run_batch([BatchItem("m0", model_files[0])])
+    assert out.results == {} and "SIGKILL" in out.error and "-9" not in out.error
 
 
 def test_parse_output_of_a_finished_batch_has_no_error():
@@ -312,6 +329,12 @@ def test_noisy_flag_follows_iqr_over_median():
 def test_a_measurement_needs_samples(bad):
     with pytest.raises(ValueError, match="non-empty 1-D"):
         Measurement("k", bad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_measurement_needs_finite_samples(bad):
+    with pytest.raises(ValueError, match="finite samples; got 1 NaN or inf of 3"):
+        Measurement("k", [1.0, bad, 2.0])
 
 
 def test_a_local_tflite_profile_without_the_interpreter_names_the_extra(make_profile):
@@ -372,6 +395,20 @@ def test_a_stopped_local_run_keeps_its_output_when_a_process_that_left_the_sessi
     finally:
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_thermal_zones_of_one_type_are_all_kept_and_the_hottest_counts(monkeypatch):
+    """Two "acpitz" zones (common on x86 boards): the later one overwrote the hot one, and a hot
+    device read as cool was not let cool before it was measured."""
+    files = {"/z/thermal_zone0/temp": "85000", "/z/thermal_zone0/type": "acpitz",
+             "/z/thermal_zone1/temp": "40000", "/z/thermal_zone1/type": "acpitz",
+             "/z/thermal_zone2/temp": "50000", "/z/thermal_zone2/type": "x86_pkg_temp"}
+    zones = sorted({path.rsplit("/", 1)[0] for path in files})
+    monkeypatch.setattr(pyrunner.glob, "glob", lambda pattern: zones if "thermal" in pattern else [])
+    monkeypatch.setattr(pyrunner, "_read", files.get)
+    state = pyrunner.device_state()
+    assert state["temperatures_c"] == {"acpitz": 85.0, "acpitz (thermal_zone1)": 40.0, "x86_pkg_temp": 50.0}
+    assert state["max_temperature_c"] == 85.0
 
 
 def test_the_ci_stop_waits_for_enough_samples_to_have_an_interval():

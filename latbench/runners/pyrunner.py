@@ -47,7 +47,9 @@ def device_state() -> dict:
         raw, kind = _read(zone + "/temp"), _read(zone + "/type") or os.path.basename(zone)
         if raw and raw.lstrip("-").isdigit():
             value = int(raw)
-            temps[kind] = value / 1000.0 if abs(value) > 200 else float(value)
+            # zones may share a type (two "acpitz"): one must not hide the other's heat
+            name = kind if kind not in temps else f"{kind} ({os.path.basename(zone)})"
+            temps[name] = value / 1000.0 if abs(value) > 200 else float(value)
     governors, freqs_khz = {}, {}
     for cpu in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*")):
         name = os.path.basename(cpu)

@@ -103,5 +103,14 @@ def parse_output(stdout: str, stderr: str, exit_code: int) -> BatchOutput:
             out.results[record["id"]] = record
     if out.end is None and out.error is None:
         tail = (stderr.strip().splitlines() or ["no output"])[-1]
-        out.error = f"runner exited with {exit_code} before finishing the batch: {tail[:300]}"
+        out.error = f"runner {exit_status(exit_code)} before finishing the batch: {tail[:300]}"
     return out
+
+
+def exit_status(exit_code: int) -> str:
+    """How the runner ended, in words: a signal named (this host's subprocess reports -N, a
+    device's shell 128 + N) instead of a bare -9 or 137, which does not say out of memory."""
+    from latbench.runners.tool import signal_death
+
+    died = signal_death(128 - exit_code if exit_code < 0 else exit_code)
+    return died or f"exited with {exit_code}"
