@@ -58,7 +58,7 @@ def export(item: Exportable, fmt: str = "onnx", cache_dir: Path | None = None,
     """The cached model file for `item`, exporting (and checking it against torch) when missing."""
     tag = exporter_tag(fmt)
     path = cache_path(item, fmt, tag, cache_dir)
-    if path.exists():
+    if _cached(path):
         return path
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -71,7 +71,7 @@ def export(item: Exportable, fmt: str = "onnx", cache_dir: Path | None = None,
             export_tflite(item, tmp)
         if verify:
             check_against_torch(item, tmp, fmt)
-        os.replace(tmp, path)
+        _durable_replace(tmp, path)
     except ExportError:
         raise
     except Exception as exc:
@@ -80,6 +80,23 @@ def export(item: Exportable, fmt: str = "onnx", cache_dir: Path | None = None,
         with contextlib.suppress(OSError):  # a cache folder that cannot be made has no tmp either
             tmp.unlink(missing_ok=True)
     return path
+
+
+def _cached(path: Path) -> bool:
+    """Whether the cache holds a file at `path`. An empty one is what a power cut leaves of a
+    file renamed into place before its data reached the disk: it is made again, not served."""
+    try:
+        return path.stat().st_size > 0
+    except OSError:  # none yet, or no folder to hold one (the export then says why)
+        return False
+
+
+def _durable_replace(tmp: Path, path: Path) -> None:
+    """Move `tmp` to `path` only once its data is on disk, so a crash leaves the old name or the
+    whole new file (a rename alone may reach the disk before the data: an empty model)."""
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _export_onnx(item: Exportable, path: Path) -> None:

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 #: Bump when the layout rewrites below change what a converted file contains.
 LAYOUT_REVISION = 1
 INSTALL_HINT = "pip install -e .[tflite]"
+#: Distributions that install `litert_torch`: the release, and the nightly under its own name.
+CONVERTER_DISTS = ("litert-torch", "litert-torch-nightly")
 #: Loggers that print noise when litert-torch is imported (torchao's optional kernels,
 #: a torch deprecation about an enum litert-torch registers).
 _NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
@@ -45,18 +47,24 @@ def converter_version() -> str:
 
     Read from package metadata, so naming the converter does not import it.
     """
+    torch_side = _first_version(CONVERTER_DISTS)
+    if torch_side is None:
+        raise ExportError("litert-torch is not installed, so .tflite models cannot be made",
+                          INSTALL_HINT)
+    backend = _first_version(("litert-converter",))  # older litert-torch had none of its own
+    return f"litert-torch{torch_side}{f'-conv{backend}' if backend else ''}-nhwc{LAYOUT_REVISION}"
+
+
+def _first_version(dists: tuple[str, ...]) -> str | None:
+    """The version of the first of `dists` installed (a nightly installs as another name)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        torch_side = version("litert-torch")
-    except PackageNotFoundError:
-        raise ExportError("litert-torch is not installed, so .tflite models cannot be made",
-                          INSTALL_HINT) from None
-    try:
-        backend = f"-conv{version('litert-converter')}"
-    except PackageNotFoundError:  # older litert-torch converted without a separate backend
-        backend = ""
-    return f"litert-torch{torch_side}{backend}-nhwc{LAYOUT_REVISION}"
+    for dist in dists:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
 
 
 # ---- layout ------------------------------------------------------------------------------
@@ -156,17 +164,36 @@ def _quiet_import() -> Iterator[None]:
     """Hush the chatter of loading the converter and interpreter: progress bars, torch and torchao
     log lines, and native log lines written straight to file descriptor 2 (they would tear
     through the progress bar of `latbench collect`). Errors still surface as exceptions."""
-    import sys
-    import tempfile
-
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # per-conversion INFO lines of the converter
     loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
-    sys.stderr.flush()
-    saved_fd = os.dup(2)
+    try:
+        with _fd2_to_sink():
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextmanager
+def _fd2_to_sink() -> Iterator[None]:
+    """File descriptor 2 into a temporary file meanwhile. A process started with stderr closed
+    (`2>&-`, some service managers: sys.stderr is None) has none to hush and converts as it is."""
+    import sys
+    import tempfile
+
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved_fd = os.dup(2)
+    except OSError:  # fd 2 closed
+        saved_fd = None
+    if saved_fd is None:
+        yield
+        return
     try:
         with tempfile.TemporaryFile() as sink:
             os.dup2(sink.fileno(), 2)
@@ -176,8 +203,6 @@ def _quiet_import() -> Iterator[None]:
                 os.dup2(saved_fd, 2)
     finally:
         os.close(saved_fd)
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _converter():
@@ -211,11 +236,23 @@ def convert_module(module, x, path: Path, label: str = "the module") -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             edge_model = litert_torch.convert(module, (sample,))
-        edge_model.export(str(path))
+        content = _flatbuffer(edge_model, path)
     except Exception as exc:  # the converter raises anything from AssertionError to jax errors
         raise ExportError(f"litert-torch cannot convert {label}: {failure_reason(exc)}"[:600],
                           "the converter does not support it; `latbench collect` skips this model "
                           "and goes on") from exc
+    if content is not None:
+        Path(path).write_bytes(content)  # a full disk: OSError, the export's error says so
+
+
+def _flatbuffer(edge_model, path: Path) -> bytes | None:
+    """The converted model's bytes, written by Python and not by the converter's native writer,
+    which ends the whole process ("LLVM ERROR: IO failure on output stream") on a full disk.
+    An older litert-torch without `model_content` writes `path` itself (None)."""
+    if hasattr(edge_model, "model_content"):
+        return edge_model.model_content()
+    edge_model.export(str(path))
+    return None
 
 
 def export_tflite(item: Union["OpSpec", "Network"], path: Path) -> None:

@@ -162,3 +162,33 @@ def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown model format"):
         export(OPS[0], "pb", cache_dir=tmp_path)
 
+
+
+def test_an_empty_cached_file_is_exported_again_not_served(tmp_path):
+    """A power cut after the rename but before the data reached the disk leaves an empty file
+    under the final name: serving it failed every run of that op, collection after collection."""
+    op = OPS[-1]
+    path = export_mod.cache_path(op, "onnx", export_mod.exporter_tag("onnx"), tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    assert export(op, "onnx", cache_dir=tmp_path) == path
+    x = example_input(op.input_shape, seed=3)
+    with torch.no_grad():
+        expected = build_module(op)(x).numpy()
+    assert_close(ort_run(path, x.numpy()), expected)
+
+
+def test_a_file_is_on_disk_before_it_gets_its_cache_name(tmp_path, monkeypatch):
+    import os
+
+    synced = []
+    real_fsync = os.fsync
+    path = export_mod.cache_path(OPS[-1], "onnx", export_mod.exporter_tag("onnx"), tmp_path)
+
+    def fsync(fd):
+        synced.append(path.exists())  # the cache name must not be there yet
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    export(OPS[-1], "onnx", cache_dir=tmp_path)
+    assert synced == [False]

@@ -6,6 +6,7 @@ reason."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -153,6 +154,63 @@ def test_without_the_converter_export_says_to_install_the_extra(monkeypatch, tmp
     with pytest.raises(ExportError) as info:
         export(OPS[0], "tflite", cache_dir=tmp_path)
     assert "pip install -e .[tflite]" in info.value.hint
+
+
+def installed_only(monkeypatch, dists: dict[str, str]) -> None:
+    """Package metadata as if only `dists` (name -> version) were installed."""
+    import importlib.metadata as metadata
+
+    def version(name: str) -> str:
+        if name not in dists:
+            raise metadata.PackageNotFoundError(name)
+        return dists[name]
+
+    monkeypatch.setattr(metadata, "version", version)
+
+
+def test_the_nightly_converter_names_the_cache_instead_of_counting_as_missing(monkeypatch):
+    """litert-torch-nightly installs the same `litert_torch` under another name: .tflite export
+    said "litert-torch is not installed" with it, and nothing could be converted."""
+    from latbench.tflite import converter_version
+
+    installed_only(monkeypatch, {"litert-torch-nightly": "0.11.0.dev20261026", "litert-converter": "0.5.0"})
+    assert converter_version() == "litert-torch0.11.0.dev20261026-conv0.5.0-nhwc1"
+    installed_only(monkeypatch, {"litert-torch": "0.10.0"})  # before the separate backend
+    assert converter_version() == "litert-torch0.10.0-nhwc1"
+    installed_only(monkeypatch, {"litert-converter": "0.5.0"})
+    with pytest.raises(ExportError, match="litert-torch is not installed"):
+        converter_version()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (every write: disk full)")
+def test_a_full_disk_is_an_error_of_the_export_not_the_end_of_the_process():
+    """The converter's native writer ended the whole process on a full disk ("LLVM ERROR: IO
+    failure on output stream", exit 1): a collection died without its one-line error, and the
+    half-written file stayed in the cache folder, keeping the disk full. Run in a process of its
+    own, which that ended."""
+    need_tflite()
+    code = ("import errno, torch; from pathlib import Path; from latbench.tflite import convert_module\n"
+            "try:\n"
+            "    convert_module(torch.nn.Linear(16, 10).eval(), torch.randn(1, 16), Path('/dev/full'))\n"
+            "except OSError as exc:\n"
+            "    print('OSError', errno.errorcode[exc.errno])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "LLVM ERROR" not in out.stderr, out.stderr[-500:]
+    assert out.stdout.strip().splitlines()[-1:] == ["OSError ENOSPC"]
+
+
+def test_a_process_started_with_stderr_closed_converts_too(tmp_path):
+    """`latbench collect ... 2>&-` (or a service manager): sys.stderr is None, and hushing the
+    converter's chatter raised AttributeError, so every .tflite export failed."""
+    need_tflite()
+    code = ("import sys; from pathlib import Path; from latbench.export import export; "
+            "from latbench.ops import OpSpec\n"
+            "assert sys.stderr is None\n"
+            f"path = export(OpSpec('fc', 16, 1, 1, 10, activation='none'), 'tflite', cache_dir=Path({str(tmp_path)!r}))\n"
+            "print(path.suffix, path.stat().st_size > 0)")
+    out = subprocess.run(["sh", "-c", f"exec {shlex.quote(sys.executable)} -c {shlex.quote(code)} 2>&-"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1:] == [".tflite True"], out.stdout
 
 
 def test_commands_that_do_not_convert_do_not_import_the_converter():
