@@ -3,7 +3,8 @@
 ``$LATBENCH_HOME/predictors/<device>/``:
 
 - ``manifest.json``: format and version, device, runtime and version, measurement settings
-  (the protocol), space, feature list, library versions, sha256 of every file, and an id of the
+  (the protocol), space, feature list, library versions, sha256 of every file, the predictor
+  settings used at predict time with their own sha256 (``predictor_sha256``), and an id of the
   save that wrote it (no two saves write the same manifest);
 - ``lut.json``: op key -> measured median, p10, p90, round spread, count;
 - ``gbdt.json`` + ``gbdt_<model>_<i>.txt``: GBDT settings, base-model parameters and
@@ -94,6 +95,7 @@ def save(predictor: LatencyPredictor, directory: Path, *, info: dict,
     files.update({name: text.encode() for name, text in models.items()})
     reports = dict(reports or {})
     save_id = uuid.uuid4().hex
+    settings = {"correction": predictor.correction, "use_lut": predictor.use_lut}
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         **info,
@@ -101,7 +103,9 @@ def save(predictor: LatencyPredictor, directory: Path, *, info: dict,
         # a load that finds the manifest's bytes unchanged knows no save replaced the folder
         # meanwhile, even two saves of the same predictor within created_at's second
         "save_id": save_id,
-        "predictor": {"correction": predictor.correction, "use_lut": predictor.use_lut},
+        "predictor": settings,
+        # use_lut changes every prediction, and no file checksum covers the manifest itself
+        "predictor_sha256": _settings_sha256(settings),
         "feature_set": predictor.gbdt_.features,
         "feature_names": list(predictor.gbdt_.feature_names_in_),
         "network_correction": predictor.correction_ is not None,
@@ -353,6 +357,27 @@ def _check_manifest(manifest: dict, path: Path, refit: str) -> None:
             or not isinstance(settings.get("use_lut"), bool)):
         raise ArtifactError(f"{path}: its 'predictor' is not a table of predictor settings "
                             f"(correction, use_lut)", refit)
+    _check_settings_sha256(manifest, settings, path, refit)
+
+
+def _settings_sha256(settings: dict) -> str:
+    """sha256 of the predictor settings as save() writes them (sorted keys: one byte string)."""
+    return _sha256(_json_bytes(settings))
+
+
+def _check_settings_sha256(manifest: dict, settings: dict, path: Path, refit: str) -> None:
+    """The manifest's `predictor` block is what save() wrote: the files' checksums do not
+    cover it, and an edited use_lut would silently change every prediction. A manifest
+    without `predictor_sha256` was saved before it existed: loaded as before, its settings
+    checked for type only, since refusing it would make every older predictor unusable."""
+    digest = manifest.get("predictor_sha256")
+    if digest is None:
+        return
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise ArtifactError(f"{path}: its 'predictor_sha256' is not a sha256 ({digest!r})", refit)
+    if _settings_sha256(settings) != digest:
+        raise ArtifactError(f"{path}: its 'predictor' settings differ from their sha256 "
+                            f"(predictor_sha256): the manifest was edited or is corrupt", refit)
 
 
 def _json_bytes(obj) -> bytes:

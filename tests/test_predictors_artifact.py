@@ -81,6 +81,31 @@ def test_round_trip_gives_the_same_predictions(fitted, saved):
             assert name.startswith("gbdt_") and text.startswith("tree")
 
 
+@pytest.mark.parametrize("change", [{"use_lut": False}, {"correction": "none"}])
+def test_an_edited_predictor_block_of_the_manifest_is_refused(fitted, saved, change):
+    """No file checksum covers the manifest's own 'predictor' settings, and use_lut=false
+    silently answered the measured ops with the GBDT instead of their medians."""
+    path = saved / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["predictor"].update(change)
+    path.write_text(json.dumps(manifest, indent=1))
+    with pytest.raises(ArtifactError, match=r"'predictor' settings differ from their sha256") as info:
+        artifact.load(saved, "raspi4")
+    message = str(info.value)
+    assert str(path) in message and "re-run `latbench fit-predictor --device raspi4`" in message
+    assert "\n" not in message
+
+
+def test_a_manifest_saved_before_the_settings_checksum_still_loads(fitted, saved):
+    path = saved / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["predictor"] == {"correction": "affine", "use_lut": True}
+    del manifest["predictor_sha256"]  # as every save before it wrote
+    path.write_text(json.dumps(manifest, indent=1))
+    ops = probe_ops()
+    np.testing.assert_allclose(artifact.load(saved).predict_ops(ops), fitted.predict_ops(ops), rtol=1e-12)
+
+
 def test_a_folder_copied_anywhere_loads_by_its_path(fitted, saved, tmp_path, latbench_home):
     import shutil
 
@@ -396,6 +421,8 @@ def test_an_arch_without_its_space_or_a_non_space_is_a_clear_type_error(fitted):
     ("predictor", {"correction": ["affine"], "use_lut": True}, "its 'predictor' is not a table"),
     ("predictor", {"correction": "affine", "use_lut": "yes"}, "its 'predictor' is not a table"),
     ("format_version", True, "format version True"),
+    ("predictor_sha256", "abc", "its 'predictor_sha256' is not a sha256"),
+    ("predictor_sha256", 5, "its 'predictor_sha256' is not a sha256"),
     ("files", {"lut\0.json": "0" * 64}, "names a file outside its folder"),  # was a ValueError
 ])
 def test_a_malformed_manifest_field_is_one_clear_error(saved, field, value, match):
