@@ -44,6 +44,10 @@ class NetworkCorrection(Estimator):
         x, y = _pair(summed_ms, measured_ms)
         if len(x) == 0:
             raise ValueError("NetworkCorrection needs at least one measured network to fit")
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):  # NaN passes `<= 0`, then
+            # LAPACK prints to stderr and raises LinAlgError
+            raise ValueError("network latencies and op sums must be finite numbers of ms; "
+                             "leave out the networks not measured")
         if np.any(y <= 0) or np.any(x <= 0):
             raise ValueError("network latencies and op sums must be > 0 ms")
         candidates = [f for f in FORMS if f != "affine" or len(x) >= MIN_AFFINE_NETWORKS]

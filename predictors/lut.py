@@ -71,21 +71,24 @@ class LUT:
                 continue
             OpSpec.from_key(r["key"])  # a clear ValueError for a bad key, here and not later
             med = float(r["median_ms"])
-            entries[r["key"]] = LUTEntry(
+            entries[r["key"]] = _checked(r["key"], LUTEntry(
                 median_ms=med, p10_ms=float(r.get("p10_ms", med)), p90_ms=float(r.get("p90_ms", med)),
                 round_spread=None if r.get("round_spread") is None else float(r["round_spread"]),
                 count=int(r.get("count", 1)),
-                rounds=int(r.get("rounds", 1)))
+                rounds=int(r.get("rounds", 1))))
         return cls(entries)
 
     @classmethod
     def from_arrays(cls, specs: Sequence[OpSpec], latency_ms: Sequence[float]) -> "LUT":
         """A LUT of plain medians; repeated specs keep the median of their values."""
+        specs, latency_ms = list(specs), list(latency_ms)
+        if len(specs) != len(latency_ms):  # zip would drop the tail without a word
+            raise ValueError(f"{len(specs)} specs but {len(latency_ms)} latencies; give one latency per spec")
         values: dict[str, list[float]] = {}
         for spec, lat in zip(specs, latency_ms):
             values.setdefault(spec.key, []).append(float(lat))
-        return cls({k: LUTEntry(float(np.median(v)), float(np.min(v)), float(np.max(v)),
-                                _spread(v), len(v), len(v)) for k, v in values.items()})
+        return cls({k: _checked(k, LUTEntry(float(np.median(v)), float(np.min(v)), float(np.max(v)),
+                                            _spread(v), len(v), len(v))) for k, v in values.items()})
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -122,12 +125,18 @@ class LUT:
         entries = {}
         for key, values in data["entries"].items():
             OpSpec.from_key(key)  # ValueError naming the key
-            entry = LUTEntry(**values)
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
-                       for v in (entry.median_ms, entry.p10_ms, entry.p90_ms)):
-                raise ValueError(f"the latency of {key} is not a finite number >= 0 ms")
-            entries[key] = entry
+            entries[key] = _checked(key, LUTEntry(**values))
         return cls(entries)
+
+
+def _checked(key: str, entry: LUTEntry) -> LUTEntry:
+    """`entry`, if its latencies are finite and >= 0: a NaN median reads as "never measured"
+    (the GBDT answers, yet `predict_sources` says lut), an infinite one is every prediction
+    of a network with the op, and neither can be saved as JSON."""
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+               for v in (entry.median_ms, entry.p10_ms, entry.p90_ms)):
+        raise ValueError(f"the latency of {key} is not a finite number >= 0 ms")
+    return entry
 
 
 def _spread(values: list[float]) -> float:

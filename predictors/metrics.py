@@ -26,9 +26,16 @@ def accuracy_within(pred: Sequence[float], true: Sequence[float], tolerance: flo
     keep = true > 0
     if not keep.any():
         return float("nan")
+    return float(np.mean(within(pred[keep], true[keep], tolerance)))
+
+
+def within(pred: Sequence[float], true: Sequence[float], tolerance: float) -> np.ndarray:
+    """Whether each row has |pred - true| / true <= tolerance (False where true <= 0): the
+    rule of `accuracy_within`, for anything that marks rows by it (the report's picture)."""
+    pred, true = _pair(pred, true)
+    rel = np.abs(pred - true) / np.where(true > 0, true, np.nan)
     # A tiny slack so that a prediction exactly on the band edge counts despite rounding.
-    rel = np.abs(pred[keep] - true[keep]) / true[keep]
-    return float(np.mean(rel <= tolerance * (1 + 1e-9)))
+    return (true > 0) & (rel <= tolerance * (1 + 1e-9))
 
 
 def rmse(pred: Sequence[float], true: Sequence[float]) -> float:

@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from predictors import metrics
+
 
 def scatter_png(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str = "") -> bytes:
     """PNG bytes of one panel per (label, predicted, measured); points outside the band in red.
@@ -31,14 +33,17 @@ def scatter_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title: 
     for i, (label, pred, true) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
+        # the share is the table's +-10% (rows measured at 0 left out, a prediction <= 0 a
+        # miss), though a log axis can draw neither of those
+        share = metrics.accuracy_within(pred, true, 0.10)
         keep = (true > 0) & (pred > 0)
         pred, true = pred[keep], true[keep]
-        inside = np.abs(pred - true) <= 0.10 * true
+        inside = metrics.within(pred, true, 0.10)
         lo, hi = min(pred.min(), true.min()) * 0.8, max(pred.max(), true.max()) * 1.25
         line = np.geomspace(lo, hi, 100)
         ax.fill_between(line, line * 0.9, line * 1.1, color="tab:green", alpha=0.15, label="+-10%")
         ax.plot(line, line, color="tab:green", lw=1)
-        ax.scatter(true[inside], pred[inside], s=10, color="tab:blue", label=f"within ({inside.mean():.0%})")
+        ax.scatter(true[inside], pred[inside], s=10, color="tab:blue", label=f"within ({share:.0%})")
         ax.scatter(true[~inside], pred[~inside], s=10, color="tab:red", label="outside")
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -25,8 +26,8 @@ class TrainingData:
 def from_rows(rows: Iterable[dict]) -> TrainingData:
     """Split rows (``key``, ``median_ms``, spreads optional) into ops and whole networks.
 
-    Keys this latbench cannot read (an unknown space, a bad arch) are left out and listed
-    in `skipped` rather than failing the whole fit.
+    Keys this latbench cannot read (an unknown space, a bad arch), and networks measured at
+    0 ms, are left out and listed in `skipped` rather than failing the whole fit.
     """
     from latbench.spaces import get_space
 
@@ -42,10 +43,16 @@ def from_rows(rows: Iterable[dict]) -> TrainingData:
                 space_name, arch = Network.parse_key(key)
                 if space_name not in spaces:
                     spaces[space_name] = get_space(space_name)
-                networks.append(spaces[space_name].network(arch))
-                network_ms.append(float(row["median_ms"]))
+                network = spaces[space_name].network(arch)
             except (ValueError, LatbenchError) as exc:
                 skipped[key] = str(exc)
+                continue
+            why = _unusable_network_ms(float(row["median_ms"]))
+            if why:
+                skipped[key] = why
+                continue
+            networks.append(network)
+            network_ms.append(float(row["median_ms"]))
             continue
         try:
             specs.append(OpSpec.from_key(key))
@@ -56,3 +63,13 @@ def from_rows(rows: Iterable[dict]) -> TrainingData:
         latency.append(float(row["median_ms"]))
     return TrainingData(specs, np.array(latency, dtype=np.float64), LUT.from_rows(op_rows),
                         networks, np.array(network_ms, dtype=np.float64), skipped)
+
+
+def _unusable_network_ms(median_ms: float) -> str | None:
+    """Why a network's measured latency cannot fit the network correction, or None. An import
+    takes 0 ms (an identity op may take it), but no whole network runs in no time: its
+    ratio to the op sum is undefined, and the correction's fit refused the whole table."""
+    if math.isfinite(median_ms) and median_ms > 0:
+        return None
+    return (f"measured at {median_ms:g} ms, and a whole network takes some time (a failed "
+            "measurement?): left out of the network correction")

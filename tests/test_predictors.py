@@ -350,6 +350,20 @@ def test_lut_rows_coverage_and_lookup():
         LUT.from_rows([{"key": "conv:3x3", "median_ms": 1.0}])
 
 
+@pytest.mark.parametrize("median_ms", [float("nan"), float("inf"), -1.0])
+def test_a_lut_of_rows_or_arrays_takes_only_finite_latencies_and_one_per_spec(median_ms):
+    """from_dict checked this; from_rows did not: NaN was answered by the GBDT while
+    predict_sources said lut, inf became the op's prediction, and save failed on either."""
+    specs, y = device_table("raspi4")
+    key = specs[0].key
+    with pytest.raises(ValueError, match=f"the latency of {key} is not a finite number >= 0 ms"):
+        LUT.from_rows([{"key": key, "median_ms": median_ms}])
+    with pytest.raises(ValueError, match=f"the latency of {key} is not a finite number >= 0 ms"):
+        LUT.from_arrays(specs[:2], [median_ms, 1.0])
+    with pytest.raises(ValueError, match="3 specs but 2 latencies"):
+        LUT.from_arrays(specs[:3], y[:2])
+
+
 def test_network_correction_forms():
     x = np.linspace(5, 50, 12)
     affine = NetworkCorrection().fit(x, 0.9 * x - 0.3)
@@ -364,6 +378,19 @@ def test_network_correction_forms():
     assert NetworkCorrection(form="affine").fit(x[:2], x[:2]).form_ == "scale"  # too few for affine
     with pytest.raises(ValueError, match="The 'form' parameter of NetworkCorrection"):
         NetworkCorrection(form="quadratic").fit(x, x)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_network_latency_that_is_not_a_number_is_a_clear_value_error(bad, capfd):
+    """NaN passed the `<= 0` check: LAPACK printed "On entry to DLASCL ..." and raised LinAlgError."""
+    x = np.linspace(5, 50, 12)
+    y = 0.9 * x
+    y[3] = bad
+    with pytest.raises(ValueError, match="must be finite numbers of ms"):
+        NetworkCorrection().fit(x, y)
+    with pytest.raises(ValueError, match="must be finite numbers of ms"):
+        NetworkCorrection("affine").fit(y, x)
+    assert "DLASCL" not in capfd.readouterr().err
 
 
 def test_a_negative_offset_holds_its_ratio_below_the_networks_it_was_fitted_on():

@@ -105,6 +105,26 @@ def test_few_networks_or_networks_far_from_their_op_sums_get_a_note(imported, la
     assert json.loads(done.stdout)["networks"] == 0
 
 
+def test_a_network_measured_at_0_ms_is_left_out_and_named_not_an_internal_error(imported, latbench_cli,
+                                                                                 tmp_path):
+    """An import takes 0 ms; the correction's fit then raised ValueError (an internal error)."""
+    lines = NETWORKS.read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in lines[1:9]]
+    nets = tmp_path / "nets.csv"
+    nets.write_text("space,arch,median_ms\n" + "".join(
+        f"fbnet-cifar,{r['arch']},{0 if i == 0 else r['raspi4']}\n" for i, r in enumerate(rows)))
+    done = latbench_cli("import", str(nets), "--device", "pi", "--source", "pi-tables")
+    assert done.returncode == 0, done.stderr
+    done = latbench_cli("fit-predictor", "--device", "pi", "--no-select", "--folds", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "internal error" not in done.stderr
+    assert "measured at 0 ms" in done.stderr and "left out of the network correction" in done.stderr
+    report = json.loads(done.stdout)
+    assert report["networks"] == 7 and report["network_correction"] is True
+    assert any("measured at 0 ms" in why for why in report["skipped"].values())
+
+
 def test_fit_predictor_errors(latbench_home, latbench_cli, imported):
     done = latbench_cli("fit-predictor", "--device", "phone")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
