@@ -109,8 +109,11 @@ def test_device_info_reads_a_boards_report():
         "cpu\tcpu0\tondemand\t600000\t1800000",
         "cpu\tcpu1\tperformance\t1800000\t1800000",
         "cpu\tcpu2\t\t\t",
-        "temp\tcpu-thermal\t54530",
-        "temp\tgpu\t49",
+        "temp\tthermal_zone0\tcpu-thermal\t54530",
+        "temp\tthermal_zone1\tgpu\t49",
+        "temp\tthermal_zone2\tacpitz\t40000",
+        "temp\tthermal_zone3\tacpitz\t85000",  # a zone of the same type: not hidden by the first
+        "temp\tthermal_zone4\t\t30000",
         "df\t/dev/mmcblk0p2 30358348 8151988 20938892 29% /",
         "python\t3.11.2",
     ])
@@ -118,8 +121,9 @@ def test_device_info_reads_a_boards_report():
     assert info["model"] == "Raspberry Pi 4 Model B Rev 1.4" and info["cores"] == 4
     assert info["governors"] == {"cpu0": "ondemand", "cpu1": "performance"}
     assert info["frequencies_khz"] == {"cpu0": 600_000, "cpu1": 1_800_000}
-    assert info["temperatures_c"] == {"cpu-thermal": 54.53, "gpu": 49.0}
-    assert info["max_temperature_c"] == 54.53
+    assert info["temperatures_c"] == {"cpu-thermal": 54.53, "gpu": 49.0, "acpitz": 40.0,
+                                      "acpitz (thermal_zone3)": 85.0, "thermal_zone4": 30.0}
+    assert info["max_temperature_c"] == 85.0
     assert info["free_bytes"] == 20938892 * 1024 and info["python"] == "3.11.2"
     assert parse_device_info("uname\tLinux 5.10 armv7l\n")["model"] == "Linux 5.10 armv7l"
 

@@ -66,7 +66,8 @@ for c in /sys/devices/system/cpu/cpu[0-9]*; do
     "$(cat "$c/cpufreq/scaling_cur_freq" 2>/dev/null)" "$(cat "$c/cpufreq/cpuinfo_max_freq" 2>/dev/null)"
 done
 for z in /sys/class/thermal/thermal_zone*; do
-  [ -r "$z/temp" ] && printf 'temp\t%s\t%s\n' "$(cat "$z/type" 2>/dev/null)" "$(cat "$z/temp" 2>/dev/null)"
+  [ -r "$z/temp" ] && printf 'temp\t%s\t%s\t%s\n' "${z##*/}" "$(cat "$z/type" 2>/dev/null)" \
+    "$(cat "$z/temp" 2>/dev/null)"
 done
 printf 'df\t%s\n' "$(df -Pk "$1" 2>/dev/null | tail -n 1)"
 printf 'python\t%s\n' "$("$2" -c 'import platform; print(platform.python_version())' 2>/dev/null)"
@@ -853,9 +854,11 @@ def parse_device_info(text: str) -> dict:
                 out["frequencies_khz"][cpu] = int(cur)
             if mx.isdigit():
                 out["max_frequencies_khz"][cpu] = int(mx)
-        elif tag == "temp" and len(vals) == 2 and vals[1].lstrip("-").isdigit():
-            value = int(vals[1])
-            out["temperatures_c"][vals[0] or "zone"] = value / 1000.0 if abs(value) > 200 else float(value)
+        elif tag == "temp" and len(vals) == 3 and vals[2].lstrip("-").isdigit():
+            # zones may share a type (two "acpitz"): one must not hide the other's heat
+            zone, kind, value = vals[0], vals[1].strip() or vals[0], int(vals[2])
+            name = kind if kind not in out["temperatures_c"] else f"{kind} ({zone})"
+            out["temperatures_c"][name] = value / 1000.0 if abs(value) > 200 else float(value)
         elif tag == "df" and vals:
             fields = vals[0].split()
             if len(fields) >= 6 and fields[-3].isdigit():
