@@ -43,7 +43,7 @@ class GBDTPredictor(Estimator):
         measured latencies near it (`predictors.levels`: a GPU's small ops time at a few
         launch-overhead levels, and a smooth model predicts between them); 0 = off. Chosen by
         cross-validation.
-    floor_ms : latencies below this are raised to it.
+    floor_ms : measured latencies below this are raised to it, and so are predictions.
 
     Identity skips are not fitted: they do no work, and their measured times (0 where a runtime
     removes them, a call overhead elsewhere) bent the fit of the ops that do. On HW-NAS-Bench,
@@ -187,7 +187,7 @@ class GBDTPredictor(Estimator):
         feats = features_from_quantities(q, len(m), self.features)
         if len(self.boosters_) == 1:  # pooled: one model answers every row
             raw = self._predict_group(self.boosters_[POOLED], feats) + self._init_score(q, feats)
-            return np.exp(raw) if self.target == "log" else np.maximum(raw, 0.0)
+            return self._to_ms(raw)
         raw = np.zeros(len(m))
         assigned = np.zeros(len(m), dtype=bool)
         for name, boosters in self.boosters_.items():
@@ -201,7 +201,13 @@ class GBDTPredictor(Estimator):
             rest = ~assigned
             raw[rest] = self._predict_group(self.boosters_[POOLED], feats[rest])
         raw = raw + self._init_score(q, feats)
-        return np.exp(raw) if self.target == "log" else np.maximum(raw, 0.0)
+        return self._to_ms(raw)
+
+    def _to_ms(self, raw: np.ndarray) -> np.ndarray:
+        """Raw scores as latencies, never under `floor_ms`: a linear target's trees can go to 0 or
+        below (an unseen pool or fc at 0 ms), and no op that runs takes no time; a search would
+        take such a candidate for free."""
+        return np.maximum(np.exp(raw) if self.target == "log" else raw, self.floor_ms)
 
     def _predict_group(self, boosters: list, feats: np.ndarray) -> np.ndarray:
         raw = boosters[0].predict(feats, raw_score=True, num_threads=self.n_jobs)

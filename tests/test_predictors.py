@@ -552,3 +552,20 @@ def test_the_lut_sum_baseline_adds_nothing_for_an_identity_as_the_predictor_does
     assert identities > 0
     baseline = lut_sum_baseline(lut, ops, np.ones(len(ops)), [net])
     assert baseline[0] == len(net.ops) - identities
+
+
+@pytest.mark.parametrize("seed", [0, 2, 4])  # the splits where an unseen pool or fc went to 0 ms
+def test_a_linear_target_never_predicts_an_op_under_floor_ms(seed):
+    """Trees on a linear target can go to 0 (or below) for an unseen avgpool or fc; a search
+    would take such a candidate for free."""
+    from latbench import importers
+
+    rows = importers.read(BLOCKS_CSV, source_device="raspi4").rows
+    specs = [OpSpec.from_key(r["key"]) for r in rows]
+    y = np.array([r["median_ms"] for r in rows])
+    order = np.random.default_rng(seed).permutation(len(specs))
+    train, test = order[:112], order[112:]
+    model = GBDTPredictor(target="linear", floor_ms=1e-3).fit([specs[i] for i in train], y[train])
+    pred = model.predict([specs[i] for i in test])
+    assert pred.min() >= 1e-3 and np.isfinite(pred).all()
+    assert np.sum(pred == 1e-3) >= 1  # the floor, not a luckier fit, is what held it up
