@@ -165,6 +165,10 @@ class LatencyPredictor(CostModel, Estimator):
 def _as_specs(X) -> list[OpSpec]:
     if isinstance(X, np.ndarray) and not (X.ndim == 1 and X.dtype == object):
         return specs_from_matrix(X)
+    if isinstance(X, (OpSpec, str)):  # one op, or its key: Python's 'not iterable' said neither
+        raise TypeError(f"expected a list of OpSpec objects (or a spec matrix); got one "
+                        f"{type(X).__name__}: pass [spec] for a single op"
+                        + (" (OpSpec.from_key(key) makes one of a key)" if isinstance(X, str) else ""))
     specs = X if isinstance(X, list) else list(X)
     for s in specs:
         if not isinstance(s, OpSpec):

@@ -558,14 +558,20 @@ def test_the_lut_sum_baseline_adds_nothing_for_an_identity_as_the_predictor_does
 def test_a_linear_target_never_predicts_an_op_under_floor_ms(seed):
     """Trees on a linear target can go to 0 (or below) for an unseen avgpool or fc; a search
     would take such a candidate for free."""
-    from latbench import importers
-
-    rows = importers.read(BLOCKS_CSV, source_device="raspi4").rows
-    specs = [OpSpec.from_key(r["key"]) for r in rows]
-    y = np.array([r["median_ms"] for r in rows])
+    specs, y = device_table("raspi4")
     order = np.random.default_rng(seed).permutation(len(specs))
     train, test = order[:112], order[112:]
     model = GBDTPredictor(target="linear", floor_ms=1e-3).fit([specs[i] for i in train], y[train])
     pred = model.predict([specs[i] for i in test])
     assert pred.min() >= 1e-3 and np.isfinite(pred).all()
     assert np.sum(pred == 1e-3) >= 1  # the floor, not a luckier fit, is what held it up
+
+
+def test_predict_ops_given_one_op_or_a_key_says_to_pass_a_list():
+    specs, y = device_table("raspi4")
+    est = LatencyPredictor(GBDTPredictor(n_estimators=10)).fit(specs, y)
+    with pytest.raises(TypeError, match=r"got one OpSpec: pass \[spec\] for a single op"):
+        est.predict_ops(specs[0])
+    with pytest.raises(TypeError, match=r"got one str: .*OpSpec.from_key"):
+        est.predict_ops(specs[0].key)
+    assert est.predict_ops([specs[0]]).shape == (1,)
