@@ -653,12 +653,13 @@ def test_the_hardware_lock_waits_when_asked_and_refuses_otherwise():
     with pytest.raises(LatbenchError, match="being measured already"):
         with device_lock(profile):
             pass
+    started = time.monotonic()  # before the timer: a host that stalls between the two cannot shorten `waited`
     threading.Timer(0.3, release.set).start()
-    started = time.monotonic()
     with device_lock(profile, wait_s=10):  # the next unit's batch waits its turn
         waited = time.monotonic() - started
+        assert release.is_set()  # taken only once the holder let go
     holder.join()
-    assert 0.2 < waited < 5
+    assert 0.3 <= waited < 5
 
 
 def test_the_journal_lists_a_holders_runs_and_stops_only_those_of_gone_collections(make_profile, tmp_path,

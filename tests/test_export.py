@@ -76,8 +76,14 @@ def test_same_key_same_weights_same_file_content(tmp_path):
     op = OPS[2]
     a = export(op, "onnx", cache_dir=tmp_path / "a")
     b = export(op, "onnx", cache_dir=tmp_path / "b")
+    assert a.name == b.name and a.read_bytes() == b.read_bytes()  # byte for byte: nothing of the run in it
     x = example_input(op.input_shape, seed=9).numpy()
     np.testing.assert_array_equal(ort_run(a, x), ort_run(b, x))
+    # seeded by the key, not by a fixed seed: another op of the same shapes gets other weights
+    other = export(OpSpec("fbnet_block", 24, 32, 32, 32, kernel=5, stride=2, expansion=6, activation="none"),
+                   "onnx", cache_dir=tmp_path / "a")
+    first_weights = [onnx.numpy_helper.to_array(onnx.load(str(f)).graph.initializer[0]) for f in (a, other)]
+    assert first_weights[0].shape == first_weights[1].shape and not np.array_equal(*first_weights)
 
 
 def test_export_is_cached_by_key(tmp_path, monkeypatch):

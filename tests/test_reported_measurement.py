@@ -36,7 +36,7 @@ def test_mean_and_std_only_are_estimated_and_clipped():
 
 @pytest.mark.parametrize("summary", [{}, {"count": 0, "mean_ms": 1.0}, {"count": 3}])
 def test_unusable_summary_is_refused(summary):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs count >= 1 and a finite mean; got .* for k$"):
         ReportedMeasurement.from_summary("k", summary)
 
 

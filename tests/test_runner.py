@@ -4,6 +4,7 @@ statistics the host derives from its samples."""
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import os
 import sys
@@ -210,9 +211,36 @@ class BusyModel:
             pass
 
 
-def test_adaptive_protocol_stops_as_soon_as_the_median_is_known():
-    samples, _ = pyrunner.measure(BusyModel(0.0005), protocol(runs=20, rel_ci=0.2, max_time_s=30))
+class FakeClock:
+    """The clocks `pyrunner.measure` reads, advanced only by the 'model': run times exactly as
+    given, whatever else the host is doing (a busy-wait on a loaded 2-core host is preempted
+    now and then, and a few inflated samples widen the median's interval)."""
+
+    def __init__(self, monkeypatch):
+        self.ns = 0
+        monkeypatch.setattr(pyrunner, "time", self)
+
+    def perf_counter_ns(self) -> int:
+        return self.ns
+
+    def perf_counter(self) -> float:
+        return self.ns / 1e9
+
+    def model(self, durations_s):
+        """A 'model' whose runs take `durations_s` in turn (cycled)."""
+        durations = itertools.cycle(durations_s)
+
+        def run() -> None:
+            self.ns += round(next(durations) * 1e9)
+        return run
+
+
+def test_adaptive_protocol_stops_as_soon_as_the_median_is_known(monkeypatch):
+    clock = FakeClock(monkeypatch)
+    run = clock.model([0.0005, 0.00051, 0.00049, 0.000502])  # +-2%: the median known at the first check
+    samples, _ = pyrunner.measure(run, protocol(runs=20, rel_ci=0.2, max_time_s=30))
     assert len(samples) == 20
+    assert sorted(samples)[0] == pytest.approx(0.49) and sorted(samples)[-1] == pytest.approx(0.51)  # ms
 
 
 def test_adaptive_protocol_gives_up_on_a_noisy_model_at_max_time_s():
