@@ -30,6 +30,24 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+
+def pytest_report_header(config) -> str:
+    """Tests of the predictors, import and search on real devices' data skip without it: say
+    so at the top, where a quiet skip of dozens of tests would otherwise go unseen."""
+    if (SHARED_DATA / "fbnet-hwnasbench" / "blocks.csv").exists():
+        return f"shared data: {SHARED_DATA}"
+    return f"shared data: {_MISSING_DATA}"
+
+
+_MISSING_DATA = (f"MISSING at {SHARED_DATA}; the tests that use real devices' latencies skip "
+                 "(put the shared folder beside the checkout)")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The same, at the end, where `pytest -q` (the README's command) shows it."""
+    if not (SHARED_DATA / "fbnet-hwnasbench" / "blocks.csv").exists():
+        terminalreporter.write_line(f"shared data: {_MISSING_DATA}", yellow=True)
+
 #: The fast protocol of the `fast_profile` device: enough to exercise every code path.
 FAST_PROTOCOL = {"warmup_runs": 2, "warmup_s": 0, "runs": 5, "min_time_s": 0, "max_runs": 50,
                  "rounds": 2, "batch_size": 8}
