@@ -131,20 +131,29 @@ class Store:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
+            version = self._schema_version()
+            if version is not None and version > SCHEMA_VERSION:
+                self.conn.close()
+                raise StoreError(f"the database {self.path} was written by a newer latbench "
+                                 f"(schema {version} > {SCHEMA_VERSION})", "upgrade latbench")
             self.conn.executescript(_SCHEMA)  # IF NOT EXISTS: takes no write lock once created
-            if not self.conn.execute("SELECT 1 FROM meta WHERE key='schema_version'").fetchone():
+            if version is None:
                 with self._write() as conn:
                     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                                  (str(SCHEMA_VERSION),))
-            version = int(self.conn.execute(
-                "SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
         except sqlite3.Error as exc:
             self.conn.close()
             raise self._error(exc) from None
-        if version > SCHEMA_VERSION:
-            self.conn.close()
-            raise StoreError(f"the database {self.path} was written by a newer latbench "
-                             f"(schema {version} > {SCHEMA_VERSION})", "upgrade latbench")
+
+    def _schema_version(self) -> int | None:
+        """The stored schema version, None for a new database. Read before the schema script
+        runs: a newer latbench's tables may differ from ours, and an older latbench must
+        neither write its tables into that database nor fail on them ("no such column")
+        before it says to upgrade."""
+        if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
+            return None
+        found = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(found[0]) if found else None
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
@@ -302,11 +311,14 @@ class Store:
             "SELECT key, round FROM measurements WHERE device=? AND runtime=? AND runtime_version=?"
             " AND settings_hash=?", ctx.as_tuple())}
 
-    def failures(self, ctx: Context) -> dict[str, tuple[str, str]]:
-        """key -> (stage, error) of ops that could not be exported or run under `ctx`."""
-        return {k: (s, e) for k, s, e in self._query(
-            "SELECT key, stage, error FROM failures WHERE device=? AND settings_hash=?",
-            (ctx.device, ctx.settings_hash))}
+    def failures(self, ctx: Context, since: float | None = None) -> dict[str, tuple[str, str]]:
+        """key -> (stage, error) of ops that could not be exported or run under `ctx`; `since`
+        (a time.time()) keeps those recorded then or later, so a run can tell its own."""
+        sql = "SELECT key, stage, error FROM failures WHERE device=? AND settings_hash=?"
+        params: tuple = (ctx.device, ctx.settings_hash)
+        if since is not None:
+            sql, params = sql + " AND at >= ?", params + (since,)
+        return {k: (s, e) for k, s, e in self._query(sql, params)}
 
     def rows(self, ctx: Context, kind: str | None = None, unit: str | None = None) -> list[Row]:
         """Rows of `ctx`; `unit` keeps those one farm unit measured (None: every unit)."""

@@ -195,6 +195,21 @@ def test_a_database_from_a_newer_latbench_is_refused(db):
         Store(db)
 
 
+def test_a_newer_database_whose_tables_changed_is_refused_untouched(db):
+    """A newer schema may rename what ours has: the refusal must come first (it was 'no such
+    column: device' from our schema script), and nothing of ours is written into that file."""
+    with sqlite3.connect(db) as conn:
+        conn.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                           "INSERT INTO meta VALUES ('schema_version', '2');"
+                           "CREATE TABLE measurements (id INTEGER PRIMARY KEY, context_id INTEGER);")
+    with pytest.raises(StoreError) as info:
+        Store(db)
+    assert "newer latbench (schema 2 > 1)" in info.value.message and info.value.hint == "upgrade latbench"
+    with sqlite3.connect(db) as conn:
+        tables = {name for name, in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"meta", "measurements"}
+
+
 def test_opening_a_database_another_process_holds_exclusively_says_locked(db):
     """A rollback-journal database under an exclusive lock cannot even be read."""
     other = sqlite3.connect(db, isolation_level=None)
