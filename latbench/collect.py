@@ -140,6 +140,7 @@ class Collector:
         self.transport = open_transport(profile)
         self.runner = None
         self.sigterm_received = False  # set by the SIGTERM handler while open
+        self._run_started_at: float | None = None  # time.time() at the start of the last run
 
     def __enter__(self) -> "Collector":
         from contextlib import ExitStack
@@ -269,6 +270,7 @@ class Collector:
 
     def _forget_set_aside(self, plan: Plan) -> None:
         """A new run tries again what the last set aside (`set_aside`), remembering why."""
+        self._run_started_at = time.time()
         self._given_up: dict[str, str] = {}
         self._failed_before = self.store.failures(plan.context)
 
@@ -279,9 +281,11 @@ class Collector:
 
     def count_unmeasured(self, plan: Plan, paths: dict[str, Path]) -> int:
         """Planned (key, round) pairs still not in the store, of ops that exported and did not
-        fail on their own: what a re-run can still measure."""
+        fail on their own in this run: what a re-run can still measure. An earlier run's
+        failure of a key this run could not try (the device unreachable) does not count."""
         done = self.store.measured(plan.context)
-        failed_alone = {k for k, (stage, _) in self.store.failures(plan.context).items() if stage == "run"}
+        failures = self.store.failures(plan.context, since=self._run_started_at)
+        failed_alone = {k for k, (stage, _) in failures.items() if stage == "run"}
         return sum(1 for key, rnd in plan.todo
                    if key in paths and key not in failed_alone and (key, rnd) not in done)
 

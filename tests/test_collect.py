@@ -634,6 +634,71 @@ def test_cli_collect_where_every_op_fails_alone_exits_1(warm_home, make_profile,
     assert summary["unmeasured"] == 0  # nothing a re-run would measure: each op failed alone
 
 
+def _rejects(monkeypatch, bad_path: Path) -> None:
+    """Runners on which the runtime rejects the model at `bad_path` alone, and times the rest."""
+    import latbench.collect as collect_module
+    from latbench.runners.base import BatchOutput
+
+    real = collect_module.make_runner
+
+    def make(*a, **k):
+        runner = real(*a, **k)
+        run_batch = runner.run_batch
+
+        def run(items):
+            good = [it for it in items if it.path != bad_path]
+            done = run_batch(good) if good else BatchOutput(start={}, end={})
+            rejected = {it.id: {"id": it.id, "ok": False, "error": "unsupported op"}
+                        for it in items if it.path == bad_path}
+            return BatchOutput(start=done.start, end=done.end, results={**done.results, **rejected},
+                               error=done.error)
+        runner.run_batch = run
+        return runner
+
+    monkeypatch.setattr(collect_module, "make_runner", make)
+
+
+def test_cli_collect_rerun_with_an_op_that_fails_alone_exits_as_the_first_run(warm_home, make_profile,
+                                                                             monkeypatch, capsys):
+    """The first run measures the rest and exits 0; re-running it (nothing new to measure, the
+    same op rejected again) must exit 0 too, or `collect && fit-predictor` stops on a store
+    that is as complete as it gets. It exited 1: 'nothing measured' counted this run only."""
+    from latbench.cli.main import main
+    from latbench.export import export
+
+    monkeypatch.setattr(sys, "argv", ["latbench"])
+    name = make_profile("rejects-one", protocol={"rounds": 1})
+    bad = SPACE.ops()[1]
+    _rejects(monkeypatch, export(bad, load_profile(name).format))
+    codes, summaries = [], []
+    for _ in range(2):
+        codes.append(main(["collect", "--device", name, "--limit", "3", "--json"]))
+        summaries.append(json.loads(capsys.readouterr().out))
+    assert [s["measured"] for s in summaries] == [2, 0]
+    assert all(set(s["failed"]) == {bad.key} and s["unmeasured"] == 0 for s in summaries)
+    assert codes == [0, 0]
+
+
+def test_an_earlier_runs_failure_does_not_hide_pairs_this_run_never_measured(make_profile, monkeypatch):
+    """A model set aside in an earlier run is tried again; when this run cannot reach the device,
+    its pairs are unmeasured (a re-run may measure them), not 'failed alone' by the old record."""
+    import latbench.collect as collect_module
+
+    name = make_profile("stale", protocol={"batch_size": 2, "rounds": 1},
+                        retry={"attempts": 1, "backoff_s": 0, "max_failed_batches": 3})
+    items = SPACE.ops()[:2]
+    collect(name, items[:1])
+    with Store(home.db_path()) as store, Collector(load_profile(name), store) as collector:
+        plan = collector.plan(items)
+        store.record_failure(plan.context, items[1].key, "run", "did not finish within the batch's timeout_s")
+    real = collect_module.make_runner
+    monkeypatch.setattr(collect_module, "make_runner", lambda *a, **k: _DownRunner(real(*a, **k)))
+    plan, report = collect(name, items)
+    assert plan.todo == [(items[1].key, 0)] and report.measured == 0
+    assert report.failed[items[1].key].startswith("run: lost the connection")
+    assert report.unmeasured == 1
+
+
 def test_the_hardware_lock_waits_when_asked_and_refuses_otherwise():
     import threading
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from latbench.cli import output
 from latbench.cli.arguments import int_at_least
+
+if TYPE_CHECKING:
+    from latbench.collect import Plan, Report
+    from latbench.store import Store
 
 EXAMPLES = """\
 examples:
@@ -131,6 +136,7 @@ def run(args) -> int:
 
                 collector.on_event = on_event
                 report = collector.run(plan)
+        stored_keys = stored_of(store, plan)
     summary = report.to_dict() | {"device": profile.name, "runtime": plan.runtime_label,
                                   "table": plan.context.table_id, "settings_hash": plan.context.settings_hash,
                                   "space": space.name}
@@ -159,10 +165,20 @@ def run(args) -> int:
         where = "`failed` in the JSON says" if args.json else "the errors above say"
         output.note(f"{report.unmeasured} of {report.planned} planned measurements were not made; "
                     f"fix what {where}, then re-run the same command to measure only those")
-    # A run left short fails the command, so `collect && fit-predictor` stops here; an op that
-    # fails alone (export, or the runtime rejects it) fails the same way every time: it is
-    # listed and left out, unless nothing at all was measured.
-    nothing = bool(report.failed) and not report.measured and report.planned > 0
+    return exit_code(report, stored_keys)
+
+
+def stored_of(store: Store, plan: Plan) -> int:
+    """How many of the plan's keys have a measurement in the store (of this run or before)."""
+    return len({key for key, _ in store.measured(plan.context)} & set(plan.items))
+
+
+def exit_code(report: Report, stored_keys: int) -> int:
+    """1 when the run was left short, so `collect && fit-predictor` stops here. An op that
+    fails alone (export, or the runtime rejects it) fails the same way every time: it is
+    listed and left out, unless none of the plan's keys is in the store at all; judged by the
+    store, not by this run's count, so re-running a finished collection exits as it did."""
+    nothing = bool(report.failed) and not stored_keys and report.planned > 0
     return 1 if report.unmeasured or nothing else 0
 
 
