@@ -14,8 +14,9 @@ from latbench.cli.arguments import int_at_least
 EXAMPLES = """\
 examples:
   nas search --cost latbench:pixel3                       # FBNet loss, the device's latency predictor
-  nas search --cost latbench:local --form hinge --target-ms 1.2 --width-mult 0.25 --input-size 8 \\
-      --epochs 8 --theta-lr 0.1 --verify            # minutes on a laptop CPU (scripts/run-local.sh)
+  nas search --cost latbench:local --form hinge --target-ms 0.92 --pick budget --width-mult 0.25 \\
+      --input-size 8 --epochs 8 --theta-lr 0.1 --verify  # minutes on a CPU, as scripts/run-local.sh
+                                                    # (which sets the target from this host's predictor)
   nas search --cost flops --form hinge --target-flops 150M --epochs 5 --width-mult 0.25 --input-size 8
   nas search --cost latbench:pixel3 --cost latbench:rpi4 --form hinge --target-ms 20 --target-ms 90
   nas search --cost latbench:local --form hinge --target-ms 1.2 --data cifar10:./cifar-10-batches-bin \\
@@ -102,9 +103,10 @@ def _fraction_or_one(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nas", description="Hardware-aware neural architecture search with latbench costs.",
-                     epilog="Example: nas search --cost latbench:local --form hinge --target-ms 1.2 "
-                            "--width-mult 0.25 --input-size 8 --verify\n"
-                            "(a CPU-sized run; more in `nas search --help`)",
+                     epilog="Example: nas search --cost latbench:local --form hinge --target-ms 0.92 "
+                            "--pick budget --width-mult 0.25 --input-size 8 --verify\n"
+                            "(a CPU-sized run, as scripts/run-local.sh; put a target in your predictor's range; "
+                            "more in `nas search --help`)",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"nas (latbench) {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
