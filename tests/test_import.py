@@ -309,6 +309,7 @@ def test_import_command_stores_rows_once(latbench_home, latbench_cli):
     batched = latbench_cli("import", str(NETWORKS), "--device", "gpu", "--column", "titanx_32", "--dry-run")
     assert batched.returncode == 0, batched.stderr
     assert "titanx_32 column times a batch of 32 images" in batched.stderr and "import titanx_1" in batched.stderr
+    assert "parsed 5000 rows (0 ops, 5000 networks)" in batched.stderr and "nothing stored (--dry-run)" in batched.stderr
 
 
 def test_a_reimport_with_other_values_says_that_the_stored_ones_were_kept(latbench_home, latbench_cli,

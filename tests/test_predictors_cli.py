@@ -304,3 +304,12 @@ def test_the_ops_table_says_which_rows_its_relative_metrics_leave_out(latbench_h
     assert pi.returncode == 0, pi.stderr
     fit = latbench_cli("fit-predictor", "--device", "pi4", "--no-select", "--folds", "2")
     assert fit.returncode == 0 and "0 ms" not in fit.stdout, fit.stdout  # none at 0 ms: no words
+
+
+def test_the_networks_hint_of_a_hwnasbench_cpu_warns_off_helps_summed_column():
+    """HELP's raspi4 column is the sum of HW-NAS-Bench's blocks: the hint to import measured
+    networks pointed a raspi4 user at it."""
+    from latbench.cli.fit_predictor import _summed_caveat
+
+    assert "not HELP's raspi4 column, which is the sum of this block table" in _summed_caveat("hwnasbench-raspi4")
+    assert _summed_caveat("hwnasbench-edgegpu") == "" and _summed_caveat("pi-tables") == ""

@@ -259,6 +259,18 @@ def _network_eval(predictor, data, args, selection, summed):
                                        correction=args.correction, folds=args.folds, seed=args.seed)
 
 
+def _summed_caveat(source: str) -> str:
+    """HW-NAS-Bench's raspi4, eyeriss and fpga have no measured networks to import: HELP's
+    columns of those names are sums of the same block table, which teach a correction nothing."""
+    from latbench.importers import HELP_SUMMED_COLUMNS
+
+    device = source.removeprefix("hwnasbench-") if source.startswith("hwnasbench-") else None
+    if device not in HELP_SUMMED_COLUMNS:
+        return ""
+    return (f"; not HELP's {device} column, which is the sum of this block table, not a measurement "
+            "of whole networks")
+
+
 def _notes(predictor, data, coverage, directory, args, ctx, summed, stderr_only: bool = False) -> None:
     from predictors.correction import MIN_AUTO_NETWORKS
 
@@ -275,7 +287,8 @@ def _notes(predictor, data, coverage, directory, args, ctx, summed, stderr_only:
         output.note(f"note: no measured networks for {args.device}: a network's latency is the plain "
                     f"sum of its ops' latencies, without network-level correction ("
                     + (f"import measured networks with `latbench import ... --device {args.device} "
-                       f"--source {ctx.runtime_version}`)" if ctx.runtime == "imported" else
+                       f"--source {ctx.runtime_version}`{_summed_caveat(ctx.runtime_version)})"
+                       if ctx.runtime == "imported" else
                        f"measure some with `latbench collect --device {args.device} --networks 20`)"))
     elif len(data.networks) < MIN_AUTO_NETWORKS and args.correction == "auto":
         output.note(f"note: {output.plural(len(data.networks), 'measured network')}: too few to tell a "

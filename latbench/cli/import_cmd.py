@@ -109,7 +109,7 @@ def run(args) -> int:
     output.note(f"{verb} {output.plural(len(result.rows), 'row')} ({output.plural(result.ops, 'op')}, "
                 f"{output.plural(result.networks, 'network')}) from {args.file} (format {result.format}) for "
                 f"device {args.device} as source {result.source}"
-                + ("" if args.dry_run else f"; {summary['stored_new']} new"))
+                + ("; nothing stored (--dry-run)" if args.dry_run else f"; {summary['stored_new']} new"))
     largest_ms = max((r["median_ms"] for r in result.rows), default=None)
     if largest_ms is not None and largest_ms < TINY_MS:
         output.note(f"note: every median_ms is below {TINY_MS:g} ms (the largest is {largest_ms:.3g}): if the "
