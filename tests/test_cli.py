@@ -368,3 +368,26 @@ def test_a_missing_dependency_is_named_with_its_fix_and_a_bug_is_still_a_bug(cap
     # a module of latbench itself is missing: that is a bug, and said as one
     assert guarded("latbench", needs("latbench.nope"), debug=False, cancelled="") == exit_codes.ERROR
     assert "internal error: ModuleNotFoundError" in capsys.readouterr().err
+
+
+def test_progress_without_a_terminal_prints_plain_lines_at_most_so_often_and_at_the_end(capsys, monkeypatch):
+    """Under `| tee` or in CI, rich's live bars drew nothing until they stopped: a collection
+    said nothing for minutes. Now a line per task every PLAIN_EVERY_S, and one when it is done."""
+    from types import SimpleNamespace
+
+    from latbench.cli import output
+
+    clock = [100.0]
+    monkeypatch.setattr(output, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    with output.progress() as bar:
+        task = bar.add_task("measuring", total=20)
+        bar.update(task, completed=1)  # too soon for a line
+        clock[0] += output.Bars.PLAIN_EVERY_S
+        bar.update(task, completed=5)
+        bar.update(task, completed=6)  # too soon again
+        clock[0] += 3
+        bar.update(task, completed=20)
+        bar.update(task, completed=20)  # said once
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"measuring: 5/20 ({output.Bars.PLAIN_EVERY_S:.0f} s)",
+                     f"measuring: 20/20 ({output.Bars.PLAIN_EVERY_S + 3:.0f} s)"]

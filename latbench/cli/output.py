@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -93,11 +94,23 @@ class Bars:
     when it stops), and that can be closed mid-command by `section`, so a later stage's line
     prints below the bars it follows, not above them."""
 
+    #: Without a terminal (`| tee`, CI logs), a plain line per task at most this often, and at
+    #: its end: rich's live bars draw nothing there until they stop, so a long collection
+    #: printed nothing for minutes.
+    PLAIN_EVERY_S = 15.0
+
     def __init__(self):
         self.console = console(stderr=True)
         self._progress = None
+        self._plain: dict[int, dict] | None = None if self.console.is_terminal else {}
 
     def add_task(self, description: str, **kwargs) -> int:
+        if self._plain is not None:
+            task = len(self._plain)
+            self._plain[task] = {"description": description, "completed": 0, "total": None,
+                                 "started": time.monotonic(), "said": time.monotonic(), "ended": False}
+            self._plain_update(task, **kwargs)
+            return task
         if self._progress is None:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
@@ -108,10 +121,32 @@ class Bars:
         return self._progress.add_task(description, **kwargs)
 
     def update(self, task: int, **kwargs) -> None:
+        if self._plain is not None:
+            self._plain_update(task, **kwargs)
+            return
         self._progress.update(task, **kwargs)
 
     def remove_task(self, task: int) -> None:
+        if self._plain is not None:
+            self._plain.pop(task, None)
+            return
         self._progress.remove_task(task)
+
+    def _plain_update(self, task: int, **kwargs) -> None:
+        state = self._plain.get(task)
+        if state is None:
+            return
+        for name in ("description", "completed", "total"):
+            if kwargs.get(name) is not None:
+                state[name] = kwargs[name]
+        now = time.monotonic()
+        done = state["total"] is not None and state["completed"] >= state["total"]
+        if state["ended"] or not (done or now - state["said"] >= self.PLAIN_EVERY_S):
+            return
+        state["said"], state["ended"] = now, done
+        of = f"/{state['total']:g}" if state["total"] is not None else ""
+        self.console.print(f"{state['description']}: {state['completed']:g}{of} "
+                           f"({now - state['started']:.0f} s)", markup=False, highlight=False)
 
     def section(self, line: str) -> None:
         """Leave the bars so far printed as they stand and print `line` below them; the next
