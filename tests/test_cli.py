@@ -391,3 +391,27 @@ def test_progress_without_a_terminal_prints_plain_lines_at_most_so_often_and_at_
     lines = capsys.readouterr().err.splitlines()
     assert lines == [f"measuring: 5/20 ({output.Bars.PLAIN_EVERY_S:.0f} s)",
                      f"measuring: 20/20 ({output.Bars.PLAIN_EVERY_S + 3:.0f} s)"]
+
+
+def test_plain_progress_follows_advance_new_stages_and_removed_tasks(capsys):
+    """nas advances its epoch bar and renames it per epoch; fit-predictor renames one task per
+    step and starts each at 0/1 again. Both printed nothing but the first line in CI."""
+    from latbench.cli import output
+
+    with output.progress() as bar:
+        search = bar.add_task("search (2 epochs)", total=2)
+        first = bar.add_task("  weights", total=3)
+        bar.update(first, completed=3)
+        bar.remove_task(first)
+        second = bar.add_task("  weights", total=3)  # a fresh id: the removed one is not reused
+        assert second != first and second != search
+        bar.update(search, advance=1, description="search: epoch 1/2")
+        bar.update(search, advance=1, description="search: epoch 2/2")
+        bar.section("score ...")
+        step = bar.add_task("cross-validating", total=1)
+        bar.update(step, completed=1)
+        bar.update(step, description="fitting the final predictor", completed=0, total=1)
+        bar.update(step, completed=1)
+    lines = [line.rsplit(" (", 1)[0] for line in capsys.readouterr().err.splitlines()]
+    assert lines == ["  weights: 3/3", "search: epoch 1/2: 1/2", "search: epoch 2/2: 2/2", "score ...",
+                     "cross-validating: 1/1", "fitting the final predictor: 0/1", "fitting the final predictor: 1/1"]

@@ -103,10 +103,11 @@ class Bars:
         self.console = console(stderr=True)
         self._progress = None
         self._plain: dict[int, dict] | None = None if self.console.is_terminal else {}
+        self._plain_next = 0  # ids are never reused while a command runs, as rich's are not
 
     def add_task(self, description: str, **kwargs) -> int:
         if self._plain is not None:
-            task = len(self._plain)
+            task, self._plain_next = self._plain_next, self._plain_next + 1
             self._plain[task] = {"description": description, "completed": 0, "total": None,
                                  "started": time.monotonic(), "said": time.monotonic(), "ended": False}
             self._plain_update(task, **kwargs)
@@ -136,12 +137,19 @@ class Bars:
         state = self._plain.get(task)
         if state is None:
             return
-        for name in ("description", "completed", "total"):
+        # a new description is a new stage of the task (an epoch, fit-predictor's next step):
+        # said at once, since in a log that line is what tells the stages apart
+        renamed = kwargs.get("description") not in (None, state["description"])
+        if renamed:
+            state["description"], state["ended"] = kwargs["description"], False
+        for name in ("completed", "total"):
             if kwargs.get(name) is not None:
                 state[name] = kwargs[name]
+        if kwargs.get("advance"):
+            state["completed"] += kwargs["advance"]
         now = time.monotonic()
         done = state["total"] is not None and state["completed"] >= state["total"]
-        if state["ended"] or not (done or now - state["said"] >= self.PLAIN_EVERY_S):
+        if state["ended"] or not (done or renamed or now - state["said"] >= self.PLAIN_EVERY_S):
             return
         state["said"], state["ended"] = now, done
         of = f"/{state['total']:g}" if state["total"] is not None else ""
@@ -152,6 +160,8 @@ class Bars:
         """Leave the bars so far printed as they stand and print `line` below them; the next
         `add_task` starts new bars (task ids start again)."""
         self.close()
+        if self._plain is not None:
+            self._plain.clear()
         self.console.print(line)
 
     def close(self) -> None:
