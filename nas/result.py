@@ -40,7 +40,9 @@ def write_json(result: dict, path: Path) -> Path:
     """Write atomically, so a reader never sees half a result."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
+    from latbench.cli.output import json_text
+
+    tmp.write_text(json_text(result, default=_jsonable))
     os.replace(tmp, path)
     return path
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -415,3 +416,19 @@ def test_plain_progress_follows_advance_new_stages_and_removed_tasks(capsys):
     lines = [line.rsplit(" (", 1)[0] for line in capsys.readouterr().err.splitlines()]
     assert lines == ["  weights: 3/3", "search: epoch 1/2: 1/2", "search: epoch 2/2: 2/2", "score ...",
                      "cross-validating: 1/1", "fitting the final predictor: 0/1", "fitting the final predictor: 1/1"]
+
+
+def test_json_output_has_no_nan_or_infinity_that_jq_refuses():
+    """An unknown IQR (a runner that printed no spread) is NaN and a 0 ms median's ratio is inf;
+    json.dumps wrote them as NaN and Infinity, which jq and JSON.parse refuse."""
+    import numpy as np
+
+    from latbench.cli import output
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
+
+    data = {"rel_iqr": float("nan"), "rows": [{"ratio": float("inf")}, (np.float32("nan"), 1.5)],
+            "p90": np.float64(2.25), "samples": np.array([1.0, np.nan]), "count": 3, "path": Path("/x")}
+    assert strict(output.json_text(data)) == {"rel_iqr": None, "rows": [{"ratio": None}, [None, 1.5]],
+                                               "p90": 2.25, "samples": [1.0, None], "count": 3, "path": "/x"}

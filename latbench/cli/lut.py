@@ -132,8 +132,8 @@ def _list_tables(args) -> int:
             for c in found]
     return _emit(args, f"{args.device}: {output.plural(len(rows), 'table')}, newest first "
                        "(read an older one with --table ID)", TABLE_COLUMNS, rows,
-                 lambda: json.dumps([{**r, "settings_hash": c.context.settings_hash, "settings": c.settings}
-                                     for r, c in zip(rows, found)], indent=2) + "\n",
+                 lambda: output.json_text([{**r, "settings_hash": c.context.settings_hash, "settings": c.settings}
+                                          for r, c in zip(rows, found)]),
                  output.plural(len(rows), "table"))
 
 
@@ -201,7 +201,6 @@ def _header(settings: dict) -> str:
 
 
 def _json(ctx, settings: dict, rows: list[dict], unit: str | None = None) -> str:
-    import json
-
-    return json.dumps({"device": ctx.device, "unit": unit, "table": ctx.table_id, "runtime": ctx.runtime, "runtime_version": ctx.runtime_version,
-                       "settings_hash": ctx.settings_hash, "settings": settings, "rows": rows}, indent=2) + "\n"
+    return output.json_text({"device": ctx.device, "unit": unit, "table": ctx.table_id, "runtime": ctx.runtime,
+                             "runtime_version": ctx.runtime_version, "settings_hash": ctx.settings_hash,
+                             "settings": settings, "rows": rows})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -37,8 +38,26 @@ def stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def json_text(data: Any, default=str) -> str:
+    """JSON that every reader parses: a NaN or infinite float (an unknown IQR, a 0 ms median's
+    ratio) is null, where json.dumps wrote NaN and Infinity, which jq and JSON.parse refuse."""
+    return json.dumps(_finite(data), indent=2, default=default, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # np.float32, arrays
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json_text(data))
 
 
 def plural(n: int, noun: str) -> str:
