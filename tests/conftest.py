@@ -27,6 +27,15 @@ import yaml
 # anything imports torch; subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# A shell starts a background job (`.ci/run &`, nohup) with SIGINT (and SIGHUP) ignored, and every
+# process it starts inherits the ignore: the Ctrl-C tests' collections, and the shells the ADB
+# peer hangs up, then never stopped. A handler of our own is reset to the default by exec, so
+# children get the signals back while this process still does not die of a hang-up.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
