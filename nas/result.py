@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from latbench.cli.output import json_text
 from latbench.errors import LatbenchError
 from latbench.ops import Network
 
@@ -40,8 +41,6 @@ def write_json(result: dict, path: Path) -> Path:
     """Write atomically, so a reader never sees half a result."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    from latbench.cli.output import json_text
-
     tmp.write_text(json_text(result, default=_jsonable))
     os.replace(tmp, path)
     return path

@@ -122,7 +122,7 @@ class Bars:
         self.console = console(stderr=True)
         self._progress = None
         self._plain: dict[int, dict] | None = None if self.console.is_terminal else {}
-        self._plain_next = 0  # ids are never reused while a command runs, as rich's are not
+        self._plain_next = 0  # a removed task's id is never handed out again, as rich's are not
 
     def add_task(self, description: str, **kwargs) -> int:
         if self._plain is not None:
